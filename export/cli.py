@@ -1,0 +1,114 @@
+"""``export-unet``: the seed's VGG19-UNet from Keras to a verified ONNX file.
+
+Exit codes: 0 written; 1 bad input or a failed check (one line on stderr,
+nothing written); 2 usage error (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import ExportError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    from .convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+    p = argparse.ArgumentParser(
+        prog="export-unet",
+        formatter_class=_Formatter,
+        description="Build the seed's VGG19-UNet in Keras (or load your weights), convert it with tf2onnx, "
+        "clean and check the graph, verify it against Keras on ONNX Runtime (CPU), then write it atomically.",
+        epilog="Example: export-unet --out model.onnx --weights my_unet.keras --head argmax --precision fp16",
+    )
+    p.add_argument("--out", required=True, type=Path, help="path of the .onnx file to write (its folder must exist)")
+    p.add_argument("--weights", help="trained model or weights: .keras, .weights.h5 or legacy .h5 (default: untrained)")
+    p.add_argument("--encoder-weights", help="Keras Applications VGG19 'notop' weights file for the encoder (blockI_convJ -> convI-J)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init of layers no weights file sets")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=[512, 512],
+                      help="fixed input height and width, multiples of 16")
+    size.add_argument("--dynamic-size", action="store_true",
+                      help="size-agnostic model: H and W symbolic (multiples of 16 at run time)")
+    p.add_argument("--num-classes", type=int, default=21, help="classes of the head (21 = Pascal VOC)")
+    p.add_argument("--class-names", type=Path, help="text file, one class name per line (default: the 21 Pascal VOC names)")
+    p.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
+                   help="input layout; softmax/logits outputs use it too (an argmax mask is N,H,W)")
+    p.add_argument("--head", choices=("softmax", "logits", "argmax"), default="softmax",
+                   help="probabilities (as the seed), raw logits, or a uint8 class mask computed in the graph")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="arithmetic inside the graph; I/O stays float32 (uint8 for the argmax mask)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
+    p.add_argument("--mean", nargs=3, type=float, default=[0.0, 0.0, 0.0], metavar=("R", "G", "B"),
+                   help="per-channel mean after scaling pixels to [0, 1] (recorded in the model for the runtime)")
+    p.add_argument("--std", nargs=3, type=float, default=[1.0, 1.0, 1.0], metavar=("R", "G", "B"),
+                   help="per-channel std after scaling pixels to [0, 1]")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with Keras (not recommended)")
+    p.add_argument("--report", type=Path, help="write a JSON report of everything measured")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every pass and verification case")
+    return p
+
+
+def _read_class_names(path: Path) -> tuple[str, ...]:
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"--class-names {str(path)!r} cannot be read ({exc.__class__.__name__}); give a UTF-8 text file, one name per line") from exc
+    if not names:
+        raise ExportError(f"--class-names {str(path)!r} is empty; give one class name per line")
+    return tuple(names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``export-unet``; returns the process exit code."""
+    # TensorFlow's C++ logging must be quieted before it is imported.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    for noisy in ("tf2onnx", "onnxslim", "absl"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    from .pipeline import ExportConfig, export_model
+
+    def progress(line: str) -> None:
+        if not args.quiet or line.startswith("WARNING"):
+            print(line, file=sys.stderr, flush=True)
+
+    try:
+        config = ExportConfig(
+            input_size=tuple(args.input_size), dynamic_size=args.dynamic_size, num_classes=args.num_classes,
+            class_names=_read_class_names(args.class_names) if args.class_names else None,
+            layout=args.layout, head=args.head, precision=args.precision, opset=args.opset,
+            weights=args.weights, encoder_weights=args.encoder_weights, seed=args.seed,
+            verify=not args.no_verify, mean=tuple(args.mean), std=tuple(args.std),
+        )
+        config.validate()
+        if not (args.weights or args.encoder_weights):
+            progress(f"WARNING: no --weights given: exporting an UNTRAINED model (random init, seed {args.seed}); "
+                     "its masks are meaningless until you export your trained weights")
+        result = export_model(config, args.out, report_path=args.report, progress=progress)
+    except ExportError as exc:
+        print(f"export-unet: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("export-unet: interrupted; nothing was written", file=sys.stderr, flush=True)
+        return 130
+    if not args.quiet:
+        print(f"wrote {result.path} ({result.report['size_bytes'] / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The export pipeline: build -> weights -> convert -> clean -> precision ->
+metadata -> check -> verify -> write, each step named, timed and logged.
+
+Nothing is written until every step has passed; the model file and the
+report are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ._atomic import atomic_write_bytes, check_writable_target
+from .errors import ConfigError
+from .model import SIZE_MULTIPLE, validate_spatial_size
+
+__all__ = ["ExportConfig", "ExportResult", "export_model"]
+
+log = logging.getLogger(__name__)
+
+HEADS = ("softmax", "logits", "argmax")
+LAYOUTS = ("nhwc", "nchw")
+
+
+@dataclass
+class ExportConfig:
+    """Everything ``export-unet`` can be asked for (CLI flags map 1:1)."""
+
+    input_size: tuple[int, int] = (512, 512)
+    dynamic_size: bool = False
+    num_classes: int = 21
+    class_names: tuple[str, ...] | None = None
+    layout: str = "nhwc"
+    head: str = "softmax"
+    precision: str = "fp32"
+    opset: int | None = None
+    weights: str | None = None
+    encoder_weights: str | None = None
+    seed: int = 0
+    verify: bool = True
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: filter multiplier (1.0 = the seed); < 1 only for tests and experiments.
+    width_multiplier: float = 1.0
+
+    def validate(self) -> None:
+        """Check every value before any slow work starts (raises ConfigError)."""
+        from .convert import MAX_OPSET, MIN_OPSET
+        from .precision import PRECISIONS
+
+        if not self.dynamic_size:
+            validate_spatial_size(*self.input_size)
+        for name, value, allowed in (("--layout", self.layout, LAYOUTS), ("--head", self.head, HEADS),
+                                     ("--precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise ConfigError(f"{name} {value!r} is not supported; choose one of {', '.join(allowed)}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ConfigError(f"--num-classes {self.num_classes!r} must be an integer >= 1 (21 for Pascal VOC)")
+        if self.head == "argmax" and self.num_classes > 256:
+            raise ConfigError(f"--head argmax writes a uint8 mask, which holds at most 256 classes, not {self.num_classes}; use --head logits")
+        if self.opset is not None and not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(f"--opset {self.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET} (default {self._default_opset()})")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"{len(self.class_names)} class names for --num-classes {self.num_classes}; give one name per line, one per class"
+            )
+        if any(s == 0 for s in self.std) or len(self.std) != 3 or len(self.mean) != 3:
+            raise ConfigError(f"--mean {self.mean} / --std {self.std}: three values each, std non-zero")
+
+    @staticmethod
+    def _default_opset() -> int:
+        from .convert import DEFAULT_OPSET
+
+        return DEFAULT_OPSET
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` produced: the path and the full report."""
+
+    path: Path
+    report: dict = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("unet-onnx", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def export_model(
+    config: ExportConfig,
+    out: str | Path,
+    *,
+    report_path: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export the seed's VGG19-UNet to a verified ONNX file at ``out``.
+
+    Args:
+        config: what to export (see :class:`ExportConfig`).
+        out: the ``.onnx`` path; written only if every step passes.
+        report_path: optional JSON report (errors, op histograms, sizes,
+            times, versions), written atomically too.
+        progress: called with one line per step (the CLI prints them).
+
+    Raises:
+        ExportError: a subclass naming what failed; nothing is written.
+    """
+    say = progress or (lambda line: log.info(line))
+    config.validate()
+    out = check_writable_target(out, "--out", ConfigError)
+    if report_path is not None:
+        report_path = check_writable_target(report_path, "--report", ConfigError)
+
+    from .convert import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES
+
+    opset = config.opset or DEFAULT_OPSET
+    report: dict = {"config": {k: v for k, v in vars(config).items()}, "opset": opset, "steps": {}}
+    report["config"]["opset"] = opset
+    steps = ["build", "convert", "clean", "precision", "check", "verify", "write"]
+    clock = {"t": time.perf_counter()}
+
+    def step(name: str, detail: str = "") -> None:
+        now = time.perf_counter()
+        report["steps"][name] = round(now - clock["t"], 3)
+        clock["t"] = now
+        say(f"[{steps.index(name) + 1}/{len(steps)}] {name:<9} {report['steps'][name]:6.1f} s  {detail}".rstrip())
+
+    # 1. build (and load weights)
+    from .model import build_vgg19_unet
+    from .weights import load_encoder_weights, load_weights
+
+    h, w = (None, None) if config.dynamic_size else config.input_size
+    model = build_vgg19_unet((h, w, 3), config.num_classes, seed=config.seed, width_multiplier=config.width_multiplier)
+    sources = {}
+    if config.encoder_weights:
+        sources["encoder_weights_sha256"] = load_encoder_weights(model, config.encoder_weights)
+    if config.weights:
+        sources["weights_sha256"] = load_weights(model, config.weights)
+    trained = bool(config.weights or config.encoder_weights)
+    report["params"] = int(model.count_params())
+    report["trained"] = trained
+    step("build", f"{report['params']:,} parameters, " + (
+        "weights from " + ", ".join(filter(None, [config.weights, config.encoder_weights])) if trained
+        else f"UNTRAINED (random init, seed {config.seed})"))
+
+    # 2. convert
+    from .convert import convert_keras
+
+    proto = convert_keras(model, head=config.head, layout=config.layout, opset=opset, dynamic_size=config.dynamic_size)
+    step("convert", f"tf2onnx, opset {opset}, {len(proto.graph.node)} nodes")
+
+    # 3. clean
+    import keras
+
+    from .graph import check, clean, op_histogram
+
+    factors = [tuple(l.size) for l in model.layers if isinstance(l, keras.layers.UpSampling2D)]
+    proto, graph_steps = clean(proto, factors=factors, input_name=INPUT_NAME, output_name=OUTPUT_NAMES[config.head])
+    report["graph"] = graph_steps
+    step("clean", _fmt_hist(graph_steps[-1]["ops"]))
+
+    # 4. precision
+    if config.precision == "fp16":
+        from .precision import to_fp16
+
+        proto = to_fp16(proto)
+    report["ops"] = op_histogram(proto)
+    step("precision", config.precision)
+
+    # 5. metadata + check
+    _write_metadata(proto, config, sources, trained)
+    check(proto)
+    data = proto.SerializeToString()
+    report["size_bytes"] = len(data)
+    step("check", f"onnx.checker full_check passed, {len(data) / 1e6:.1f} MB")
+
+    # 6. verify
+    if config.verify:
+        report["verification"] = _verify(model, data, config)
+        step("verify", _fmt_verification(report["verification"]))
+    else:
+        report["verification"] = {"skipped": True}
+        say("WARNING: --no-verify: the ONNX model was NOT compared with Keras")
+        step("verify", "SKIPPED")
+
+    # 7. write
+    report["versions"] = _versions()
+    atomic_write_bytes(out, data)
+    step("write", str(out))
+    report["output"] = str(out)
+    if report_path is not None:
+        atomic_write_bytes(report_path, (json.dumps(report, indent=2, default=str) + "\n").encode())
+    return ExportResult(path=out, report=report)
+
+
+def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool) -> None:
+    import onnx
+
+    from unet_runtime.model_info import VOC_CLASSES, ModelInfo
+
+    names = config.class_names or (VOC_CLASSES if config.num_classes == len(VOC_CLASSES) else tuple(f"class_{i}" for i in range(config.num_classes)))
+    h, w = (None, None) if config.dynamic_size else config.input_size
+    extra = {
+        "weights": "trained" if trained else f"untrained (random init, seed {config.seed})",
+        "versions": json.dumps(_versions()),
+        **sources,
+    }
+    info = ModelInfo(
+        num_classes=config.num_classes, layout=config.layout, height=h, width=w, head=config.head,
+        precision=config.precision, input_dtype="float32", mean=tuple(config.mean), std=tuple(config.std),
+        class_names=tuple(names), size_multiple=SIZE_MULTIPLE, extra=extra,
+    )
+    onnx.helper.set_model_props(proto, info.to_metadata())
+    proto.producer_name = "unet-onnx export-unet"
+    proto.doc_string = "VGG19-UNet semantic segmentation, exported and verified against Keras by unet-onnx"
+
+
+def _verify(model, data: bytes, config: ExportConfig) -> dict:
+    import onnxruntime as ort
+
+    from .verify import Case, verify
+
+    if config.dynamic_size:
+        # Non-square, different sizes per batch: catches H/W swaps and a
+        # graph that secretly fixed one size.
+        cases = [Case(1, 96, 64), Case(2, 64, 96)]
+    else:
+        cases = [Case(1, *config.input_size), Case(2, *config.input_size)]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return verify(model, session, head=config.head, layout=config.layout, precision=config.precision,
+                  cases=cases, mean=config.mean, std=config.std, seed=config.seed)
+
+
+def _fmt_hist(hist: dict) -> str:
+    return " ".join(f"{op}:{n}" for op, n in hist.items())
+
+
+def _fmt_verification(rep: dict) -> str:
+    parts = []
+    for c in rep["cases"]:
+        s = f"b{c['batch']} {c['height']}x{c['width']}:"
+        if "rel_l2" in c:
+            s += f" relL2 {c['rel_l2']:.2g} maxabs {c['max_abs']:.2g}"
+        conf = c["confident_agreement"]
+        s += f" mask {c['agreement']:.4f}"
+        s += f" (confident {conf:.4f} of {c['confident_pixels']} px)" if conf is not None else " (no confident px)"
+        parts.append(s)
+    return "; ".join(parts)

@@ -1,0 +1,139 @@
+"""Loading a user's weights into the seed's model, and fingerprinting them.
+
+Keras 3 ``.weights.h5`` files and ``Model.set_weights`` match layers by
+*order*, not by name (ANCHORS), so a file from another architecture may
+"load" into the wrong layers or fail deep inside h5py. Every path here checks
+shapes layer by layer first and names the first layer that does not fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .errors import WeightsError
+
+__all__ = ["load_weights", "load_encoder_weights", "sha256_file", "WEIGHT_SUFFIXES"]
+
+WEIGHT_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, streamed in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise WeightsError(f"{what} {str(path)!r} does not exist or is not a file; pass the path of a {'/'.join(WEIGHT_SUFFIXES)} file")
+    if not str(path).endswith(WEIGHT_SUFFIXES):
+        raise WeightsError(f"{what} {str(path)!r} has an unsupported suffix; allowed: {', '.join(WEIGHT_SUFFIXES)}")
+
+
+def _layers_with_weights(model):
+    return [layer for layer in model.layers if layer.weights]
+
+
+def _assign(target, source_layers, what: str) -> None:
+    """Copy weights layer by layer (by order), checking every shape first."""
+    ours = _layers_with_weights(target)
+    theirs = [layer for layer in source_layers if layer.weights]
+    if len(ours) != len(theirs):
+        raise WeightsError(
+            f"{what} has {len(theirs)} layers with weights, the VGG19-UNet has {len(ours)}: "
+            "it is not this architecture"
+        )
+    for mine, other in zip(ours, theirs):
+        got = [tuple(w.shape) for w in other.weights]
+        want = [tuple(w.shape) for w in mine.weights]
+        if got != want:
+            raise WeightsError(
+                f"{what}: layer {other.name!r} has weight shapes {got} but layer {mine.name!r} needs {want}; "
+                "check --num-classes and that the file is this architecture"
+            )
+    for mine, other in zip(ours, theirs):
+        mine.set_weights(other.get_weights())
+
+
+def load_weights(model, path: str | os.PathLike) -> str:
+    """Load a trained model or weights file into ``model``; return its sha256.
+
+    Accepts a Keras 3 ``.keras`` archive, a ``.weights.h5`` file, or a legacy
+    ``.h5`` (full model or weights only).
+
+    Raises:
+        WeightsError: missing, corrupt, or another architecture/class count.
+    """
+    import keras
+
+    path = Path(path)
+    _check_file(path, "weights file")
+    name = str(path)
+    try:
+        if name.endswith(".keras") or (name.endswith((".h5", ".hdf5")) and _is_full_h5_model(path)):
+            source = keras.models.load_model(path, compile=False, safe_mode=True)
+            _assign(model, source.layers, f"weights file {name!r}")
+        else:
+            # A scratch copy takes the load, so a file that fails half-way
+            # leaves the caller's model untouched.
+            scratch = keras.models.clone_model(model)
+            scratch.load_weights(path)
+            _assign(model, scratch.layers, f"weights file {name!r}")
+    except WeightsError:
+        raise
+    except Exception as exc:  # h5py/zipfile/keras raise many types for a bad file
+        raise WeightsError(
+            f"cannot load weights file {name!r}: {type(exc).__name__}: {_first_line(exc)}; "
+            "it is corrupt, truncated, or not a VGG19-UNet with these --num-classes"
+        ) from exc
+    return sha256_file(path)
+
+
+def _is_full_h5_model(path: Path) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        return "model_config" in fh.attrs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def load_encoder_weights(model, path: str | os.PathLike) -> str:
+    """Load Keras Applications VGG19 "notop" weights into the encoder.
+
+    ``blockI_convJ`` maps to ``convI-J``; the decoder keeps its init.
+    Returns the file's sha256.
+    """
+    import keras
+
+    path = Path(path)
+    _check_file(path, "encoder weights file")
+    try:
+        vgg = keras.applications.VGG19(weights=None, include_top=False, input_shape=(None, None, 3))
+        vgg.load_weights(path)
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot load encoder weights {str(path)!r} into keras.applications.VGG19(include_top=False): "
+            f"{type(exc).__name__}: {_first_line(exc)}; pass VGG19's 'notop' weights file"
+        ) from exc
+    for layer in vgg.layers:
+        if not layer.name.startswith("block") or "_conv" not in layer.name:
+            continue
+        block, conv = layer.name[len("block"):].split("_conv")
+        target = model.get_layer(f"conv{block}-{conv}")
+        want = [tuple(w.shape) for w in target.weights]
+        got = [tuple(w.shape) for w in layer.weights]
+        if want != got:
+            raise WeightsError(
+                f"encoder weights {str(path)!r}: {layer.name!r} has shapes {got}, {target.name!r} needs {want}"
+            )
+        target.set_weights(layer.get_weights())
+    return sha256_file(path)
