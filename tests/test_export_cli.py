@@ -1,0 +1,120 @@
+"""export-unet end to end: the default full-size export, and every bad input."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import run_cli
+from unet_export import ExportConfig, VerificationError, export_model
+from unet_export import verify as verify_mod
+from unet_export._atomic import atomic_write_bytes
+from unet_export.graph import FORBIDDEN_OPS, op_histogram
+
+KERNEL_WEIGHTS = 30_194_688  # the seed's 30,202,133 parameters minus 7,445 biases
+
+
+def _cli(*args):
+    return run_cli("unet_export.cli", *map(str, args))
+
+
+@pytest.fixture(scope="module")
+def default_export(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("full")
+    proc = _cli("--out", out_dir / "model.onnx", "--report", out_dir / "report.json")
+    return proc, out_dir
+
+
+@pytest.mark.fullsize
+def test_default_export_is_the_seed_verified(default_export):
+    proc, out_dir = default_export
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "UNTRAINED" in proc.stderr
+    model = onnx.load(str(out_dir / "model.onnx"))
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["params"] == 30_202_133 and report["verification"]["passed"]
+    assert [c["batch"] for c in report["verification"]["cases"]] == [1, 2]
+    assert all(c["rel_l2"] <= verify_mod.FP32_REL_L2 for c in report["verification"]["cases"])
+    conv_w = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    kernels = sum(int(np.prod(i.dims)) for i in model.graph.initializer if i.name in conv_w)
+    assert kernels == KERNEL_WEIGHTS
+    dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and dims[1:] == [512, 512, 3]
+    hist = op_histogram(model)
+    assert hist["Conv"] == 25 and hist["Resize"] == 4 and not FORBIDDEN_OPS & hist.keys()
+    assert report["graph"][0]["ops"] != hist  # the histogram before clean-up is reported too
+
+
+def test_help_lists_every_flag_with_defaults():
+    proc = _cli("--help")
+    assert proc.returncode == 0
+    for flag in ("--out", "--weights", "--encoder-weights", "--input-size", "--dynamic-size", "--layout",
+                 "--head", "--precision", "--opset", "--no-verify", "--report", "--class-names", "--seed"):
+        assert flag in proc.stdout
+    assert "default: 17" in proc.stdout and "default: softmax" in proc.stdout
+
+
+def test_usage_error_exits_2(tmp_path):
+    proc = _cli("--out", tmp_path / "m.onnx", "--head", "sigmoid")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input-size", "500", "512"], "use 496 or 512"),
+        (["--num-classes", "0"], "--num-classes 0 must be an integer >= 1"),
+        (["--opset", "9"], "--opset 9 is not supported; choose 13 to 18"),
+        (["--weights", "missing.keras"], "does not exist"),
+        (["--class-names", "missing.txt"], "cannot be read"),
+    ],
+)
+def test_bad_input_one_line_exit_1_nothing_written(tmp_path, args, message):
+    out = tmp_path / "m.onnx"
+    proc = _cli("--out", out, *args)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("export-unet: error:") and message in last, last
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_output_folder(tmp_path):
+    proc = _cli("--out", tmp_path / "no" / "such" / "m.onnx")
+    assert proc.returncode == 1 and "does not exist; create it first" in proc.stderr.splitlines()[-1]
+
+
+def test_weights_of_another_class_count_fail_before_writing(tmp_path):
+    from unet_export import build_vgg19_unet
+
+    w = tmp_path / "five.weights.h5"
+    build_vgg19_unet((32, 32, 3), 5).save_weights(w)
+    proc = _cli("--out", tmp_path / "m.onnx", "--input-size", "32", "32", "--weights", w)
+    assert proc.returncode == 1
+    assert "conv2d_8" in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch, confident_weights):
+    # A tolerance no real export can meet: the gate must fail and stop the write.
+    monkeypatch.setattr(verify_mod, "FP32_REL_L2", 0.0)
+    out, rep = tmp_path / "m.onnx", tmp_path / "r.json"
+    cfg = ExportConfig(input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights))
+    with pytest.raises(VerificationError, match="would have been needed") as info:
+        export_model(cfg, out, report_path=rep)
+    assert info.value.report["cases"][0]["rel_l2"] > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_interrupted_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old")
+
+    def boom(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, b"new" * 1000)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

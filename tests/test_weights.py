@@ -1,0 +1,90 @@
+"""User weights load into the seed's model, in every format, or fail clearly."""
+
+import numpy as np
+import pytest
+
+from unet_export import WeightsError, build_vgg19_unet
+from unet_export.weights import load_encoder_weights, load_weights, sha256_file
+
+NARROW = 0.125
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A narrow 'trained' model saved in all three formats."""
+    model = build_vgg19_unet((32, 32, 3), 4, seed=11, width_multiplier=NARROW)
+    root = tmp_path_factory.mktemp("w")
+    paths = {"keras": root / "m.keras", "weights.h5": root / "m.weights.h5", "h5": root / "m.h5"}
+    model.save(paths["keras"])
+    model.save_weights(paths["weights.h5"])
+    model.save(paths["h5"])  # legacy HDF5, full model
+    return model, paths
+
+
+@pytest.mark.parametrize("fmt", ["keras", "weights.h5", "h5"])
+def test_round_trip(trained, fmt):
+    model, paths = trained
+    fresh = build_vgg19_unet((32, 32, 3), 4, seed=99, width_multiplier=NARROW)
+    digest = load_weights(fresh, paths[fmt])
+    assert digest == sha256_file(paths[fmt]) and len(digest) == 64
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_encoder_weights_map_block_names(tmp_path):
+    import keras
+
+    vgg = keras.applications.VGG19(weights=None, include_top=False, input_shape=(None, None, 3))
+    path = tmp_path / "vgg19_notop.weights.h5"
+    vgg.save_weights(path)
+    model = build_vgg19_unet((32, 32, 3), 21, seed=5)
+    decoder_before = model.get_layer("conv2d").get_weights()[0].copy()
+    load_encoder_weights(model, path)
+    np.testing.assert_array_equal(model.get_layer("conv1-1").get_weights()[0], vgg.get_layer("block1_conv1").get_weights()[0])
+    np.testing.assert_array_equal(model.get_layer("conv5-4").get_weights()[0], vgg.get_layer("block5_conv4").get_weights()[0])
+    np.testing.assert_array_equal(model.get_layer("conv2d").get_weights()[0], decoder_before)
+
+
+def test_other_class_count_names_the_layer(trained):
+    _, paths = trained
+    fresh = build_vgg19_unet((32, 32, 3), 7, width_multiplier=NARROW)
+    for fmt in ("keras", "weights.h5"):
+        with pytest.raises(WeightsError, match="conv2d_8|num-classes"):
+            load_weights(fresh, paths[fmt])
+
+
+def test_other_architecture_is_refused(tmp_path):
+    import keras
+
+    other = keras.Sequential([keras.layers.Input((8, 8, 3)), keras.layers.Conv2D(2, 3)])
+    path = tmp_path / "other.keras"
+    other.save(path)
+    with pytest.raises(WeightsError, match="not this architecture"):
+        load_weights(build_vgg19_unet((32, 32, 3), 4, width_multiplier=NARROW), path)
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras", ".h5"])
+def test_corrupt_or_truncated_files(trained, tmp_path, suffix):
+    _, paths = trained
+    source = paths["keras" if suffix == ".keras" else ("weights.h5" if suffix == ".weights.h5" else "h5")]
+    truncated = tmp_path / f"trunc{suffix}"
+    truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    garbage = tmp_path / f"garbage{suffix}"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    model = build_vgg19_unet((32, 32, 3), 4, seed=1, width_multiplier=NARROW)
+    before = [w.copy() for w in model.get_weights()]
+    for path in (truncated, garbage):
+        with pytest.raises(WeightsError, match="cannot load|not this architecture"):
+            load_weights(model, path)
+    # A failed load leaves the model as it was.
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_and_unsupported_files(tmp_path):
+    model = build_vgg19_unet((32, 32, 3), 4, width_multiplier=NARROW)
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_weights(model, tmp_path / "nope.keras")
+    (tmp_path / "w.pt").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="unsupported suffix"):
+        load_weights(model, tmp_path / "w.pt")
