@@ -1,0 +1,303 @@
+"""Segmenter: an ONNX Runtime session that turns RGB images into class masks.
+
+Thread safety: ``InferenceSession.run`` is safe to call concurrently; the
+CUDA IO-binding path reuses device buffers, so it runs under a lock (the GPU
+serializes the work anyway). ``close()`` drops the session; a call racing
+with it either finishes on the session it already holds or raises
+:class:`SegmenterClosedError`, never touches freed memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import images as im
+from .errors import InputImageError, ModelFileError, SegmenterClosedError, SegmenterError
+from .model_info import HEADS, LAYOUTS, ModelInfo
+from .providers import (
+    ProviderConfig,
+    check_fallback,
+    prepare_trt_cache,
+    provider_options,
+    resolve_providers,
+)
+
+__all__ = ["Segmenter"]
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+
+
+def _physical_cores() -> int:
+    """Physical cores (psutil when installed; else the logical count, an upper bound)."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+class Segmenter:
+    """Semantic segmentation with an ONNX model written by ``export-unet``.
+
+    Args:
+        model_path: the ``.onnx`` file.
+        providers: ``"auto"`` (TensorRT, CUDA, CPU as available) or a list
+            such as ``["cuda", "cpu"]``.
+        device_id: CUDA device.
+        strict: raise :class:`ProviderError` instead of warning when a
+            requested provider does not run.
+        config: provider tuning (:class:`ProviderConfig`).
+        max_pixels: images with more pixels are refused.
+        layout, head, num_classes, mean, std: only for models without
+            ``export-unet`` metadata (they override nothing otherwise).
+
+    Example::
+
+        with Segmenter("model.onnx") as seg:
+            mask = seg.predict(rgb_uint8_image)   # (H, W) uint8 class ids
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        providers: str | Sequence[str] = "auto",
+        device_id: int = 0,
+        *,
+        strict: bool = False,
+        config: ProviderConfig | None = None,
+        max_pixels: int = im.DEFAULT_MAX_PIXELS,
+        layout: str | None = None,
+        head: str | None = None,
+        num_classes: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ):
+        import onnxruntime as ort
+
+        self._lock = threading.Lock()
+        self._bindings: dict = {}
+        self.max_pixels = max_pixels
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelFileError(f"model file {str(path)!r} does not exist or is not a file; export one with export-unet --out {path.name or 'model.onnx'}")
+        if path.stat().st_size == 0:
+            raise ModelFileError(f"model file {str(path)!r} is empty; re-export it")
+        self.model_path = path
+        self.config = replace(config or ProviderConfig(), device_id=device_id)
+
+        requested = resolve_providers(providers, ort.get_available_providers())
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = self.config.cpu_threads or _physical_cores()
+        opts.log_severity_level = 3
+        # Probe the model's input on CPU first: TensorRT needs its shape to
+        # build a profile, and a broken file should fail before a GPU init.
+        try:
+            probe = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
+            raise ModelFileError(f"model file {str(path)!r} cannot be loaded by ONNX Runtime: {str(exc).splitlines()[0][:300]}") from exc
+        self._check_io(probe, None)
+        self.info = self._model_info(probe, layout, head, num_classes, mean, std)
+        self._check_io(probe, self.info.layout)
+        inp = probe.get_inputs()[0]
+        self._input_name, self._input_dtype = inp.name, _ORT_DTYPES[inp.type]
+        self._output_name = probe.get_outputs()[0].name
+
+        if requested == ["CPUExecutionProvider"]:
+            session = probe
+        else:
+            del probe
+            popts = provider_options(requested, self.config, model=str(path), input_name=self._input_name,
+                                     input_shape=inp.shape, layout=self.info.layout)
+            for name, o in zip(requested, popts):
+                if name == "TensorrtExecutionProvider":
+                    prepare_trt_cache(o)
+            try:
+                session = ort.InferenceSession(str(path), opts, providers=requested, provider_options=popts)
+            except Exception as exc:
+                raise SegmenterError(f"ONNX Runtime could not create a session with {requested}: {str(exc).splitlines()[0][:300]}") from exc
+        self.requested_providers = requested
+        self.providers: list[str] = session.get_providers()
+        self.fallback = check_fallback(requested, self.providers, strict=strict)
+        self._session = session
+        self._use_binding = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+    # ----------------------------------------------------------------- setup
+    @staticmethod
+    def _model_info(session, layout, head, num_classes, mean, std) -> ModelInfo:
+        props = session.get_modelmeta().custom_metadata_map
+        try:
+            info = ModelInfo.from_metadata(props)
+        except ValueError as exc:
+            raise ModelFileError(f"model metadata is malformed: {exc}; re-export the model") from exc
+        if info is not None:
+            return info
+        # No export-unet metadata: infer what the graph shows, take the rest from the caller.
+        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        shape = inp.shape
+        if layout is None:
+            layout = "nchw" if len(shape) == 4 and shape[1] == 3 else "nhwc"
+        if head is None:
+            head = "argmax" if out.type == "tensor(uint8)" else "softmax"
+        if num_classes is None:
+            c = out.shape[1 if layout == "nchw" else -1] if len(out.shape) == 4 else None
+            if not isinstance(c, int):
+                raise ModelFileError("the model has no export-unet metadata and its class count is not static; pass num_classes=")
+            num_classes = c
+        if layout not in LAYOUTS or head not in HEADS:
+            raise ModelFileError(f"layout {layout!r} / head {head!r}: allowed {LAYOUTS} / {HEADS}")
+        hw = shape[1:3] if layout == "nhwc" else shape[2:4]
+        h, w = (hw[0], hw[1]) if all(isinstance(d, int) for d in hw) else (None, None)
+        return ModelInfo(num_classes=num_classes, layout=layout, height=h, width=w, head=head,
+                         mean=tuple(mean or (0.0, 0.0, 0.0)), std=tuple(std or (1.0, 1.0, 1.0)),
+                         class_names=tuple(f"class_{i}" for i in range(num_classes)))
+
+    @staticmethod
+    def _check_io(session, layout: str | None) -> None:
+        """One input, one output, a 4-D float/uint8 input; with ``layout``, 3 channels where it says."""
+        ins, outs = session.get_inputs(), session.get_outputs()
+        if len(ins) != 1 or len(outs) != 1:
+            raise ModelFileError(f"the model has {len(ins)} inputs and {len(outs)} outputs; a VGG19-UNet export has one of each")
+        shape = ins[0].shape
+        channels_ok = layout is None or (len(shape) == 4 and shape[3 if layout == "nhwc" else 1] == 3)
+        if len(shape) != 4 or not channels_ok or ins[0].type not in _ORT_DTYPES:
+            raise ModelFileError(
+                f"the model's input {ins[0].name!r} is {ins[0].type} {shape}; this runtime needs a 4-D float/uint8 "
+                f"RGB input (NHWC or NCHW with 3 channels): is this a VGG19-UNet export?"
+            )
+
+    # --------------------------------------------------------------- running
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the session and any device buffers; later calls raise SegmenterClosedError."""
+        with self._lock:
+            self._session = None
+            self._bindings.clear()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._session is None
+
+    def predict(self, images):
+        """Class masks for one image or a list of images.
+
+        Args:
+            images: an RGB ``uint8`` ``(H, W, 3)`` array, or a list of them
+                (sizes may differ).
+
+        Returns:
+            ``uint8`` ``(H, W)`` mask(s) at each image's own size; a single
+            array for a single image, a list for a list.
+        """
+        single, batch = self._as_batch(images)
+        masks = [self._to_mask(out, shape) for out, shape in self._run(batch)]
+        return masks[0] if single else masks
+
+    def predict_proba(self, images):
+        """Class probabilities ``float32`` ``(H, W, num_classes)`` per image.
+
+        Raises:
+            SegmenterError: for a model exported with ``--head argmax``,
+                which carries no probabilities.
+        """
+        if self.info.head == "argmax":
+            raise SegmenterError("this model was exported with --head argmax and outputs masks only; "
+                                 "re-export with --head softmax or --head logits for probabilities")
+        single, batch = self._as_batch(images)
+        probs = []
+        for out, (h, w, ph, pw) in self._run(batch):
+            p = im.softmax(out.astype(np.float32)) if self.info.head == "logits" else out.astype(np.float32, copy=False)
+            p = p[:ph, :pw] if ph else p
+            probs.append(np.ascontiguousarray(im.resize_bilinear(p, h, w)))
+        return probs[0] if single else probs
+
+    def _as_batch(self, images):
+        if isinstance(images, np.ndarray) and images.ndim != 4:
+            # Any array that is not a batch is one image: validate_image says what is wrong with it.
+            return True, [im.validate_image(images, None, self.max_pixels)]
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        if not isinstance(images, (list, tuple)):
+            raise InputImageError(f"images is a {type(images).__name__}; pass an (H, W, 3) uint8 array or a list of them")
+        if not images:
+            raise InputImageError("the batch is empty; pass at least one (H, W, 3) uint8 image")
+        return False, [im.validate_image(x, i, self.max_pixels) for i, x in enumerate(images)]
+
+    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple]:
+        """Resize (fixed-size model) or pad (size-agnostic); returns the network image and how to undo it."""
+        h, w = image.shape[:2]
+        if self.info.fixed_size:
+            return im.resize_bilinear(image, self.info.height, self.info.width), (h, w, 0, 0)
+        padded = im.pad_to_multiple(image, self.info.size_multiple)
+        return padded, (h, w, h, w)
+
+    def _run(self, batch):
+        """Run every image; images of one network size share a session call."""
+        prepared = [self._prepare(x) for x in batch]
+        groups: dict[tuple, list[int]] = {}
+        for i, (net, _) in enumerate(prepared):
+            groups.setdefault(net.shape[:2], []).append(i)
+        results: list = [None] * len(batch)
+        for _, idx in groups.items():
+            x = im.to_model_input([prepared[i][0] for i in idx], self.info.mean, self.info.std, self.info.layout,
+                                  dtype=self._input_dtype)
+            out = self._infer(x)
+            if self.info.head != "argmax" and self.info.layout == "nchw":
+                out = out.transpose(0, 2, 3, 1)
+            for j, i in enumerate(idx):
+                results[i] = (out[j], prepared[i][1])
+        return results
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        session = self._session
+        if session is None:
+            raise SegmenterClosedError("this Segmenter is closed; create a new one")
+        if not self._use_binding:
+            return session.run([self._output_name], {self._input_name: x})[0]
+        with self._lock:
+            if self._session is None:
+                raise SegmenterClosedError("this Segmenter is closed; create a new one")
+            return self._infer_bound(session, x)
+
+    def _infer_bound(self, session, x: np.ndarray) -> np.ndarray:
+        """CUDA/TensorRT: device buffers allocated once per input shape, then reused."""
+        import onnxruntime as ort
+
+        entry = self._bindings.get(x.shape)
+        if entry is None:
+            binding = session.io_binding()
+            x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.config.device_id)
+            binding.bind_ortvalue_input(self._input_name, x_dev)
+            binding.bind_output(self._output_name, "cuda", self.config.device_id)
+            entry = self._bindings[x.shape] = (binding, x_dev)
+        binding, x_dev = entry
+        x_dev.update_inplace(x)
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
+    def _to_mask(self, out: np.ndarray, undo: tuple) -> np.ndarray:
+        h, w, ph, pw = undo
+        mask = out if self.info.head == "argmax" else out.argmax(-1).astype(np.uint8)
+        if ph:
+            return np.ascontiguousarray(mask[:ph, :pw])
+        return im.resize_nearest(mask, h, w)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ", ".join(self.providers)
+        return f"Segmenter({str(self.model_path)!r}, {self.info.head}, {self.info.precision}, {state})"

@@ -1,0 +1,252 @@
+"""unet_runtime on CPU: masks equal Keras, batching, threads, providers, bad input."""
+
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+
+from unet_export.verify import FP32_TIE_MARGIN, mask_agreement
+from unet_runtime import (
+    InputImageError,
+    ModelFileError,
+    ProviderConfig,
+    ProviderError,
+    Segmenter,
+    SegmenterClosedError,
+    SegmenterError,
+)
+from unet_runtime import images as im
+from unet_runtime.providers import check_fallback, provider_options, resolve_providers
+
+
+def _images(seed, sizes):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+@pytest.mark.parametrize("head", ["softmax", "logits", "argmax"])
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_masks_equal_keras_argmax(narrow_export, confident_keras, head, layout):
+    path = narrow_export(head=head, layout=layout, input_size=(64, 96)).path
+    imgs = _images(1, [(64, 96)] * 2)  # model size: no resize, so the inputs are identical
+    with Segmenter(path, providers="cpu") as seg:
+        masks = seg.predict(imgs)
+    x = im.to_model_input(imgs, (0, 0, 0), (1, 1, 1), "nhwc")
+    ref = confident_keras(x, training=False).numpy()
+    for i, mask in enumerate(masks):
+        assert mask.shape == (64, 96) and mask.dtype == np.uint8
+        agree = mask_agreement(ref[i], mask, FP32_TIE_MARGIN)
+        assert agree["confident_agreement"] == 1.0, agree
+
+
+def test_dynamic_model_pads_and_crops_exactly(narrow_export, confident_keras):
+    path = narrow_export(dynamic_size=True, head="softmax").path
+    (img,) = _images(2, [(50, 70)])
+    with Segmenter(path, providers="cpu") as seg:
+        assert not seg.info.fixed_size
+        probs = seg.predict_proba(img)
+    padded = im.pad_to_multiple(img, 16)  # 64 x 80
+    ref = confident_keras(im.to_model_input([padded], (0, 0, 0), (1, 1, 1), "nhwc"), training=False).numpy()[0]
+    assert probs.shape == (50, 70, 5)
+    np.testing.assert_allclose(probs, ref[:50, :70], atol=1e-5)
+
+
+def test_batch_equals_one_by_one_with_mixed_sizes(narrow_export):
+    imgs = _images(3, [(40, 40), (64, 96), (17, 33), (64, 96)])
+    for cfg in (dict(input_size=(32, 32)), dict(dynamic_size=True)):
+        with Segmenter(narrow_export(**cfg).path, providers="cpu") as seg:
+            batch = seg.predict(imgs)
+            single = [seg.predict(x) for x in imgs]
+            probs = seg.predict_proba(imgs)
+        for b, s, p, x in zip(batch, single, probs, imgs):
+            assert b.shape == x.shape[:2] and p.shape == (*x.shape[:2], 5)
+            np.testing.assert_array_equal(b, s)
+            assert np.allclose(p.sum(-1), 1, atol=1e-4)
+
+
+def test_threads_give_serial_results(narrow_export):
+    imgs = _images(4, [(32, 32)] * 8)
+    with Segmenter(narrow_export(input_size=(32, 32)).path, providers="cpu") as seg:
+        serial = [seg.predict(x) for x in imgs]
+        results, errors = {}, []
+
+        def worker(t):
+            try:
+                for k in range(50):
+                    results[(t, k)] = seg.predict(imgs[(t + k) % 8])
+            except Exception as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=300)
+    assert not errors and len(results) == 400
+    for (t, k), mask in results.items():
+        np.testing.assert_array_equal(mask, serial[(t + k) % 8])
+
+
+def test_closed_segmenter_raises(narrow_export):
+    seg = Segmenter(narrow_export(input_size=(32, 32)).path, providers="cpu")
+    seg.close()
+    with pytest.raises(SegmenterClosedError, match="closed"):
+        seg.predict(_images(0, [(8, 8)])[0])
+
+
+# ---------------------------------------------------------------- providers
+def test_resolve_auto_and_explicit():
+    assert resolve_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    avail = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("auto", avail) == avail
+    assert resolve_providers(["cuda"], ["CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(["cpu", "cpu"], avail) == ["CPUExecutionProvider"]
+    with pytest.raises(ProviderError, match="unknown provider 'tpu'"):
+        resolve_providers(["tpu"], avail)
+    with pytest.raises(ProviderError, match="empty"):
+        resolve_providers([], avail)
+
+
+def test_tensorrt_options_follow_ort_docs(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model-bytes")
+    names = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt, cuda, cpu = provider_options(names, ProviderConfig(trt_max_batch=4), model=str(model), input_name="input",
+                                      input_shape=["N", 512, 512, 3], layout="nhwc")
+    assert trt["trt_fp16_enable"] == "1" and trt["trt_engine_cache_enable"] == "1"
+    assert trt["trt_timing_cache_enable"] == "1"
+    assert trt["trt_engine_cache_path"].startswith(str(tmp_path / "unet-onnx" / "tensorrt"))
+    assert len(trt["trt_engine_cache_path"].rsplit("/", 1)[1]) == 16  # keyed by model hash
+    assert (trt["trt_profile_min_shapes"], trt["trt_profile_opt_shapes"], trt["trt_profile_max_shapes"]) == (
+        "input:1x512x512x3", "input:1x512x512x3", "input:4x512x512x3")
+    assert cuda["prefer_nhwc"] == "1" and cuda["fuse_conv_bias"] == "1" and cuda["use_tf32"] == "1"
+    assert cpu == {}
+    # size-agnostic NCHW model: a range of sizes; exact fp32: no TF32, no fp16, no fuse_conv_bias
+    trt, cuda, _ = provider_options(names, ProviderConfig(exact=True), model=b"x", input_name="input",
+                                    input_shape=["N", 3, "H", "W"], layout="nchw")
+    assert trt["trt_profile_min_shapes"] == "input:1x3x64x64" and trt["trt_profile_max_shapes"] == "input:8x3x1024x1024"
+    assert trt["trt_fp16_enable"] == "0" and cuda["use_tf32"] == "0" and cuda["fuse_conv_bias"] == "0"
+
+
+def test_fallback_strict_raises_and_lenient_warns():
+    req = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(ProviderError, match="requested cuda but ONNX Runtime runs on cpu"):
+        check_fallback(req, ["CPUExecutionProvider"], strict=True)
+    with pytest.warns(RuntimeWarning, match="requested cuda"):
+        assert check_fallback(req, ["CPUExecutionProvider"], strict=False) == ["CUDAExecutionProvider"]
+    assert check_fallback(req, req, strict=True) == []
+
+
+def test_real_fallback_is_noticed(narrow_export):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here: this test needs a machine where the CUDA request cannot be met")
+    path = narrow_export(input_size=(32, 32)).path
+    with pytest.warns(RuntimeWarning, match="requested cuda"):
+        seg = Segmenter(path, providers=["cuda"])
+    assert seg.providers == ["CPUExecutionProvider"] and seg.fallback == ["CUDAExecutionProvider"]
+    with pytest.raises(ProviderError):
+        Segmenter(path, providers=["cuda"], strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto on a CPU-only machine is not a fallback
+        assert Segmenter(path).providers == ["CPUExecutionProvider"]
+
+
+def test_runtime_imports_and_runs_without_tensorflow(narrow_export, tmp_path):
+    path = narrow_export(input_size=(32, 32)).path
+    script = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'onnx'):
+                    raise ImportError('blocked: ' + name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        from unet_runtime import Segmenter
+        with Segmenter({str(path)!r}, providers='cpu') as seg:
+            m = seg.predict(np.zeros((20, 30, 3), np.uint8))
+        assert m.shape == (20, 30)
+        bad = [n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'keras', 'onnx')]
+        assert not bad, bad
+        print('ok')
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_model_files(tmp_path):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    noise = tmp_path / "noise.onnx"
+    noise.write_bytes(np.random.default_rng(0).bytes(2048))
+    with pytest.raises(ModelFileError, match="does not exist"):
+        Segmenter(tmp_path / "missing.onnx")
+    with pytest.raises(ModelFileError, match="is empty"):
+        Segmenter(empty)
+    with pytest.raises(ModelFileError, match="cannot be loaded"):
+        Segmenter(noise)
+
+
+def test_truncated_model(narrow_export, tmp_path):
+    data = narrow_export(input_size=(32, 32)).path.read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="cannot be loaded"):
+        Segmenter(cut)
+
+
+def test_model_of_another_network(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    path = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ModelFileError, match="is this a VGG19-UNet export"):
+        Segmenter(path, num_classes=10)
+
+
+def test_model_without_metadata_needs_and_takes_explicit_args(narrow_export, tmp_path):
+    model = onnx.load(str(narrow_export(input_size=(32, 32), layout="nchw").path))
+    del model.metadata_props[:]
+    path = tmp_path / "bare.onnx"
+    onnx.save(model, str(path))
+    with Segmenter(path, providers="cpu") as seg:  # layout and classes inferred from the graph
+        assert (seg.info.layout, seg.info.num_classes, seg.info.height) == ("nchw", 5, 32)
+        assert seg.predict(_images(0, [(32, 32)])[0]).shape == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((8, 8, 3), np.float32), "dtype float32; only uint8 RGB"),
+        (np.zeros((8, 8), np.uint8), "grayscale"),
+        (np.zeros((8, 8, 4), np.uint8), "RGBA"),
+        (np.zeros((0, 8, 3), np.uint8), "empty"),
+        (np.zeros((2, 2, 2, 3, 1), np.uint8), "only \\(H, W, 3\\) RGB"),
+        ("not an image", "pass an \\(H, W, 3\\) uint8 array"),
+        ([], "the batch is empty"),
+        ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.int16)], "image 1 has dtype int16"),
+    ],
+)
+def test_bad_images(narrow_export, image, message):
+    with Segmenter(narrow_export(input_size=(32, 32)).path, providers="cpu") as seg:
+        with pytest.raises(InputImageError, match=message):
+            seg.predict(image)
+
+
+def test_pixel_limit_and_argmax_has_no_probabilities(narrow_export):
+    with Segmenter(narrow_export(input_size=(32, 32), head="argmax").path, providers="cpu", max_pixels=100) as seg:
+        with pytest.raises(InputImageError, match="more than the limit of 100"):
+            seg.predict(np.zeros((11, 10, 3), np.uint8))
+        with pytest.raises(SegmenterError, match="--head argmax"):
+            seg.predict_proba(np.zeros((8, 8, 3), np.uint8))
