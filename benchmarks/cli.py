@@ -1,0 +1,266 @@
+"""``bench-unet``: ONNX Runtime vs the Keras original (and PyTorch), one matrix, one process.
+
+Rows: Keras ``model.predict`` and ``tf.function`` (when TensorFlow is
+installed), ONNX Runtime per provider x precision x head x batch x size, and
+optionally PyTorch. Results: PREFIX.json (every raw timing), PREFIX.md, and
+PREFIX.png with ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+PROVIDERS = ("cpu", "cuda", "tensorrt")
+
+
+class BenchError(Exception):
+    """A bad flag value or an impossible request; printed as one line, exit 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(prog="bench-unet", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
+    p.add_argument("--size", type=int, nargs="+", default=[512], help="square image sizes (multiples of 16)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
+    p.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="ONNX Runtime providers")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16"), help="exported precisions")
+    p.add_argument("--head", nargs="+", default=["softmax"], choices=("softmax", "logits", "argmax"), help="exported heads")
+    p.add_argument("--layout", default="nchw", choices=("nhwc", "nchw"), help="exported input layout")
+    p.add_argument("--cuda-variants", nargs="+", default=["default"],
+                   choices=("default", "plain", "graph", "exact"),
+                   help="CUDA option sets: default (prefer_nhwc, fuse_conv_bias for non-exact), plain (ORT defaults), "
+                        "graph (+ CUDA graph), exact (fp32 without TF32)")
+    p.add_argument("--keras", choices=("auto", "on", "off"), default="auto", help="Keras rows (auto: when TensorFlow is installed)")
+    p.add_argument("--torch", action="store_true", help="add PyTorch fp16 channels_last peer rows (needs torch + CUDA)")
+    p.add_argument("--torch-compile", action="store_true", help="also a torch.compile(max-autotune) row (minutes to compile)")
+    p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    p.add_argument("--models-from", type=Path, help="use pre-exported models PRECISION-HEAD-SIZE.onnx from this folder "
+                   "(weight-stripped ones are refilled) instead of exporting")
+    p.add_argument("--save-models", type=Path, help="also save the exported models here, weight-stripped (for carrying)")
+    p.add_argument("--iters", type=int, default=30, help="timed runs per row (after warm-up)")
+    p.add_argument("--keras-iters", type=int, help="timed runs of the Keras rows (default: --iters)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs per row")
+    p.add_argument("--plot", action="store_true", help="write PREFIX.png (latency distributions; needs matplotlib)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _validate(args) -> None:
+    for s in args.size:
+        if s < 16 or s % 16:
+            raise BenchError(f"--size {s} is not allowed: sizes must be positive multiples of 16 (e.g. {max(16, s // 16 * 16)})")
+    if any(b < 1 for b in args.batch):
+        raise BenchError(f"--batch {args.batch}: every batch size must be >= 1")
+    if args.iters < 1 or args.warmup < 0:
+        raise BenchError(f"--iters {args.iters} must be >= 1 and --warmup {args.warmup} >= 0")
+    if args.models_from and not args.models_from.is_dir():
+        raise BenchError(f"--models-from {str(args.models_from)!r} is not a folder")
+    parent = args.out.parent if str(args.out.parent) else Path(".")
+    if not parent.is_dir():
+        raise BenchError(f"--out folder {str(parent)!r} does not exist; create it first")
+
+
+class _Bar:
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.done, self.quiet = total, 0, quiet
+
+    def tick(self):
+        self.done += 1
+        if not self.quiet:
+            w = 30
+            f = min(w, w * self.done // max(1, self.total))
+            print(f"\r[{'#' * f}{'.' * (w - f)}] {self.done}/{self.total} timed runs", end="", file=sys.stderr, flush=True)
+
+    def line(self, text):
+        if not self.quiet:
+            print(f"\r{text:<80}", file=sys.stderr, flush=True)
+
+
+def _model_name(precision, head, size):
+    return f"{precision}-{head}-{size}.onnx"
+
+
+def _get_models(args, tmp: Path, heads) -> tuple[dict, object]:
+    """{(precision, head, size): path} and the Keras model (or None)."""
+    import onnx
+
+    from unet_bench.weights import is_stripped, refill, strip
+
+    models, keras_model = {}, None
+    want = {(p, h, s) for p in args.precision for h in heads for s in args.size}
+    if args.models_from:
+        for key in sorted(want):
+            src = args.models_from / _model_name(*key)
+            if not src.is_file():
+                raise BenchError(f"--models-from: {str(src)!r} is missing; export it (bench-unet --save-models) first")
+            m = onnx.load(str(src))
+            if is_stripped(m):
+                m = refill(m, seed=args.seed)
+            dst = tmp / src.name
+            onnx.save(m, str(dst))
+            models[key] = dst
+        return models, None
+    try:
+        from unet_export import ExportConfig, build_vgg19_unet, export_model
+    except ImportError as exc:
+        raise BenchError("exporting needs the export extra (pip install 'unet-onnx[export]'), or pass --models-from") from exc
+    for key in sorted(want):
+        precision, head, size = key
+        cfg = ExportConfig(input_size=(size, size), precision=precision, head=head, layout=args.layout,
+                           weights=args.weights, seed=args.seed)
+        out = tmp / _model_name(*key)
+        export_model(cfg, out)
+        models[key] = out
+        if args.save_models:
+            args.save_models.mkdir(parents=True, exist_ok=True)
+            onnx.save(strip(onnx.load(str(out))), str(args.save_models / out.name))
+    if args.keras != "off":
+        # One Keras model per run: same seed (or weights) as every export, so the same weights.
+        keras_model = build_vgg19_unet((None, None, 3), 21, seed=args.seed)
+        if args.weights:
+            from unet_export.weights import load_weights
+
+            load_weights(keras_model, args.weights)
+    return models, keras_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bench-unet``; returns the exit code."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    try:
+        _validate(args)
+        return _run(args, argv)
+    except BenchError as exc:
+        print(f"bench-unet: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args, argv) -> int:
+    from unet_runtime import ProviderConfig
+    from unet_runtime import images as im
+
+    from . import report
+    from .flops import conv_flops
+    from .runner import Row, agreement, bench_ort
+    from .timing import summarize, time_calls
+
+    if args.keras == "on":
+        try:
+            import tensorflow  # noqa: F401  (only checking it is there)
+        except ImportError as exc:
+            raise BenchError("--keras on needs TensorFlow (pip install 'unet-onnx[export]')") from exc
+    if args.keras == "auto" and args.models_from:
+        args.keras = "off"
+    heads = sorted(set(args.head) | {"softmax"})  # fp32 softmax is the numeric reference
+    precisions = sorted(set(args.precision) | {"fp32"})
+    args.precision = precisions
+    rows: list[Row] = []
+    n_ort = len(args.providers) * len(args.precision) * len(args.head) * len(args.batch) * len(args.size) * len(args.cuda_variants)
+    bar = _Bar(n_ort * args.iters * 2, args.quiet)
+    with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmpdir:
+        tmp = Path(tmpdir)
+        bar.line("exporting / loading models ...")
+        models, keras_model = _get_models(args, tmp, heads)
+        rng = np.random.default_rng(args.seed)
+        import onnx
+
+        for size in args.size:
+            images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batch))]
+            ref_model = onnx.load(str(models[("fp32", "softmax", size)]), load_external_data=False)
+            flops_1 = conv_flops(ref_model, 1, size, size)
+            x1 = im.to_model_input(images[:1], (0, 0, 0), (1, 1, 1), "nhwc")
+            if keras_model is not None:
+                ref_probs = np.asarray(keras_model(x1, training=False))[0]
+                ref_src = "Keras fp32"
+            else:
+                import onnxruntime as ort
+
+                s = ort.InferenceSession(str(models[("fp32", "softmax", size)]), providers=["CPUExecutionProvider"])
+                xin = x1.transpose(0, 3, 1, 2) if args.layout == "nchw" else x1
+                out = s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(xin)})[0][0]
+                ref_probs = out.transpose(1, 2, 0) if args.layout == "nchw" else out
+                ref_src = "ONNX Runtime CPU fp32"
+            bar.line(f"size {size}: {flops_1 / 1e9:.1f} GFLOP per image; reference: {ref_src}")
+            for batch in args.batch:
+                flops = flops_1 * batch
+                if keras_model is not None:
+                    from .peers import keras_rows
+
+                    xb = im.to_model_input(images[:batch], (0, 0, 0), (1, 1, 1), "nhwc")
+                    k_iters = args.keras_iters or args.iters
+                    for name, fn in keras_rows(keras_model, xb).items():
+                        raw = time_calls(fn, warmup=min(args.warmup, 2), iters=k_iters)
+                        row = Row(name=name, engine="keras", provider="cpu", precision="fp32", head="softmax",
+                                  size=size, batch=batch, raw_device_s=raw, device=summarize(raw, batch, flops),
+                                  numerics=agreement(ref_probs, np.asarray(fn())[0] if name != "keras.predict" else fn()[0], "softmax"))
+                        rows.append(row)
+                        bar.line(f"{name} b{batch} {size}px: {row.device['median_ms']:.1f} ms")
+                for provider in args.providers:
+                    for precision in args.precision:
+                        for head in args.head:
+                            variants = args.cuda_variants if provider != "cpu" else ["default"]
+                            for variant in variants:
+                                if variant == "exact" and precision != "fp32":
+                                    continue
+                                config = _config(variant)
+                                name = f"ort {provider} {precision} {head}" + (f" [{variant}]" if provider != "cpu" else "")
+                                row = bench_ort(models[(precision, head, size)], provider=provider, config=config, head=head,
+                                                precision=precision, size=size, batch=batch, images=images,
+                                                ref_probs=ref_probs, warmup=args.warmup, iters=args.iters, flops=flops,
+                                                name=name, progress=bar.tick)
+                                row.note = f"numerics vs {ref_src}"
+                                rows.append(row)
+                                bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, host {row.host['median_ms']:.2f} ms")
+                if args.torch:
+                    from .torch_bench import torch_rows
+
+                    for row in torch_rows(ref_model_path=models[("fp32", "softmax", size)], images=images[:batch],
+                                          size=size, batch=batch, flops=flops, warmup=args.warmup, iters=args.iters,
+                                          ref_probs=ref_probs, compile_too=args.torch_compile):
+                        rows.append(row)
+                        bar.line(f"{row.name} b{batch} {size}px: {row.device['median_ms']:.2f} ms")
+    meta = {
+        "command": "bench-unet " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": report.machine_info(),
+    }
+    baseline = "keras.predict" if any(r.name == "keras.predict" for r in rows) else None
+    report.write_json(args.out.with_suffix(".json"), rows, meta)
+    table = report.markdown(rows, meta, baseline)
+    args.out.with_suffix(".md").write_text(table)
+    if args.plot:
+        report.plot(args.out.with_suffix(".png"), rows)
+    if not args.quiet:
+        print(table, file=sys.stderr)
+    return 0
+
+
+def _config(variant: str):
+    from unet_runtime import ProviderConfig
+
+    if variant == "plain":
+        return ProviderConfig(prefer_nhwc=False, fuse_conv_bias=False, cudnn_conv_algo_search="HEURISTIC")
+    if variant == "graph":
+        return ProviderConfig(cuda_graph=True)
+    if variant == "exact":
+        return ProviderConfig(exact=True)
+    return ProviderConfig()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The peers ONNX Runtime is measured against: Keras (TensorFlow) and PyTorch.
+
+Both are optional imports: Keras rows need the ``export`` extra; the
+PyTorch peer needs torch (present on the GPU machine, never a dependency).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["keras_rows", "TorchUNet", "torch_from_onnx"]
+
+
+def keras_rows(model, x_nhwc: np.ndarray) -> dict[str, Callable[[], object]]:
+    """Callables for the two Keras rows: ``model.predict`` and a ``tf.function``."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda t: model(t, training=False), jit_compile=False)
+    xt = tf.constant(x_nhwc)
+    return {
+        "keras.predict": lambda: model.predict(x_nhwc, verbose=0, batch_size=len(x_nhwc)),
+        "keras tf.function": lambda: fn(xt).numpy(),
+    }
+
+
+def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True):
+    """A PyTorch VGG19-UNet carrying the ONNX model's Conv weights (same network, same weights)."""
+    import torch
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model_proto.graph.initializer}
+    convs = [n for n in model_proto.graph.node if n.op_type == "Conv"]
+    net = TorchUNet.build(num_classes=int(inits[convs[-1].input[1]].dims[0]))
+    with torch.no_grad():
+        for layer, node in zip(net.convs(), convs):
+            layer.weight.copy_(torch.from_numpy(numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)))
+            if len(node.input) > 2 and node.input[2]:
+                layer.bias.copy_(torch.from_numpy(numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)))
+            else:
+                layer.bias.zero_()
+    net = net.eval().cuda()
+    if dtype == "fp16":
+        net = net.half()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays optional
+    """Factory for the PyTorch twin of the seed network (NCHW)."""
+
+    @staticmethod
+    def build(num_classes: int = 21):
+        import torch
+        from torch import nn
+
+        enc = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
+        dec = (512, 256, 128, 64)
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder = nn.ModuleList()
+                cin = 3
+                for filters, depth in enc:
+                    block = nn.ModuleList()
+                    for _ in range(depth):
+                        block.append(nn.Conv2d(cin, filters, 3, padding=1))
+                        cin = filters
+                    self.encoder.append(block)
+                skips = [f for f, _ in enc][:-1][::-1]  # 512, 256, 128, 64
+                self.decoder = nn.ModuleList()
+                for skip, filters in zip(skips, dec):
+                    self.decoder.append(nn.ModuleList([nn.Conv2d(skip + cin, filters, 3, padding=1),
+                                                       nn.Conv2d(filters, filters, 3, padding=1)]))
+                    cin = filters
+                self.head = nn.Conv2d(cin, num_classes, 1)
+
+            def convs(self):
+                return [c for b in self.encoder for c in b] + [c for b in self.decoder for c in b] + [self.head]
+
+            def forward(self, x, head: str = "argmax"):
+                skips = []
+                for i, block in enumerate(self.encoder):
+                    if i:
+                        x = torch.nn.functional.max_pool2d(x, 2)
+                    for conv in block:
+                        x = torch.relu(conv(x))
+                    skips.append(x)
+                x = skips.pop()
+                for block in self.decoder:
+                    x = torch.cat([skips.pop(), torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")], 1)
+                    for conv in block:
+                        x = torch.relu(conv(x))
+                logits = self.head(x)
+                if head == "argmax":
+                    return logits.argmax(1).to(torch.uint8)
+                return torch.softmax(logits, 1) if head == "softmax" else logits
+
+        return Net()

@@ -1,0 +1,117 @@
+"""Benchmark results as JSON (every raw timing), a Markdown table, and a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+__all__ = ["machine_info", "write_json", "markdown", "plot"]
+
+
+def machine_info() -> dict:
+    """CPU, GPU, OS and package versions of this process's machine."""
+    import importlib.metadata as md
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        if gpu.returncode == 0:
+            info["gpu"] = gpu.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    versions = {}
+    for dist in ("unet-onnx", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "keras", "tf2onnx", "torch"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        import onnxruntime as ort
+
+        versions["onnxruntime (imported)"] = ort.__version__
+    except ImportError:
+        pass
+    info["versions"] = versions
+    return info
+
+
+def write_json(path: Path, rows, meta: dict) -> None:
+    """All rows with their raw timings, plus machine and command."""
+    data = {**meta, "rows": [asdict(r) for r in rows]}
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def _fmt(v, spec=".2f"):
+    return "" if v is None else format(v, spec)
+
+
+def markdown(rows, meta: dict, baseline: str | None) -> str:
+    """A table: one line per row, speed-up over the baseline row (Keras when present)."""
+    base = {}
+    for r in rows:
+        if baseline and r.name == baseline:
+            base[(r.size, r.batch)] = r.device["median_ms"]
+    lines = [
+        f"# bench-unet: {meta['machine'].get('gpu') or meta['machine'].get('cpu', '?')}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()),
+        "",
+        "device = the session (or model call) alone on a prepared input (IO binding, device buffers on GPU); "
+        "host = uint8 images in, masks out (pre/post-processing and copies included). Medians of n timed runs "
+        "after warm-up; agreement = class-mask agreement with the fp32 reference on confident pixels (margin >= 0.05).",
+        "",
+        "| row | size | batch | device median ms | p90 | ms/img | img/s | TFLOP/s | host median ms | host overhead | "
+        f"vs {baseline or 'baseline'} | setup s | agreement (px) | rel L2 | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d, h = r.device, r.host
+        over = f"{(h['median_ms'] / d['median_ms'] - 1) * 100:+.1f}%" if h else ""
+        b = base.get((r.size, r.batch))
+        speed = f"{b / d['median_ms']:.2f}x" if b else ""
+        num = r.numerics or {}
+        agree = ""
+        if num.get("confident_agreement") is not None:
+            agree = f"{num['confident_agreement'] * 100:.2f}% ({num['confident_pixels']:,})"
+        lines.append(
+            f"| {r.name} | {r.size} | {r.batch} | {d['median_ms']:.2f} | {d['p90_ms']:.2f} | {d['ms_per_image']:.2f} | "
+            f"{d['images_per_s']:.1f} | {_fmt(d.get('tflops'), '.1f')} | {_fmt(h and h['median_ms'])} | {over} | {speed} | "
+            f"{_fmt(r.setup_s, '.1f')} | {agree} | {_fmt(num.get('rel_l2'), '.1e')} | {d['n']} |"
+        )
+    notes = [f"- {r.name}: {r.note}" for r in rows if r.note]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, rows) -> None:
+    """Box plot of the device-resident latency distribution of every row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
+    data = [[t * 1e3 / r.batch for t in r.raw_device_s] for r in rows]
+    ax.boxplot(data, orientation="horizontal", tick_labels=[f"{r.name} b{r.batch} {r.size}px" for r in rows])
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per image (device-resident), log scale")
+    ax.set_title("bench-unet latency distributions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,131 @@
+"""One benchmark row: a session (or peer) timed device-resident and host-to-host."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .timing import summarize, time_calls
+
+__all__ = ["Row", "bench_ort", "agreement"]
+
+
+@dataclass
+class Row:
+    """A configuration and everything measured for it."""
+
+    name: str
+    engine: str
+    provider: str
+    precision: str
+    head: str
+    size: int
+    batch: int
+    options: dict = field(default_factory=dict)
+    setup_s: float | None = None
+    device: dict | None = None
+    host: dict | None = None
+    raw_device_s: list = field(default_factory=list)
+    raw_host_s: list = field(default_factory=list)
+    numerics: dict | None = None
+    peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = None
+    note: str = ""
+
+
+def _rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def agreement(ref_probs: np.ndarray, out: np.ndarray, head: str, margin: float = 0.05) -> dict:
+    """Mask agreement (all and confident pixels) and, for probabilities, relative L2 vs the fp32 reference.
+
+    ``ref_probs``: (H, W, C) fp32 reference probabilities; ``out``: the
+    row's output for the same image, NHWC (or an (H, W) mask).
+    """
+    ref_mask = ref_probs.argmax(-1)
+    mask = out if head == "argmax" else out.argmax(-1)
+    part = np.partition(ref_probs, -2, axis=-1)
+    confident = (part[..., -1] - part[..., -2]) >= margin
+    same = mask == ref_mask
+    res = {"mask_agreement": float(same.mean()), "confident_pixels": int(confident.sum()),
+           "confident_agreement": float(same[confident].mean()) if confident.any() else None}
+    if head == "softmax":
+        d = out.astype(np.float64) - ref_probs
+        res["rel_l2"] = float(np.linalg.norm(d) / np.linalg.norm(ref_probs))
+    return res
+
+
+def bench_ort(model_path, *, provider: str, config, head: str, precision: str, size: int, batch: int,
+              images: list, ref_probs: np.ndarray | None, warmup: int, iters: int, flops: int | None,
+              name: str | None = None, progress=None) -> Row:
+    """Time one ONNX Runtime configuration through :class:`unet_runtime.Segmenter`.
+
+    device: the session alone on a prepared input (IO binding with
+    device-resident input and output on CUDA/TensorRT; ``session.run`` on
+    CPU). host: ``Segmenter.predict`` on uint8 images (pre-processing, copies,
+    argmax/mask post-processing included).
+    """
+
+    from unet_runtime import Segmenter
+    from unet_runtime import images as im
+
+    t0 = time.perf_counter()
+    seg = Segmenter(model_path, providers=[provider], config=config, strict=True)
+    setup = time.perf_counter() - t0
+    row = Row(name=name or f"ort {provider} {precision} {head}", engine="onnxruntime", provider=provider,
+              precision=precision, head=head, size=size, batch=batch, setup_s=setup,
+              options={k: v for k, v in vars(config).items() if k not in ("extra",)})
+    info = seg.info
+    x = im.to_model_input(images[:batch], info.mean, info.std, info.layout, dtype=seg._input_dtype)
+    session = seg._session
+    on_gpu = provider != "cpu"
+    if on_gpu:
+        binding, x_dev, y_dev = seg._binding_for(session, x)
+        x_dev.update_inplace(x)
+
+        def device_call():
+            session.run_with_iobinding(binding)
+
+        def fetch():
+            session.run_with_iobinding(binding)
+            return y_dev.numpy()
+    else:
+        feed = {seg._input_name: x}
+
+        def device_call():
+            session.run([seg._output_name], feed)
+
+        def fetch():
+            return session.run([seg._output_name], feed)[0]
+
+    row.raw_device_s = time_calls(device_call, warmup=warmup, iters=iters, on_iter=progress)
+    row.device = summarize(row.raw_device_s, batch, flops)
+    out = fetch()[0]
+    if head != "argmax" and info.layout == "nchw":
+        out = out.transpose(1, 2, 0)
+    if head == "logits":
+        out = im.softmax(out.astype(np.float32))
+    if ref_probs is not None:
+        row.numerics = agreement(ref_probs, out, "argmax" if head == "argmax" else "softmax")
+    if on_gpu:
+        # The host path goes through Segmenter.predict: same buffers, plus copies and pre/post-processing.
+        row.raw_host_s = time_calls(lambda: seg.predict(images[:batch]), warmup=max(2, warmup // 2),
+                                    iters=iters, on_iter=progress)
+        row.host = summarize(row.raw_host_s, batch, flops)
+    else:
+        row.raw_host_s = time_calls(lambda: seg.predict(images[:batch]), warmup=1, iters=max(3, iters // 3),
+                                    on_iter=progress)
+        row.host = summarize(row.raw_host_s, batch, flops)
+    row.peak_rss_mb = _rss_mb()
+    seg.close()
+    return row

@@ -1,0 +1,68 @@
+"""Carry a full-size model as a few kilobytes: strip big initializers, refill them elsewhere.
+
+The GPU machine has no TensorFlow and a 64 MiB carry limit, while the
+512x512 model is 120 MB. Speed does not depend on the weight values, and
+numeric checks there compare providers on the *same* weights, so the graph
+travels without its large tensors and :func:`refill` regenerates them
+deterministically from each initializer's name (so an fp32 and an fp16
+export of one network get the same values, up to fp16 rounding).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+__all__ = ["strip", "refill", "is_stripped", "STRIP_MARK"]
+
+STRIP_MARK = "unet_bench.stripped"
+
+
+def strip(model, min_bytes: int = 4096):
+    """Clear the data of every initializer of at least ``min_bytes`` (dims and dtype kept)."""
+    for init in model.graph.initializer:
+        if len(init.raw_data) >= min_bytes:
+            init.ClearField("raw_data")
+    from onnx import helper
+
+    props = {p.key: p.value for p in model.metadata_props}
+    props[STRIP_MARK] = "1"
+    helper.set_model_props(model, props)
+    return model
+
+
+def is_stripped(model) -> bool:
+    """True for a model made by :func:`strip` that has not been refilled."""
+    return any(p.key == STRIP_MARK for p in model.metadata_props)
+
+
+def refill(model, *, head_scale: float = 40.0, seed: int = 0):
+    """Fill stripped initializers with He-normal values seeded by their names.
+
+    The last Conv's kernel is multiplied by ``head_scale`` so the softmax is
+    peaked like a trained model's (random init gives near-uniform
+    probabilities, which makes mask-agreement checks vacuous).
+    """
+    from onnx import helper, numpy_helper
+
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    head_weight = convs[-1].input[1] if convs else None
+    for init in model.graph.initializer:
+        if init.raw_data or init.float_data or init.int64_data or init.int32_data:
+            continue
+        dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+        shape = tuple(init.dims)
+        rng = np.random.default_rng(seed + zlib.crc32(init.name.encode()))
+        if len(shape) == 4:  # conv kernel OIHW: He-normal over fan-in
+            fan_in = int(np.prod(shape[1:]))
+            values = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+            if init.name == head_weight:
+                values *= head_scale
+        else:
+            values = rng.standard_normal(shape) * 0.01
+        init.CopyFrom(numpy_helper.from_array(values.astype(dtype), init.name))
+    props = {p.key: p.value for p in model.metadata_props if p.key != STRIP_MARK}
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
+    return model

@@ -1,0 +1,92 @@
+"""bench-unet smoke runs: JSON schema, table, plot, peers and errors (no timing assertions)."""
+
+import json
+import shutil
+
+import onnx
+import pytest
+
+from tests.conftest import run_cli
+from unet_bench.flops import conv_flops
+from unet_bench.weights import is_stripped, refill, strip
+
+ROW_KEYS = {"name", "engine", "provider", "precision", "head", "size", "batch", "device", "host", "raw_device_s",
+            "raw_host_s", "setup_s", "numerics", "peak_rss_mb"}
+STAT_KEYS = {"n", "median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "ms_per_image", "images_per_s", "tflops"}
+
+
+@pytest.fixture(scope="module")
+def full_width_run(tmp_path_factory):
+    """One real run: exports the full-width model at 32x32 and times Keras and ORT rows."""
+    root = tmp_path_factory.mktemp("bench")
+    proc = run_cli("unet_bench.cli", "--out", str(root / "r"), "--size", "32", "--batch", "1", "2",
+                   "--iters", "3", "--warmup", "1", "--plot", "--save-models", str(root / "models"))
+    return proc, root
+
+
+def test_json_table_and_plot(full_width_run):
+    proc, root = full_width_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((root / "r.json").read_text())
+    assert {"command", "date", "machine", "rows"} <= data.keys()
+    assert "versions" in data["machine"] and data["command"].startswith("bench-unet --out")
+    names = [(r["name"], r["batch"]) for r in data["rows"]]
+    assert ("keras.predict", 1) in names and ("keras tf.function", 2) in names and ("ort cpu fp32 softmax", 2) in names
+    for row in data["rows"]:
+        assert ROW_KEYS <= row.keys()
+        assert STAT_KEYS <= row["device"].keys() and row["device"]["n"] == len(row["raw_device_s"]) == 3
+        assert row["numerics"]["mask_agreement"] >= 0.99  # every row agrees with Keras fp32
+    ort_rows = [r for r in data["rows"] if r["engine"] == "onnxruntime"]
+    assert all(r["host"]["n"] == len(r["raw_host_s"]) >= 3 and r["setup_s"] > 0 for r in ort_rows)
+    table = (root / "r.md").read_text()
+    assert "| keras.predict | 32 | 1 |" in table and "vs keras.predict" in table
+    assert (root / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flops_come_from_the_graph(full_width_run):
+    _, root = full_width_run
+    model = onnx.load(str(root / "models" / "fp32-softmax-32.onnx"))
+    # ANCHORS: about 494 GFLOP at 512x512; cost scales with H*W.
+    assert conv_flops(model, 1, 512, 512) == pytest.approx(494e9, rel=0.01)
+    assert conv_flops(model, 2, 256, 256) == conv_flops(model, 1, 512, 512) // 2
+
+
+def test_stripped_models_are_small_and_refill_deterministically(full_width_run, tmp_path):
+    _, root = full_width_run
+    path = root / "models" / "fp32-softmax-32.onnx"
+    assert path.stat().st_size < 200_000  # 120 MB of weights stripped away
+    m = onnx.load(str(path))
+    assert is_stripped(m)
+    a, b = refill(onnx.load(str(path))), refill(onnx.load(str(path)))
+    assert not is_stripped(a)
+    assert [i.raw_data for i in a.graph.initializer] == [i.raw_data for i in b.graph.initializer]
+    onnx.checker.check_model(a)
+
+
+def test_models_from_folder_with_refill(full_width_run, tmp_path):
+    _, root = full_width_run
+    models = tmp_path / "m"
+    shutil.copytree(root / "models", models)
+    proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "x"), "--size", "32", "--iters", "2", "--warmup", "0",
+                   "--models-from", str(models), "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "x.json").read_text())["rows"]
+    assert [r["engine"] for r in rows] == ["onnxruntime"]  # no Keras without exporting
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "30"], "--size 30 is not allowed"),
+    (["--batch", "0"], "every batch size must be >= 1"),
+    (["--iters", "0"], "--iters 0 must be >= 1"),
+    (["--models-from", "/nonexistent"], "is not a folder"),
+])
+def test_bad_flags_exit_1_with_one_line(tmp_path, args, message):
+    proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "r"), *args)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("bench-unet: error:") and message in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_choice_is_a_usage_error(tmp_path):
+    proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "r"), "--providers", "tpu")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr

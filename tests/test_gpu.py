@@ -1,0 +1,109 @@
+"""GPU numerics (CUDA EP): run on the GPU machine, skipped cleanly elsewhere.
+
+The model is a full-size graph with deterministic confident weights
+(unet_bench.weights.refill), so these tests need neither TensorFlow nor a
+carried weights file; CPU fp32 of the same model is the reference (and CPU
+fp32 equals Keras to 1e-7, see test_export_parity).
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+MODELS = Path(os.environ.get("UNET_GPU_MODELS", ".gpumodels"))
+EXACT_REL_L2 = 1e-5  # issue #5: fp32 with use_tf32=0 against CPU fp32
+MASK_MIN = 0.99
+
+
+def _load(name):
+    import onnx
+
+    from unet_bench.weights import is_stripped, refill
+
+    path = MODELS / name
+    if not path.is_file():
+        pytest.skip(f"{path} is missing: make it with bench-unet --save-models (see benchmarks/README.md)")
+    m = onnx.load(str(path))
+    return refill(m) if is_stripped(m) else m
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    import onnx
+
+    root = tmp_path_factory.mktemp("gpu")
+    out = {}
+    for name in ("fp32-softmax-512.onnx", "fp16-softmax-512.onnx", "fp16-argmax-512.onnx"):
+        onnx.save(_load(name), str(root / name))
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+    from unet_runtime import Segmenter
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (512, 512, 3), dtype=np.uint8) for _ in range(2)]
+    with Segmenter(models["fp32-softmax-512.onnx"], providers="cpu") as seg:
+        return imgs, seg.predict_proba(imgs)
+
+
+def _confident_agreement(ref, mask):
+    part = np.partition(ref, -2, axis=-1)
+    conf = (part[..., -1] - part[..., -2]) >= 0.05
+    return float((mask[conf] == ref.argmax(-1)[conf]).mean()), int(conf.sum())
+
+
+def test_cuda_exact_fp32_matches_cpu(models, reference):
+    from unet_runtime import ProviderConfig, Segmenter
+
+    imgs, ref = reference
+    with Segmenter(models["fp32-softmax-512.onnx"], providers=["cuda"], strict=True, config=ProviderConfig(exact=True)) as seg:
+        assert seg.providers[0] == "CUDAExecutionProvider"
+        probs = seg.predict_proba(imgs)
+    for r, p in zip(ref, probs):
+        rel = np.linalg.norm(p - r) / np.linalg.norm(r)
+        print(f"exact fp32 CUDA vs CPU: rel L2 {rel:.2e}")
+        assert rel <= EXACT_REL_L2
+
+
+@pytest.mark.parametrize("name, config", [("fp32-softmax-512.onnx", {}), ("fp16-softmax-512.onnx", {}),
+                                          ("fp16-argmax-512.onnx", {}), ("fp16-argmax-512.onnx", {"cuda_graph": True})])
+def test_tf32_and_fp16_masks_agree_on_confident_pixels(models, reference, name, config):
+    from unet_runtime import ProviderConfig, Segmenter
+
+    imgs, ref = reference
+    with Segmenter(models[name], providers=["cuda"], strict=True, config=ProviderConfig(**config)) as seg:
+        masks = seg.predict(imgs)
+        again = seg.predict(imgs)  # buffers reused (and the CUDA graph replayed)
+    for r, m, m2 in zip(ref, masks, again):
+        agree, n = _confident_agreement(r, m)
+        print(f"{name} {config}: agreement {agree:.4%} on {n} confident pixels of {m.size}")
+        assert n > 0.2 * m.size and agree >= MASK_MIN
+        np.testing.assert_array_equal(m, m2)
+
+
+def test_tensorrt_request_without_tensorrt_is_noticed(models):
+    import onnxruntime as ort
+
+    from unet_runtime import ProviderError, Segmenter
+
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build does not list TensorRT at all")
+    try:
+        import ctypes
+
+        ctypes.CDLL("libnvinfer.so.10")
+        pytest.skip("TensorRT is installed here: the fallback cannot be exercised")
+    except OSError:
+        pass
+    with pytest.warns(RuntimeWarning, match="requested tensorrt"):
+        seg = Segmenter(models["fp16-argmax-512.onnx"], providers=["tensorrt", "cuda"])
+    assert "TensorrtExecutionProvider" not in seg.providers and seg.fallback == ["TensorrtExecutionProvider"]
+    with pytest.raises(ProviderError):
+        Segmenter(models["fp16-argmax-512.onnx"], providers=["tensorrt"], strict=True)
