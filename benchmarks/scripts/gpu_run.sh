@@ -26,3 +26,4 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 $PY -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())' | tee -a "$out/gpu.txt"
 UNET_GPU_MODELS=.gpumodels timeout 240 $PY -m pytest -p no:cacheprovider tests/test_gpu.py -q -rs -s 2>&1 | tail -25 | tee "$out/gpu_tests.txt" || true
 $PY -m unet_bench.cli --models-from .gpumodels --out "$out/h100" --plot -q "$@" 2>&1 | tail -5
+cat "$out/h100.md"
