@@ -244,7 +244,9 @@ class Segmenter:
         """Resize (fixed-size model) or pad (size-agnostic); returns the network image and how to undo it."""
         h, w = image.shape[:2]
         if self.info.fixed_size:
-            return im.resize_bilinear(image, self.info.height, self.info.width), (h, w, 0, 0)
+            # Back to uint8 after resizing, as PIL/OpenCV do for uint8 images.
+            resized = im.resize_bilinear(image, self.info.height, self.info.width)
+            return np.clip(np.rint(resized), 0, 255).astype(np.uint8), (h, w, 0, 0)
         padded = im.pad_to_multiple(image, self.info.size_multiple)
         return padded, (h, w, h, w)
 
