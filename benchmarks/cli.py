@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="ONNX Runtime providers")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16"), help="exported precisions")
     p.add_argument("--head", nargs="+", default=["softmax"], choices=("softmax", "logits", "argmax"), help="exported heads")
+    p.add_argument("--input-dtype", nargs="+", default=["float32"], choices=("float32", "uint8"),
+                   help="exported input types: float32 (host normalizes) and/or uint8 (normalized in the graph)")
     p.add_argument("--layout", default="nchw", choices=("nhwc", "nchw"), help="exported input layout")
     p.add_argument("--cuda-variants", nargs="+", default=["default"],
                    choices=("default", "plain", "graph", "exact"),
@@ -88,18 +90,20 @@ class _Bar:
             print(f"\r{text:<80}", file=sys.stderr, flush=True)
 
 
-def _model_name(precision, head, size):
-    return f"{precision}-{head}-{size}.onnx"
+def _model_name(precision, head, size, input_dtype="float32"):
+    return f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}.onnx"
 
 
-def _get_models(args, tmp: Path, heads) -> tuple[dict, object]:
+def _get_models(args, tmp: Path) -> tuple[dict, object]:
     """{(precision, head, size): path} and the Keras model (or None)."""
     import onnx
 
     from unet_bench.weights import is_stripped, refill, strip
 
     models, keras_model = {}, None
-    want = {(p, h, s) for p in args.precision for h in heads for s in args.size}
+    # The rows' models, plus the fp32 softmax model: the numeric reference.
+    want = {("fp32", "softmax", s, "float32") for s in args.size}
+    want |= {(p, h, s, d) for p in args.precision for h in args.head for s in args.size for d in args.input_dtype}
     if args.models_from:
         for key in sorted(want):
             src = args.models_from / _model_name(*key)
@@ -117,9 +121,9 @@ def _get_models(args, tmp: Path, heads) -> tuple[dict, object]:
     except ImportError as exc:
         raise BenchError("exporting needs the export extra (pip install 'unet-onnx[export]'), or pass --models-from") from exc
     for key in sorted(want):
-        precision, head, size = key
+        precision, head, size, input_dtype = key
         cfg = ExportConfig(input_size=(size, size), precision=precision, head=head, layout=args.layout,
-                           weights=args.weights, seed=args.seed)
+                           weights=args.weights, seed=args.seed, input_dtype=input_dtype)
         out = tmp / _model_name(*key)
         export_model(cfg, out)
         models[key] = out
@@ -151,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, argv) -> int:
-    from unet_runtime import ProviderConfig
     from unet_runtime import images as im
 
     from . import report
@@ -166,22 +169,20 @@ def _run(args, argv) -> int:
             raise BenchError("--keras on needs TensorFlow (pip install 'unet-onnx[export]')") from exc
     if args.keras == "auto" and args.models_from:
         args.keras = "off"
-    heads = sorted(set(args.head) | {"softmax"})  # fp32 softmax is the numeric reference
-    precisions = sorted(set(args.precision) | {"fp32"})
-    args.precision = precisions
     rows: list[Row] = []
-    n_ort = len(args.providers) * len(args.precision) * len(args.head) * len(args.batch) * len(args.size) * len(args.cuda_variants)
+    n_ort = (len(args.providers) * len(args.precision) * len(args.head) * len(args.batch) * len(args.size)
+             * len(args.cuda_variants) * len(args.input_dtype))
     bar = _Bar(n_ort * args.iters * 2, args.quiet)
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmpdir:
         tmp = Path(tmpdir)
         bar.line("exporting / loading models ...")
-        models, keras_model = _get_models(args, tmp, heads)
+        models, keras_model = _get_models(args, tmp)
         rng = np.random.default_rng(args.seed)
         import onnx
 
         for size in args.size:
             images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batch))]
-            ref_model = onnx.load(str(models[("fp32", "softmax", size)]), load_external_data=False)
+            ref_model = onnx.load(str(models[("fp32", "softmax", size, "float32")]), load_external_data=False)
             flops_1 = conv_flops(ref_model, 1, size, size)
             x1 = im.to_model_input(images[:1], (0, 0, 0), (1, 1, 1), "nhwc")
             if keras_model is not None:
@@ -190,7 +191,7 @@ def _run(args, argv) -> int:
             else:
                 import onnxruntime as ort
 
-                s = ort.InferenceSession(str(models[("fp32", "softmax", size)]), providers=["CPUExecutionProvider"])
+                s = ort.InferenceSession(str(models[("fp32", "softmax", size, "float32")]), providers=["CPUExecutionProvider"])
                 xin = x1.transpose(0, 3, 1, 2) if args.layout == "nchw" else x1
                 out = s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(xin)})[0][0]
                 ref_probs = out.transpose(1, 2, 0) if args.layout == "nchw" else out
@@ -213,23 +214,25 @@ def _run(args, argv) -> int:
                 for provider in args.providers:
                     for precision in args.precision:
                         for head in args.head:
-                            variants = args.cuda_variants if provider != "cpu" else ["default"]
-                            for variant in variants:
-                                if variant == "exact" and precision != "fp32":
-                                    continue
-                                config = _config(variant)
-                                name = f"ort {provider} {precision} {head}" + (f" [{variant}]" if provider != "cpu" else "")
-                                row = bench_ort(models[(precision, head, size)], provider=provider, config=config, head=head,
-                                                precision=precision, size=size, batch=batch, images=images,
-                                                ref_probs=ref_probs, warmup=args.warmup, iters=args.iters, flops=flops,
-                                                name=name, progress=bar.tick)
-                                row.note = f"numerics vs {ref_src}"
-                                rows.append(row)
-                                bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, host {row.host['median_ms']:.2f} ms")
+                            for input_dtype in args.input_dtype:
+                                variants = args.cuda_variants if provider != "cpu" else ["default"]
+                                for variant in variants:
+                                    if variant == "exact" and precision != "fp32":
+                                        continue
+                                    name = (f"ort {provider} {precision} {head}" + (" u8-in" if input_dtype == "uint8" else "")
+                                            + (f" [{variant}]" if provider != "cpu" else ""))
+                                    row = bench_ort(models[(precision, head, size, input_dtype)], provider=provider,
+                                                    config=_config(variant), head=head, precision=precision, size=size,
+                                                    batch=batch, images=images, ref_probs=ref_probs, warmup=args.warmup,
+                                                    iters=args.iters, flops=flops, name=name, progress=bar.tick)
+                                    row.note = f"numerics vs {ref_src}"
+                                    rows.append(row)
+                                    bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, "
+                                             f"host {row.host['median_ms']:.2f} ms")
                 if args.torch:
                     from .torch_bench import torch_rows
 
-                    for row in torch_rows(ref_model_path=models[("fp32", "softmax", size)], images=images[:batch],
+                    for row in torch_rows(ref_model_path=models[("fp32", "softmax", size, "float32")], images=images[:batch],
                                           size=size, batch=batch, flops=flops, warmup=args.warmup, iters=args.iters,
                                           ref_probs=ref_probs, compile_too=args.torch_compile):
                         rows.append(row)

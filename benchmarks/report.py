@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import subprocess
-import sys
+
 from dataclasses import asdict
 from pathlib import Path
 
@@ -76,8 +76,8 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         "after warm-up; agreement = class-mask agreement with the fp32 reference on confident pixels (margin >= 0.05).",
         "",
         "| row | size | batch | device median ms | p90 | ms/img | img/s | TFLOP/s | host median ms | host overhead | "
-        f"vs {baseline or 'baseline'} | setup s | agreement (px) | rel L2 | n |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"vs {baseline or 'baseline'} | setup s | agreement (px) | rel L2 | peak RSS MB | GPU MB | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d, h = r.device, r.host
@@ -91,7 +91,8 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         lines.append(
             f"| {r.name} | {r.size} | {r.batch} | {d['median_ms']:.2f} | {d['p90_ms']:.2f} | {d['ms_per_image']:.2f} | "
             f"{d['images_per_s']:.1f} | {_fmt(d.get('tflops'), '.1f')} | {_fmt(h and h['median_ms'])} | {over} | {speed} | "
-            f"{_fmt(r.setup_s, '.1f')} | {agree} | {_fmt(num.get('rel_l2'), '.1e')} | {d['n']} |"
+            f"{_fmt(r.setup_s, '.1f')} | {agree} | {_fmt(num.get('rel_l2'), '.1e')} | {_fmt(r.peak_rss_mb, '.0f')} | "
+            f"{_fmt(r.peak_gpu_mb, '.0f')} | {d['n']} |"
         )
     notes = [f"- {r.name}: {r.note}" for r in rows if r.note]
     if notes:

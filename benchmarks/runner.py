@@ -35,15 +35,28 @@ class Row:
     note: str = ""
 
 
-def _rss_mb() -> float | None:
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _gpu_mem_mb() -> float | None:
+    """Device memory this process holds now (nvidia-smi), or None without a GPU."""
+    import os
+    import subprocess
+
     try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        pid, _, mem = line.partition(",")
+        if pid.strip() == str(os.getpid()):
+            return float(mem)
+    return None
 
 
 def agreement(ref_probs: np.ndarray, out: np.ndarray, head: str, margin: float = 0.05) -> dict:
@@ -126,6 +139,7 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
         row.raw_host_s = time_calls(lambda: seg.predict(images[:batch]), warmup=1, iters=max(3, iters // 3),
                                     on_iter=progress)
         row.host = summarize(row.raw_host_s, batch, flops)
-    row.peak_rss_mb = _rss_mb()
+    row.peak_rss_mb = _peak_rss_mb()
+    row.peak_gpu_mb = _gpu_mem_mb() if on_gpu else None
     seg.close()
     return row

@@ -7,7 +7,6 @@ PyTorch instead", measured in the same process as the ORT rows.
 
 from __future__ import annotations
 
-import numpy as np
 
 from .runner import Row, agreement
 from .timing import summarize, time_calls

@@ -87,7 +87,8 @@ def _twin(model, swap_upsampling: bool = True):
     return twin
 
 
-def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bool):
+def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bool,
+                  input_dtype: str = "float32", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
     """Convert the seed's Keras model to an ONNX ``ModelProto`` with tf2onnx.
 
     Args:
@@ -97,6 +98,11 @@ def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bo
             softmax/logits heads.
         opset: ONNX opset, ``MIN_OPSET`` to ``MAX_OPSET``.
         dynamic_size: export H and W as symbolic dimensions.
+        input_dtype: ``float32`` (normalized input) or ``uint8``: raw RGB
+            pixels; the cast and ``(x/255 - mean)/std`` then run inside the
+            graph (on the GPU), so callers copy a quarter of the bytes and
+            do no arithmetic on the host.
+        mean, std: the normalization, used only for a uint8 input.
 
     Returns:
         The raw tf2onnx graph (input ``input``; output named by the head),
@@ -108,10 +114,17 @@ def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bo
     twin = _twin(model)
     _, height, width, channels = model.input_shape
     shape = [None, None if dynamic_size else height, None if dynamic_size else width, channels]
-    spec = tf.TensorSpec(shape, tf.float32, name=INPUT_NAME)
+    spec = tf.TensorSpec(shape, tf.uint8 if input_dtype == "uint8" else tf.float32, name=INPUT_NAME)
+    # (x/255 - mean)/std == x * scale + shift: one Mul and one Add in the graph.
+    scale = [1.0 / (255.0 * s) for s in std]
+    shift = [-m / s for m, s in zip(mean, std)]
 
     @tf.function(input_signature=[spec])
     def forward(x):
+        if input_dtype == "uint8":
+            # Constants made inside the function: made outside, tf2onnx would
+            # turn them into extra graph inputs (captures).
+            x = tf.cast(x, tf.float32) * tf.constant(scale) + tf.constant(shift)
         logits = twin(x, training=False)
         if head == "softmax":
             return tf.nn.softmax(logits, axis=-1)

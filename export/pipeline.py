@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 HEADS = ("softmax", "logits", "argmax")
 LAYOUTS = ("nhwc", "nchw")
+INPUT_DTYPES = ("float32", "uint8")
 
 
 @dataclass
@@ -45,6 +46,8 @@ class ExportConfig:
     verify: bool = True
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: ``float32`` (normalized input) or ``uint8`` (raw RGB, normalized in the graph).
+    input_dtype: str = "float32"
     #: filter multiplier (1.0 = the seed); < 1 only for tests and experiments.
     width_multiplier: float = 1.0
 
@@ -56,7 +59,8 @@ class ExportConfig:
         if not self.dynamic_size:
             validate_spatial_size(*self.input_size)
         for name, value, allowed in (("--layout", self.layout, LAYOUTS), ("--head", self.head, HEADS),
-                                     ("--precision", self.precision, PRECISIONS)):
+                                     ("--precision", self.precision, PRECISIONS),
+                                     ("--input-dtype", self.input_dtype, INPUT_DTYPES)):
             if value not in allowed:
                 raise ConfigError(f"{name} {value!r} is not supported; choose one of {', '.join(allowed)}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -159,7 +163,8 @@ def export_model(
     # 2. convert
     from .convert import convert_keras
 
-    proto = convert_keras(model, head=config.head, layout=config.layout, opset=opset, dynamic_size=config.dynamic_size)
+    proto = convert_keras(model, head=config.head, layout=config.layout, opset=opset, dynamic_size=config.dynamic_size,
+                          input_dtype=config.input_dtype, mean=config.mean, std=config.std)
     step("convert", f"tf2onnx, opset {opset}, {len(proto.graph.node)} nodes")
 
     # 3. clean
@@ -220,7 +225,7 @@ def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool) -
     }
     info = ModelInfo(
         num_classes=config.num_classes, layout=config.layout, height=h, width=w, head=config.head,
-        precision=config.precision, input_dtype="float32", mean=tuple(config.mean), std=tuple(config.std),
+        precision=config.precision, input_dtype=config.input_dtype, mean=tuple(config.mean), std=tuple(config.std),
         class_names=tuple(names), size_multiple=SIZE_MULTIPLE, extra=extra,
     )
     onnx.helper.set_model_props(proto, info.to_metadata())
@@ -243,7 +248,7 @@ def _verify(model, data: bytes, config: ExportConfig) -> dict:
     opts.log_severity_level = 3
     session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     return verify(model, session, head=config.head, layout=config.layout, precision=config.precision,
-                  cases=cases, mean=config.mean, std=config.std, seed=config.seed)
+                  cases=cases, mean=config.mean, std=config.std, seed=config.seed, input_dtype=config.input_dtype)
 
 
 def _fmt_hist(hist: dict) -> str:

@@ -61,11 +61,20 @@ class Case:
     width: int
 
 
+def make_pixels(case: Case, seed: int) -> np.ndarray:
+    """Seeded random RGB images: uint8 NHWC."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(case.batch, case.height, case.width, 3), dtype=np.uint8)
+
+
+def normalize(pixels: np.ndarray, mean, std) -> np.ndarray:
+    """``(x/255 - mean)/std`` in float32, as the Keras model is fed."""
+    return ((pixels.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)).astype(np.float32)
+
+
 def make_inputs(case: Case, mean, std, seed: int) -> np.ndarray:
     """Seeded random RGB images, normalized like real ones: float32 NHWC."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(case.batch, case.height, case.width, 3), dtype=np.uint8)
-    return ((pixels.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)).astype(np.float32)
+    return normalize(make_pixels(case, seed), mean, std)
 
 
 def _top2_margin(probs: np.ndarray) -> np.ndarray:
@@ -99,7 +108,8 @@ def mask_agreement(ref_probs: np.ndarray, mask: np.ndarray, margin: float) -> di
     }
 
 
-def verify(keras_model, session, *, head: str, layout: str, precision: str, cases, mean, std, seed: int = 0):
+def verify(keras_model, session, *, head: str, layout: str, precision: str, cases, mean, std, seed: int = 0,
+           input_dtype: str = "float32"):
     """Run Keras and an ONNX Runtime session on the same inputs and gate the result.
 
     Args:
@@ -108,6 +118,7 @@ def verify(keras_model, session, *, head: str, layout: str, precision: str, case
         head, layout, precision: what the exported model is.
         cases: :class:`Case` list (batch 1 and a batch > 1 at least).
         mean, std: the normalization recorded in the model's metadata.
+        input_dtype: ``uint8`` models get the raw pixels (Keras gets them normalized).
 
     Returns:
         The report: per case errors and agreement, plus the tolerances used.
@@ -121,12 +132,14 @@ def verify(keras_model, session, *, head: str, layout: str, precision: str, case
     input_name = session.get_inputs()[0].name
     results, failures = [], []
     for i, case in enumerate(cases):
-        x = make_inputs(case, mean, std, seed + i)
+        pixels = make_pixels(case, seed + i)
+        x = normalize(pixels, mean, std)
         t0 = time.perf_counter()
         ref_probs = np.asarray(keras_model(x, training=False), dtype=np.float32)
         ref_out = np.asarray(logits_model(x, training=False), dtype=np.float32) if logits_model else ref_probs
         t1 = time.perf_counter()
-        feed = x.transpose(0, 3, 1, 2) if layout == "nchw" else x
+        feed = pixels if input_dtype == "uint8" else x
+        feed = feed.transpose(0, 3, 1, 2) if layout == "nchw" else feed
         out = session.run(None, {input_name: np.ascontiguousarray(feed)})[0]
         t2 = time.perf_counter()
         if head != "argmax" and layout == "nchw":

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import run_cli
 from unet_bench.flops import conv_flops
-from unet_bench.weights import is_stripped, refill, strip
+from unet_bench.weights import is_stripped, refill
 
 ROW_KEYS = {"name", "engine", "provider", "precision", "head", "size", "batch", "device", "host", "raw_device_s",
             "raw_host_s", "setup_s", "numerics", "peak_rss_mb"}

@@ -1,4 +1,4 @@
-import time, numpy as np, onnx, onnxruntime as ort
+import time, numpy as np, onnx
 from unet_bench.weights import refill
 from unet_runtime import Segmenter, ProviderConfig
 from unet_runtime import images as im
