@@ -41,12 +41,18 @@ with profile(activities=[ProfilerActivity.CUDA]) as prof:
         seg._session.run_with_iobinding(binding)
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / runs * 1e3
-events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
-total = sum(getattr(e, "self_device_time_total", e.self_cuda_time_total) for e in prof.key_averages()) / runs / 1e3
+
+
+def device_us(e):
+    # torch >= 2.4 calls it self_device_time_total; older ones self_cuda_time_total.
+    return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+
+
+total = sum(device_us(e) for e in prof.key_averages()) / runs / 1e3
 print(f"model {path} batch {batch} cuda_graph={graph}: wall {wall:.3f} ms/run, GPU kernel time {total:.3f} ms/run, "
       f"idle/launch gap {wall - total:.3f} ms ({(wall - total) / wall:.0%})")
-rows = sorted(prof.key_averages(), key=lambda e: -getattr(e, "self_device_time_total", e.self_cuda_time_total))[:25]
+rows = sorted(prof.key_averages(), key=lambda e: -device_us(e))[:25]
 print(f"{'kernel':<100} {'calls/run':>9} {'ms/run':>8} {'share':>6}")
 for e in rows:
-    t = getattr(e, "self_device_time_total", e.self_cuda_time_total) / runs / 1e3
+    t = device_us(e) / runs / 1e3
     print(f"{e.key[:100]:<100} {e.count / runs:9.1f} {t:8.3f} {t / total:6.1%}")
