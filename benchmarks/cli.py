@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs="+", default=[512], help="square image sizes (multiples of 16)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
     p.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="ONNX Runtime providers")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16"), help="exported precisions")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"), help="exported precisions")
     p.add_argument("--head", nargs="+", default=["softmax"], choices=("softmax", "logits", "argmax"), help="exported heads")
     p.add_argument("--input-dtype", nargs="+", default=["float32"], choices=("float32", "uint8"),
                    help="exported input types: float32 (host normalizes) and/or uint8 (normalized in the graph)")
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch", action="store_true", help="add PyTorch fp16 channels_last peer rows (needs torch + CUDA)")
     p.add_argument("--torch-compile", action="store_true", help="also a torch.compile(max-autotune) row (minutes to compile)")
     p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
+    p.add_argument("--calibration-images", help="int8 rows: calibration folder passed to export-unet (default: synthetic shapes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init")
     p.add_argument("--models-from", type=Path, help="use pre-exported models PRECISION-HEAD-SIZE.onnx from this folder "
                    "(weight-stripped ones are refilled) instead of exporting")
@@ -123,7 +124,8 @@ def _get_models(args, tmp: Path) -> tuple[dict, object]:
     for key in sorted(want):
         precision, head, size, input_dtype = key
         cfg = ExportConfig(input_size=(size, size), precision=precision, head=head, layout=args.layout,
-                           weights=args.weights, seed=args.seed, input_dtype=input_dtype)
+                           weights=args.weights, seed=args.seed, input_dtype=input_dtype,
+                           calibration_images=args.calibration_images if precision == "int8" else None)
         out = tmp / _model_name(*key)
         export_model(cfg, out)
         models[key] = out

@@ -27,7 +27,10 @@ def conv_flops(model, batch: int, height: int, width: int) -> int:
     for d, v in zip(dims, concrete):
         d.ClearField("dim_param")
         d.dim_value = v
-    # Weights are not needed for shapes; dropping their bytes keeps this cheap.
+    # Shapes stored for the exported size would contradict the new one.
+    del m.graph.value_info[:]
+    for out in m.graph.output:
+        out.type.tensor_type.ClearField("shape")
     shapes = {i.name: list(i.dims) for i in m.graph.initializer}
     inferred = shape_inference.infer_shapes(m, data_prop=True)
     value_shapes = {

@@ -47,8 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input layout; softmax/logits outputs use it too (an argmax mask is N,H,W)")
     p.add_argument("--head", choices=("softmax", "logits", "argmax"), default="softmax",
                    help="probabilities (as the seed), raw logits, or a uint8 class mask computed in the graph")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="arithmetic inside the graph; I/O stays float32 (uint8 for the argmax mask)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="arithmetic inside the graph; I/O stays float32 (uint8 for the argmax mask); int8 = static "
+                        "QDQ quantization for CPUs with VNNI, calibrated and gated on held-out images")
+    p.add_argument("--calibration-images", type=Path,
+                   help="int8: folder of >= 8 representative PNG/JPEG images (every 4th is held out for the accuracy "
+                        "gate); without it, synthetic shape images are used (less accurate)")
+    p.add_argument("--calibration-count", type=int, default=32, help="int8: number of synthetic calibration images")
+    p.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="int8: activation range estimation")
     p.add_argument("--input-dtype", choices=("float32", "uint8"), default="float32",
                    help="float32: the caller normalizes; uint8: raw RGB pixels in, cast and --mean/--std applied in the graph "
                         "(a quarter of the bytes to copy; fastest on GPU)")
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             layout=args.layout, head=args.head, precision=args.precision, opset=args.opset, input_dtype=args.input_dtype,
             weights=args.weights, encoder_weights=args.encoder_weights, seed=args.seed,
             verify=not args.no_verify, mean=tuple(args.mean), std=tuple(args.std),
+            calibration_images=str(args.calibration_images) if args.calibration_images else None,
+            calibration_count=args.calibration_count, calibration_method=args.calibration_method,
         )
         config.validate()
         if not (args.weights or args.encoder_weights):

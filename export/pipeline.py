@@ -46,6 +46,11 @@ class ExportConfig:
     verify: bool = True
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: INT8 calibration: a folder of images (None: synthetic shapes, see calibration.py).
+    calibration_images: str | None = None
+    #: images used when calibrating on synthetic shapes; held-out ones are extra.
+    calibration_count: int = 32
+    calibration_method: str = "minmax"
     #: ``float32`` (normalized input) or ``uint8`` (raw RGB, normalized in the graph).
     input_dtype: str = "float32"
     #: filter multiplier (1.0 = the seed); < 1 only for tests and experiments.
@@ -67,6 +72,16 @@ class ExportConfig:
             raise ConfigError(f"--num-classes {self.num_classes!r} must be an integer >= 1 (21 for Pascal VOC)")
         if self.head == "argmax" and self.num_classes > 256:
             raise ConfigError(f"--head argmax writes a uint8 mask, which holds at most 256 classes, not {self.num_classes}; use --head logits")
+        from .precision import CALIBRATION_METHODS
+
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ConfigError(f"--calibration-method {self.calibration_method!r} is not supported; choose one of {', '.join(CALIBRATION_METHODS)}")
+        if self.precision != "int8" and self.calibration_images:
+            raise ConfigError("--calibration-images is only used with --precision int8; add --precision int8 or drop it")
+        from .calibration import MIN_CALIBRATION_IMAGES
+
+        if self.precision == "int8" and self.calibration_count < MIN_CALIBRATION_IMAGES:
+            raise ConfigError(f"--calibration-count {self.calibration_count} is too small; INT8 calibration needs at least {MIN_CALIBRATION_IMAGES}")
         if self.opset is not None and not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise ConfigError(f"--opset {self.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET} (default {self._default_opset()})")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
@@ -178,12 +193,17 @@ def export_model(
     step("clean", _fmt_hist(graph_steps[-1]["ops"]))
 
     # 4. precision
+    fp32_data = None
     if config.precision == "fp16":
         from .precision import to_fp16
 
         proto = to_fp16(proto)
+    elif config.precision == "int8":
+        fp32_data = proto.SerializeToString()
+        proto, report["calibration"], held_out = _quantize(proto, config)
     report["ops"] = op_histogram(proto)
-    step("precision", config.precision)
+    step("precision", config.precision + (f" ({report['calibration']['source']}, {report['calibration']['method']})"
+                                            if config.precision == "int8" else ""))
 
     # 5. metadata + check
     _write_metadata(proto, config, sources, trained)
@@ -195,7 +215,16 @@ def export_model(
     # 6. verify
     if config.verify:
         report["verification"] = _verify(model, data, config)
-        step("verify", _fmt_verification(report["verification"]))
+        detail = _fmt_verification(report["verification"])
+        if fp32_data is not None:
+            report["int8_accuracy"] = _int8_accuracy(model, fp32_data, data, held_out, config)
+            a = report["int8_accuracy"]
+            conf = a["vs_fp32"]["confident_agreement"]
+            detail = (f"int8 on {a['images']} held-out images: mask vs fp32 {a['vs_fp32']['agreement']:.4f} "
+                      f"(confident {conf:.4f} of {a['confident_pixels']} px), mIoU {a['vs_fp32']['mean_iou']:.3f}"
+                      if conf is not None else f"int8: no confident pixels in {a['images']} held-out images: "
+                      "accuracy gate NOT applicable (untrained model?)")
+        step("verify", detail)
     else:
         report["verification"] = {"skipped": True}
         say("WARNING: --no-verify: the ONNX model was NOT compared with Keras")
@@ -249,6 +278,51 @@ def _verify(model, data: bytes, config: ExportConfig) -> dict:
     session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     return verify(model, session, head=config.head, layout=config.layout, precision=config.precision,
                   cases=cases, mean=config.mean, std=config.std, seed=config.seed, input_dtype=config.input_dtype)
+
+
+def _int8_images(config: ExportConfig):
+    """(calibration images, held-out images), uint8 at the model's size."""
+    from .calibration import load_images, synthetic_images
+
+    # A size-agnostic model is calibrated at 256x256: ranges barely depend on size.
+    h, w = (256, 256) if config.dynamic_size else config.input_size
+    if config.calibration_images:
+        images = load_images(config.calibration_images, h, w)
+        # Every 4th image is held out of calibration for the accuracy gate.
+        held = images[3::4]
+        calib = [im for i, im in enumerate(images) if i % 4 != 3]
+        return calib, held, f"{len(calib)} images from {config.calibration_images}"
+    calib = synthetic_images(config.calibration_count, h, w, seed=config.seed + 1000)
+    held = synthetic_images(max(2, config.calibration_count // 4), h, w, seed=config.seed + 2000)
+    return calib, held, f"{len(calib)} synthetic shape images"
+
+
+def _quantize(proto, config: ExportConfig):
+    import numpy as np
+
+    from unet_runtime.images import to_model_input
+
+    from .precision import to_int8
+
+    calib, held, source = _int8_images(config)
+    dtype = np.uint8 if config.input_dtype == "uint8" else np.float32
+    batches = [to_model_input([im], config.mean, config.std, config.layout, dtype=dtype) for im in calib]
+    quantized = to_int8(proto, batches, method=config.calibration_method)
+    return quantized, {"source": source, "method": config.calibration_method, "images": len(calib),
+                       "held_out": len(held), "per_channel": True, "format": "QDQ U8S8"}, held
+
+
+def _int8_accuracy(model, fp32_data: bytes, int8_data: bytes, held, config: ExportConfig) -> dict:
+    import onnxruntime as ort
+
+    from .verify import int8_gate
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    fp32 = ort.InferenceSession(fp32_data, opts, providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(int8_data, opts, providers=["CPUExecutionProvider"])
+    return int8_gate(model, fp32, int8, held, head=config.head, layout=config.layout, mean=config.mean,
+                     std=config.std, input_dtype=config.input_dtype)
 
 
 def _fmt_hist(hist: dict) -> str:

@@ -1,0 +1,90 @@
+"""INT8: calibrated static quantization end to end, its accuracy gate, and bad input."""
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from unet_export import ConfigError, ExportConfig, VerificationError, export_model
+from unet_export import verify as verify_mod
+from unet_export.calibration import MIN_CALIBRATION_IMAGES, synthetic_images
+from unet_export.graph import op_histogram
+from unet_export.precision import to_int8
+from unet_runtime import Segmenter
+
+
+def _cfg(weights, **kw):
+    base = dict(input_size=(64, 64), num_classes=5, width_multiplier=0.125, weights=str(weights),
+                precision="int8", calibration_count=12)
+    base.update(kw)
+    return ExportConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def int8_export(confident_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "m.onnx"
+    return export_model(_cfg(confident_weights), out)
+
+
+def test_int8_end_to_end(int8_export):
+    acc = int8_export.report["int8_accuracy"]
+    assert acc["gate_applied"] and acc["confident_pixels"] > 0.3 * acc["pixels"], acc
+    assert acc["vs_fp32"]["confident_agreement"] >= verify_mod.INT8_MASK_AGREEMENT_MIN
+    assert 0 < acc["vs_fp32"]["mean_iou"] <= 1 and acc["vs_keras"]["agreement"] > 0.9
+    assert int8_export.report["calibration"]["method"] == "minmax"
+    hist = op_histogram(onnx.load(str(int8_export.path)))
+    assert hist["Conv"] == 25 and hist["QuantizeLinear"] > 0 and hist["DequantizeLinear"] > 0
+
+
+def test_runtime_runs_int8(int8_export):
+    with Segmenter(int8_export.path, providers="cpu") as seg:
+        assert seg.info.precision == "int8"
+        mask = seg.predict(np.zeros((70, 50, 3), np.uint8))
+    assert mask.shape == (70, 50) and mask.max() < 5
+
+
+def test_constant_calibration_fails_the_held_out_gate(confident_weights, tmp_path, monkeypatch):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(calib / f"{i}.png")
+    # Lift the sanity bound on the noise cases so that the held-out gate is what must fail.
+    monkeypatch.setattr(verify_mod, "INT8_REL_L2", 1e9)
+    monkeypatch.setattr("unet_export.pipeline._int8_images",
+                        lambda config: (_read(calib), synthetic_images(4, 64, 64, seed=5), "constant"))
+    out = tmp_path / "out" / "m.onnx"
+    out.parent.mkdir()
+    with pytest.raises(VerificationError, match="INT8 accuracy gate failed") as info:
+        export_model(_cfg(confident_weights), out)
+    assert info.value.report["int8"]["vs_fp32"]["confident_agreement"] < verify_mod.INT8_MASK_AGREEMENT_MIN
+    assert list(out.parent.iterdir()) == []
+
+
+def _read(folder):
+    return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())]
+
+
+def test_calibration_folder_errors(confident_weights, tmp_path):
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(MIN_CALIBRATION_IMAGES - 1):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(few / f"{i}.png")
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ConfigError, match=f"at least {MIN_CALIBRATION_IMAGES}"):
+        export_model(_cfg(confident_weights, calibration_images=str(few)), out)
+    (few / "7.png").write_bytes(b"not an image")
+    with pytest.raises(ConfigError, match="7.png.*cannot be read"):
+        export_model(_cfg(confident_weights, calibration_images=str(few)), out)
+    with pytest.raises(ConfigError, match="is not a folder"):
+        export_model(_cfg(confident_weights, calibration_images=str(tmp_path / "nope")), out)
+    with pytest.raises(ConfigError, match="only used with --precision int8"):
+        export_model(_cfg(confident_weights, precision="fp32", calibration_images=str(few)), out)
+    with pytest.raises(ConfigError, match="--calibration-count 3 is too small"):
+        export_model(_cfg(confident_weights, calibration_count=3), out)
+    assert not out.exists()
+
+
+def test_fp16_model_cannot_be_quantized(narrow_export):
+    fp16 = onnx.load(str(narrow_export(precision="fp16").path))
+    with pytest.raises(ConfigError, match="needs the fp32 graph"):
+        to_int8(fp16, [np.zeros((1, 32, 32, 3), np.float32)])
