@@ -245,11 +245,16 @@ def _run(args, argv) -> int:
         "machine": report.machine_info(),
     }
     baseline = "keras.predict" if any(r.name == "keras.predict" for r in rows) else None
-    report.write_json(args.out.with_suffix(".json"), rows, meta)
     table = report.markdown(rows, meta, baseline)
-    args.out.with_suffix(".md").write_text(table)
-    if args.plot:
-        report.plot(args.out.with_suffix(".png"), rows)
+    try:
+        report.write_json(args.out.with_suffix(".json"), rows, meta)
+        args.out.with_suffix(".md").write_text(table)
+        if args.plot:
+            report.plot(args.out.with_suffix(".png"), rows)
+    except OSError as exc:
+        for suffix in (".json", ".md", ".png"):  # nothing half-written left behind
+            args.out.with_suffix(suffix).unlink(missing_ok=True)
+        raise BenchError(f"cannot write results to {str(args.out)!r}.*: {exc.strerror or exc}; free space or choose another --out") from exc
     if not args.quiet:
         print(table, file=sys.stderr)
     return 0

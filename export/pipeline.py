@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ._atomic import atomic_write_bytes, check_writable_target
-from .errors import ConfigError
+from .errors import ConfigError, ExportError
 from .model import SIZE_MULTIPLE, validate_spatial_size
 
 __all__ = ["ExportConfig", "ExportResult", "export_model"]
@@ -232,12 +232,23 @@ def export_model(
 
     # 7. write
     report["versions"] = _versions()
-    atomic_write_bytes(out, data)
-    step("write", str(out))
     report["output"] = str(out)
+    _write(out, data, "--out")
+    step("write", str(out))
     if report_path is not None:
-        atomic_write_bytes(report_path, (json.dumps(report, indent=2, default=str) + "\n").encode())
+        _write(report_path, (json.dumps(report, indent=2, default=str) + "\n").encode(), "--report")
     return ExportResult(path=out, report=report)
+
+
+def _write(path: Path, data: bytes, what: str) -> None:
+    """Atomic write; a disk-full or permission error becomes one clear ExportError."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise ExportError(
+            f"{what} {str(path)!r} could not be written ({exc.strerror or exc}); nothing was left there. "
+            "Free disk space or choose another folder"
+        ) from exc
 
 
 def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import images as im
 from .errors import InputImageError, ModelFileError, SegmenterClosedError, SegmenterError
+from .model_file import check_model_file
 from .model_info import HEADS, LAYOUTS, ModelInfo
 from .providers import (
     ProviderConfig,
@@ -32,6 +33,10 @@ from .providers import (
 __all__ = ["Segmenter"]
 
 log = logging.getLogger(__name__)
+
+#: A declared input side larger than this is not a real model (a 32768^2
+#: float32 image alone is 12 GiB); refuse it before allocating anything.
+MAX_MODEL_SIDE = 32768
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
@@ -88,10 +93,8 @@ class Segmenter:
         self._bindings: dict = {}
         self.max_pixels = max_pixels
         path = Path(model_path)
-        if not path.is_file():
-            raise ModelFileError(f"model file {str(path)!r} does not exist or is not a file; export one with export-unet --out {path.name or 'model.onnx'}")
-        if path.stat().st_size == 0:
-            raise ModelFileError(f"model file {str(path)!r} is empty; re-export it")
+        # Before ONNX Runtime touches it: size, protobuf shape, external-data paths.
+        check_model_file(path)
         self.model_path = path
         self.config = replace(config or ProviderConfig(), device_id=device_id)
 
@@ -176,6 +179,12 @@ class Segmenter:
                 f"the model's input {ins[0].name!r} is {ins[0].type} {shape}; this runtime needs a 4-D float/uint8 "
                 f"RGB input (NHWC or NCHW with 3 channels): is this a VGG19-UNet export?"
             )
+        for d in shape:
+            if isinstance(d, int) and not 0 <= d <= MAX_MODEL_SIDE:
+                raise ModelFileError(
+                    f"the model's input {ins[0].name!r} declares shape {shape}: dimension {d} is outside 0..{MAX_MODEL_SIDE}; "
+                    "the file is corrupt or not a VGG19-UNet export"
+                )
 
     # --------------------------------------------------------------- running
     def __enter__(self) -> "Segmenter":
