@@ -18,8 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from . import images as im
-from .errors import InputImageError, ModelFileError, SegmenterClosedError, SegmenterError
+from ._pipeline import Pipeline
+from .images import DEFAULT_MAX_PIXELS
+from .errors import ModelFileError, SegmenterClosedError, SegmenterError
 from .model_file import check_model_file
 from .model_info import HEADS, LAYOUTS, ModelInfo
 from .providers import (
@@ -80,7 +81,7 @@ class Segmenter:
         *,
         strict: bool = False,
         config: ProviderConfig | None = None,
-        max_pixels: int = im.DEFAULT_MAX_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         layout: str | None = None,
         head: str | None = None,
         num_classes: int | None = None,
@@ -135,6 +136,7 @@ class Segmenter:
         self.fallback = check_fallback(requested, self.providers, strict=strict)
         self._session = session
         self._use_binding = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self._pipeline = Pipeline(self.info, self._input_dtype, max_pixels)
 
     # ----------------------------------------------------------------- setup
     @staticmethod
@@ -215,9 +217,7 @@ class Segmenter:
             ``uint8`` ``(H, W)`` mask(s) at each image's own size; a single
             array for a single image, a list for a list.
         """
-        single, batch = self._as_batch(images)
-        masks = [self._to_mask(out, shape) for out, shape in self._run(batch)]
-        return masks[0] if single else masks
+        return self._pipeline.predict(images, self._infer)
 
     def predict_proba(self, images):
         """Class probabilities ``float32`` ``(H, W, num_classes)`` per image.
@@ -226,57 +226,10 @@ class Segmenter:
             SegmenterError: for a model exported with ``--head argmax``,
                 which carries no probabilities.
         """
-        if self.info.head == "argmax":
-            raise SegmenterError("this model was exported with --head argmax and outputs masks only; "
-                                 "re-export with --head softmax or --head logits for probabilities")
-        single, batch = self._as_batch(images)
-        probs = []
-        for out, (h, w, ph, pw) in self._run(batch):
-            p = im.softmax(out.astype(np.float32)) if self.info.head == "logits" else out.astype(np.float32, copy=False)
-            p = p[:ph, :pw] if ph else p
-            probs.append(np.ascontiguousarray(im.resize_bilinear(p, h, w)))
-        return probs[0] if single else probs
+        return self._pipeline.predict_proba(images, self._infer)
 
-    def _as_batch(self, images):
-        if isinstance(images, np.ndarray) and images.ndim != 4:
-            # Any array that is not a batch is one image: validate_image says what is wrong with it.
-            return True, [im.validate_image(images, None, self.max_pixels)]
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            images = list(images)
-        if not isinstance(images, (list, tuple)):
-            raise InputImageError(f"images is a {type(images).__name__}; pass an (H, W, 3) uint8 array or a list of them")
-        if not images:
-            raise InputImageError("the batch is empty; pass at least one (H, W, 3) uint8 image")
-        return False, [im.validate_image(x, i, self.max_pixels) for i, x in enumerate(images)]
-
-    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple]:
-        """Resize (fixed-size model) or pad (size-agnostic); returns the network image and how to undo it."""
-        h, w = image.shape[:2]
-        if self.info.fixed_size and (h, w) != (self.info.height, self.info.width):
-            # Back to uint8 after resizing, as PIL/OpenCV do for uint8 images.
-            resized = im.resize_bilinear(image, self.info.height, self.info.width)
-            return np.clip(np.rint(resized), 0, 255).astype(np.uint8), (h, w, 0, 0)
-        if self.info.fixed_size:  # already the model's size: no copy at all
-            return image, (h, w, 0, 0)
-        padded = im.pad_to_multiple(image, self.info.size_multiple)
-        return padded, (h, w, h, w)
-
-    def _run(self, batch):
-        """Run every image; images of one network size share a session call."""
-        prepared = [self._prepare(x) for x in batch]
-        groups: dict[tuple, list[int]] = {}
-        for i, (net, _) in enumerate(prepared):
-            groups.setdefault(net.shape[:2], []).append(i)
-        results: list = [None] * len(batch)
-        for _, idx in groups.items():
-            x = im.to_model_input([prepared[i][0] for i in idx], self.info.mean, self.info.std, self.info.layout,
-                                  dtype=self._input_dtype)
-            out = self._infer(x)
-            if self.info.head != "argmax" and self.info.layout == "nchw":
-                out = out.transpose(0, 2, 3, 1)
-            for j, i in enumerate(idx):
-                results[i] = (out[j], prepared[i][1])
-        return results
+    def _prepare(self, image: np.ndarray):
+        return self._pipeline.prepare(image)
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         session = self._session
@@ -324,13 +277,6 @@ class Segmenter:
         x_dev.update_inplace(x)
         session.run_with_iobinding(binding)
         return y_dev.numpy()
-
-    def _to_mask(self, out: np.ndarray, undo: tuple) -> np.ndarray:
-        h, w, ph, pw = undo
-        mask = out if self.info.head == "argmax" else out.argmax(-1).astype(np.uint8)
-        if ph:
-            return np.ascontiguousarray(mask[:ph, :pw])
-        return im.resize_nearest(mask, h, w)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ", ".join(self.providers)
