@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "clean and check the graph, verify it against Keras on ONNX Runtime (CPU), then write it atomically.",
         epilog="Example: export-unet --out model.onnx --weights my_unet.keras --head argmax --precision fp16",
     )
-    p.add_argument("--out", required=True, type=Path, help="path of the .onnx file to write (its folder must exist)")
+    p.add_argument("--out", type=Path, help="path of the .onnx file to write (its folder must exist); optional with --triton-repo")
     p.add_argument("--weights", help="trained model or weights: .keras, .weights.h5 or legacy .h5 (default: untrained)")
     p.add_argument("--encoder-weights", help="Keras Applications VGG19 'notop' weights file for the encoder (blockI_convJ -> convI-J)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init of layers no weights file sets")
@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-channel std after scaling pixels to [0, 1]")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with Keras (not recommended)")
     p.add_argument("--report", type=Path, help="write a JSON report of everything measured")
+    t = p.add_argument_group("Triton Inference Server repository")
+    t.add_argument("--triton-repo", type=Path, help="also write DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx and ONNX test data")
+    t.add_argument("--triton-name", default="vgg19_unet", help="model name (folder) in the repository")
+    t.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size; the export is verified at this batch")
+    t.add_argument("--instances", type=int, default=1, help="instance_group count")
+    t.add_argument("--accelerator", choices=("tensorrt", "cuda", "cpu"), default="tensorrt",
+                   help="tensorrt: TensorRT FP16 with engine cache; cuda: CUDA EP (prefer_nhwc, fuse_conv_bias); cpu: CPU instances")
+    t.add_argument("--preferred-batch-sizes", type=int, nargs="+", default=[4, 8], help="dynamic_batching preferred_batch_size")
+    t.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic_batching max_queue_delay_microseconds")
+    t.add_argument("--force", action="store_true", help="write into a non-empty repository (replaces only NAME/ there)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log every pass and verification case")
     return p
@@ -85,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``export-unet``; returns the process exit code."""
     # TensorFlow's C++ logging must be quieted before it is imported.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out is None and args.triton_repo is None:
+        parser.error("give --out FILE and/or --triton-repo DIR")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     for noisy in ("tf2onnx", "onnxslim", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -110,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.weights or args.encoder_weights):
             progress(f"WARNING: no --weights given: exporting an UNTRAINED model (random init, seed {args.seed}); "
                      "its masks are meaningless until you export your trained weights")
-        result = export_model(config, args.out, report_path=args.report, progress=progress)
+        triton = None
+        if args.triton_repo is not None:
+            from .triton import TritonOptions
+
+            triton = TritonOptions(repo=args.triton_repo, name=args.triton_name, max_batch_size=args.max_batch_size,
+                                   instances=args.instances, accelerator=args.accelerator,
+                                   preferred_batch_sizes=tuple(args.preferred_batch_sizes),
+                                   max_queue_delay_us=args.max_queue_delay_us, force=args.force)
+        result = export_model(config, args.out, report_path=args.report, progress=progress, triton=triton)
     except ExportError as exc:
         print(f"export-unet: error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -118,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print("export-unet: interrupted; nothing was written", file=sys.stderr, flush=True)
         return 130
     if not args.quiet:
-        print(f"wrote {result.path} ({result.report['size_bytes'] / 1e6:.1f} MB)", file=sys.stderr)
+        where = ", ".join(filter(None, [result.report.get("output"), result.report.get("triton")]))
+        print(f"wrote {where} ({result.report['size_bytes'] / 1e6:.1f} MB model)", file=sys.stderr)
     return 0
 
 

@@ -118,12 +118,18 @@ def _versions() -> dict[str, str]:
     return out
 
 
+#: Triton's max_batch_size is verified against Keras at that batch; larger
+#: batches would make verification (on a CPU) take minutes.
+MAX_TRITON_BATCH = 32
+
+
 def export_model(
     config: ExportConfig,
-    out: str | Path,
+    out: str | Path | None,
     *,
     report_path: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    triton=None,
 ) -> ExportResult:
     """Export the seed's VGG19-UNet to a verified ONNX file at ``out``.
 
@@ -133,13 +139,23 @@ def export_model(
         report_path: optional JSON report (errors, op histograms, sizes,
             times, versions), written atomically too.
         progress: called with one line per step (the CLI prints them).
+        triton: a :class:`~unet_export.triton.TritonOptions`: also write a
+            Triton model repository (the model is then also verified at
+            ``max_batch_size``). ``out`` may then be ``None``.
 
     Raises:
         ExportError: a subclass naming what failed; nothing is written.
     """
     say = progress or (lambda line: log.info(line))
     config.validate()
-    out = check_writable_target(out, "--out", ConfigError)
+    if out is None and triton is None:
+        raise ConfigError("nothing to write: give --out FILE and/or --triton-repo DIR")
+    if triton is not None:
+        if not config.verify:
+            raise ConfigError("--triton-repo needs verification (it checks every batch size Triton may send); drop --no-verify")
+        triton.validate(MAX_TRITON_BATCH)
+    if out is not None:
+        out = check_writable_target(out, "--out", ConfigError)
     if report_path is not None:
         report_path = check_writable_target(report_path, "--report", ConfigError)
 
@@ -214,7 +230,7 @@ def export_model(
 
     # 6. verify
     if config.verify:
-        report["verification"] = _verify(model, data, config)
+        report["verification"] = _verify(model, data, config, triton.max_batch_size if triton else None)
         detail = _fmt_verification(report["verification"])
         if fp32_data is not None:
             report["int8_accuracy"] = _int8_accuracy(model, fp32_data, data, held_out, config)
@@ -232,9 +248,15 @@ def export_model(
 
     # 7. write
     report["versions"] = _versions()
-    report["output"] = str(out)
-    _write(out, data, "--out")
-    step("write", str(out))
+    report["output"] = str(out) if out else None
+    written = []
+    if out is not None:
+        _write(out, data, "--out")
+        written.append(str(out))
+    if triton is not None:
+        report["triton"] = str(_write_triton(proto, triton, config))
+        written.append(report["triton"])
+    step("write", ", ".join(written))
     if report_path is not None:
         _write(report_path, (json.dumps(report, indent=2, default=str) + "\n").encode(), "--report")
     return ExportResult(path=out, report=report)
@@ -273,7 +295,25 @@ def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool) -
     proto.doc_string = "VGG19-UNet semantic segmentation, exported and verified against Keras by unet-onnx"
 
 
-def _verify(model, data: bytes, config: ExportConfig) -> dict:
+def _write_triton(proto, triton, config: ExportConfig) -> Path:
+    import numpy as np
+
+    from unet_runtime.images import to_model_input
+
+    from .triton import write_triton_repo
+    from .verify import Case, make_pixels
+
+    h, w = (64, 96) if config.dynamic_size else config.input_size
+    pixels = make_pixels(Case(1, h, w), config.seed)
+    dtype = np.uint8 if config.input_dtype == "uint8" else np.float32
+    test_input = to_model_input(list(pixels), config.mean, config.std, config.layout, dtype=dtype)
+    try:
+        return write_triton_repo(proto, triton, test_input)
+    except OSError as exc:
+        raise ExportError(f"--triton-repo {str(triton.repo)!r} could not be written ({exc.strerror or exc}); nothing was left there") from exc
+
+
+def _verify(model, data: bytes, config: ExportConfig, triton_batch: int | None = None) -> dict:
     import onnxruntime as ort
 
     from .verify import Case, verify
@@ -284,6 +324,8 @@ def _verify(model, data: bytes, config: ExportConfig) -> dict:
         cases = [Case(1, 96, 64), Case(2, 64, 96)]
     else:
         cases = [Case(1, *config.input_size), Case(2, *config.input_size)]
+    if triton_batch and triton_batch > max(c.batch for c in cases):
+        cases.append(Case(triton_batch, cases[0].height, cases[0].width))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])

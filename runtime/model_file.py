@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import ModelFileError
 
-__all__ = ["external_data_locations", "check_model_file", "MAX_MODEL_BYTES"]
+__all__ = ["external_data_locations", "check_model_file", "read_metadata", "MAX_MODEL_BYTES"]
 
 #: ONNX protobufs are capped at 2 GiB; larger files are not models.
 MAX_MODEL_BYTES = 2 << 30
@@ -153,3 +153,17 @@ def check_model_file(path: Path) -> None:
             )
         if not resolved.is_file():
             raise ModelFileError(f"model file {str(path)!r} needs external data {loc!r}, which is missing next to it")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """``metadata_props`` of a model file (ModelProto field 14), without onnx or a session."""
+    data = Path(path).read_bytes()
+    props = {}
+    try:
+        for field, wire, value in _fields(memoryview(data)):
+            if field == 14 and wire == 2:
+                entry = {f: bytes(v).decode("utf-8", "replace") for f, w, v in _fields(value) if w == 2}
+                props[entry.get(1, "")] = entry.get(2, "")
+    except ValueError as exc:
+        raise ModelFileError(f"model file {str(path)!r} is not a valid ONNX protobuf ({exc})") from exc
+    return props
