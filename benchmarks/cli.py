@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-from", type=Path, help="use pre-exported models PRECISION-HEAD-SIZE.onnx from this folder "
                    "(weight-stripped ones are refilled) instead of exporting")
     p.add_argument("--save-models", type=Path, help="also save the exported models here, weight-stripped (for carrying)")
+    p.add_argument("--images", type=Path, help="folder of PNG/JPEG images to time and check on (default: seeded noise)")
     p.add_argument("--iters", type=int, default=30, help="timed runs per row (after warm-up)")
     p.add_argument("--keras-iters", type=int, help="timed runs of the Keras rows (default: --iters)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs per row")
@@ -95,8 +96,8 @@ def _model_name(precision, head, size, input_dtype="float32"):
     return f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}.onnx"
 
 
-def _get_models(args, tmp: Path) -> tuple[dict, object]:
-    """{(precision, head, size): path} and the Keras model (or None)."""
+def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, object]:
+    """{(precision, head, size, input dtype): path} and the Keras model (or None); export reports go to ``exports``."""
     import onnx
 
     from unet_bench.weights import is_stripped, refill, strip
@@ -127,7 +128,8 @@ def _get_models(args, tmp: Path) -> tuple[dict, object]:
                            weights=args.weights, seed=args.seed, input_dtype=input_dtype,
                            calibration_images=args.calibration_images if precision == "int8" else None)
         out = tmp / _model_name(*key)
-        export_model(cfg, out)
+        rep = export_model(cfg, out).report
+        exports[out.name] = {k: rep.get(k) for k in ("verification", "int8_accuracy", "calibration", "ops", "steps")}
         models[key] = out
         if args.save_models:
             args.save_models.mkdir(parents=True, exist_ok=True)
@@ -178,12 +180,18 @@ def _run(args, argv) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmpdir:
         tmp = Path(tmpdir)
         bar.line("exporting / loading models ...")
-        models, keras_model = _get_models(args, tmp)
+        exports: dict = {}
+        models, keras_model = _get_models(args, tmp, exports)
         rng = np.random.default_rng(args.seed)
         import onnx
 
         for size in args.size:
-            images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batch))]
+            if args.images:
+                from unet_export.calibration import load_images
+
+                images = load_images(args.images, size, size)[: max(args.batch)]
+            else:
+                images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batch))]
             ref_model = onnx.load(str(models[("fp32", "softmax", size, "float32")]), load_external_data=False)
             flops_1 = conv_flops(ref_model, 1, size, size)
             x1 = im.to_model_input(images[:1], (0, 0, 0), (1, 1, 1), "nhwc")
@@ -243,6 +251,8 @@ def _run(args, argv) -> int:
         "command": "bench-unet " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": report.machine_info(),
+        "images": str(args.images) if args.images else "seeded uniform noise",
+        "exports": exports,
     }
     baseline = "keras.predict" if any(r.name == "keras.predict" for r in rows) else None
     table = report.markdown(rows, meta, baseline)
