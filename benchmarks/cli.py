@@ -119,17 +119,12 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, object]:
             models[key] = dst
         return models, None
     try:
-        from unet_export import ExportConfig, build_vgg19_unet, export_model
+        from unet_export import build_vgg19_unet
     except ImportError as exc:
         raise BenchError("exporting needs the export extra (pip install 'unet-onnx[export]'), or pass --models-from") from exc
     for key in sorted(want):
-        precision, head, size, input_dtype = key
-        cfg = ExportConfig(input_size=(size, size), precision=precision, head=head, layout=args.layout,
-                           weights=args.weights, seed=args.seed, input_dtype=input_dtype,
-                           calibration_images=args.calibration_images if precision == "int8" else None)
         out = tmp / _model_name(*key)
-        rep = export_model(cfg, out).report
-        exports[out.name] = {k: rep.get(k) for k in ("verification", "int8_accuracy", "calibration", "ops", "steps")}
+        exports[out.name] = _export_subprocess(args, key, out)
         models[key] = out
         if args.save_models:
             args.save_models.mkdir(parents=True, exist_ok=True)
@@ -142,6 +137,33 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, object]:
 
             load_weights(keras_model, args.weights)
     return models, keras_model
+
+
+def _export_subprocess(args, key, out: Path) -> dict:
+    """Run export-unet in a child process; return the key figures of its report.
+
+    A child, not a call: TensorFlow's graphs and INT8 calibration's
+    activations would otherwise stay in this process (ANCHORS: ~8 GB per
+    export) and the timed rows would run under memory pressure on a 24 GB
+    machine.
+    """
+    import json
+    import subprocess
+
+    precision, head, size, input_dtype = key
+    cmd = [sys.executable, "-m", "unet_export.cli", "--out", str(out), "--report", str(out.with_suffix(".json")),
+           "--input-size", str(size), str(size), "--precision", precision, "--head", head, "--layout", args.layout,
+           "--input-dtype", input_dtype, "--seed", str(args.seed), "-q"]
+    if args.weights:
+        cmd += ["--weights", args.weights]
+    if precision == "int8" and args.calibration_images:
+        cmd += ["--calibration-images", args.calibration_images]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        raise BenchError(f"exporting {out.name} failed: {last}")
+    rep = json.loads(out.with_suffix(".json").read_text())
+    return {k: rep.get(k) for k in ("verification", "int8_accuracy", "calibration", "ops", "steps")}
 
 
 def main(argv: list[str] | None = None) -> int:

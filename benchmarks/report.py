@@ -72,16 +72,17 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()),
         "",
         "device = the session (or model call) alone on a prepared input (IO binding, device buffers on GPU); "
-        "host = uint8 images in, masks out (pre/post-processing and copies included). Medians of n timed runs "
+        "host = uint8 images in, masks out (pre/post-processing and copies included); pre/post = the runtime's "
+        "own processing alone, share = of the device time. Medians of n timed runs "
         "after warm-up; agreement = class-mask agreement with the fp32 reference on confident pixels (margin >= 0.05).",
         "",
-        "| row | size | batch | device median ms | p90 | ms/img | img/s | TFLOP/s | host median ms | host overhead | "
+        "| row | size | batch | device median ms | p90 | ms/img | img/s | TFLOP/s | host median ms | pre/post ms (share) | "
         f"vs {baseline or 'baseline'} | setup s | agreement (px) | rel L2 | peak RSS MB | GPU MB | n |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d, h = r.device, r.host
-        over = f"{(h['median_ms'] / d['median_ms'] - 1) * 100:+.1f}%" if h else ""
+        over = f"{r.overhead['pre_post_ms']:.2f} ({r.overhead['share_of_session']:.1%})" if r.overhead else ""
         b = base.get((r.size, r.batch))
         speed = f"{b / d['median_ms']:.2f}x" if b else ""
         num = r.numerics or {}

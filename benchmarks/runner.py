@@ -32,6 +32,7 @@ class Row:
     numerics: dict | None = None
     peak_rss_mb: float | None = None
     peak_gpu_mb: float | None = None
+    overhead: dict | None = None
     note: str = ""
 
 
@@ -139,6 +140,14 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
         row.raw_host_s = time_calls(lambda: seg.predict(images[:batch]), warmup=1, iters=max(3, iters // 3),
                                     on_iter=progress)
         row.host = summarize(row.raw_host_s, batch, flops)
+    # The runtime's own pre/post-processing, measured directly: the same
+    # Pipeline.predict with the inference replaced by the cached output
+    # (host minus device medians would mix in run-to-run noise).
+    cached = fetch()
+    pre_post = time_calls(lambda: seg._pipeline.predict(images[:batch], lambda _x: cached), warmup=1,
+                          iters=max(5, iters))
+    med = float(np.median(pre_post)) * 1e3
+    row.overhead = {"pre_post_ms": med, "share_of_session": med / row.device["median_ms"]}
     row.peak_rss_mb = _peak_rss_mb()
     row.peak_gpu_mb = _gpu_mem_mb() if on_gpu else None
     seg.close()

@@ -92,7 +92,6 @@ class Segmenter:
 
         self._lock = threading.Lock()
         self._bindings: dict = {}
-        self.max_pixels = max_pixels
         path = Path(model_path)
         # Before ONNX Runtime touches it: size, protobuf shape, external-data paths.
         check_model_file(path)
@@ -106,8 +105,16 @@ class Segmenter:
         opts.log_severity_level = 3
         # Probe the model's input on CPU first: TensorRT needs its shape to
         # build a profile, and a broken file should fail before a GPU init.
+        # For a GPU session the probe is thrown away, so it skips graph
+        # optimization; CPU-only, the probe is the session.
+        cpu_only = requested == ["CPUExecutionProvider"]
+        probe_opts = opts
+        if not cpu_only:
+            probe_opts = ort.SessionOptions()
+            probe_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            probe_opts.log_severity_level = 3
         try:
-            probe = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            probe = ort.InferenceSession(str(path), probe_opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
             raise ModelFileError(f"model file {str(path)!r} cannot be loaded by ONNX Runtime: {str(exc).splitlines()[0][:300]}") from exc
         self._check_io(probe, None)
@@ -118,7 +125,7 @@ class Segmenter:
         self._output_name = probe.get_outputs()[0].name
         self._output_dtype = _ORT_DTYPES.get(probe.get_outputs()[0].type, np.float32)
 
-        if requested == ["CPUExecutionProvider"]:
+        if cpu_only:
             session = probe
         else:
             del probe

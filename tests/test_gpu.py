@@ -15,7 +15,11 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 MODELS = Path(os.environ.get("UNET_GPU_MODELS", ".gpumodels"))
-EXACT_REL_L2 = 1e-5  # issue #5: fp32 with use_tf32=0 against CPU fp32
+# issue #5: fp32 with use_tf32=0 against CPU fp32. Measured on an H100 (2026-11-25): 1.9e-5 on the
+# probabilities of these head-sharpened weights, the same with EXHAUSTIVE, HEURISTIC and DEFAULT cuDNN
+# search (benchmarks/scripts/gpu_probe.py), so not an FFT/Winograd kernel; the gate is kept at the
+# issue's value and this test fails there until the cause is found (see the issue note).
+EXACT_REL_L2 = 1e-5
 MASK_MIN = 0.99
 
 
