@@ -15,15 +15,16 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 MODELS = Path(os.environ.get("UNET_GPU_MODELS", ".gpumodels"))
-# issue #5: fp32 with use_tf32=0 against CPU fp32. Measured on an H100 (2026-11-25): 1.9e-5 on the
-# probabilities of these head-sharpened weights, the same with EXHAUSTIVE, HEURISTIC and DEFAULT cuDNN
-# search (benchmarks/scripts/gpu_probe.py), so not an FFT/Winograd kernel; the gate is kept at the
-# issue's value and this test fails there until the cause is found (see the issue note).
+# issues #3/#5: fp32 with use_tf32=0 against CPU fp32. Measured on an H100 (2026-11-25,
+# benchmarks/results/h100-2026-11-25-exact-fp32-probe.txt): logits differ by rel L2 3.3e-6 whatever
+# the head scale; probabilities by 3.0e-6 with plain weights, but 1.9e-5 with the x40-sharpened head
+# the mask tests need (the softmax amplifies summation-order differences). So this test uses plain
+# weights; the sharpened ones serve the mask-agreement tests only.
 EXACT_REL_L2 = 1e-5
 MASK_MIN = 0.99
 
 
-def _load(name):
+def _load(name, head_scale=40.0):
     import onnx
 
     from unet_bench.weights import is_stripped, refill
@@ -32,7 +33,7 @@ def _load(name):
     if not path.is_file():
         pytest.skip(f"{path} is missing: make it with bench-unet --save-models (see benchmarks/README.md)")
     m = onnx.load(str(path))
-    return refill(m) if is_stripped(m) else m
+    return refill(m, head_scale=head_scale) if is_stripped(m) else m
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,8 @@ def models(tmp_path_factory):
     for name in ("fp32-softmax-512.onnx", "fp16-softmax-512.onnx", "fp16-argmax-512.onnx"):
         onnx.save(_load(name), str(root / name))
         out[name] = root / name
+    onnx.save(_load("fp32-softmax-512.onnx", head_scale=1.0), str(root / "plain.onnx"))
+    out["plain"] = root / "plain.onnx"
     return out
 
 
@@ -66,8 +69,10 @@ def _confident_agreement(ref, mask):
 def test_cuda_exact_fp32_matches_cpu(models, reference):
     from unet_runtime import ProviderConfig, Segmenter
 
-    imgs, ref = reference
-    with Segmenter(models["fp32-softmax-512.onnx"], providers=["cuda"], strict=True, config=ProviderConfig(exact=True)) as seg:
+    imgs, _ = reference
+    with Segmenter(models["plain"], providers="cpu") as seg:
+        ref = seg.predict_proba(imgs)
+    with Segmenter(models["plain"], providers=["cuda"], strict=True, config=ProviderConfig(exact=True)) as seg:
         assert seg.providers[0] == "CUDAExecutionProvider"
         probs = seg.predict_proba(imgs)
     for r, p in zip(ref, probs):
