@@ -66,8 +66,8 @@ def _twin(model, swap_upsampling: bool = True):
             )
 
         def compute_output_shape(self, shape):
-            scale = lambda d, s: None if d is None else d * s  # noqa: E731 - tiny local helper
-            return (shape[0], scale(shape[1], self.size[0]), scale(shape[2], self.size[1]), shape[3])
+            h, w = (None if d is None else d * s for d, s in zip(shape[1:3], self.size))
+            return (shape[0], h, w, shape[3])
 
     def swap(layer):
         if swap_upsampling and isinstance(layer, keras.layers.UpSampling2D):

@@ -82,6 +82,11 @@ def _io(value_info) -> tuple[str, str, list[int]]:
     return value_info.name, _TRITON_TYPES[t.elem_type], dims[1:]  # [M]: dims exclude the batch dimension
 
 
+def _fmt(dims) -> str:
+    """``1, 2, 3``: a pbtxt list body."""
+    return ", ".join(str(d) for d in dims)
+
+
 def render_config(model, opts: TritonOptions) -> str:
     """The ``config.pbtxt`` text for ``model`` (a ModelProto), with a comment per key's source."""
     (inp,), (out,) = model.graph.input, model.graph.output
@@ -90,7 +95,6 @@ def render_config(model, opts: TritonOptions) -> str:
     batch_dim = inp.type.tensor_type.shape.dim[0]
     if batch_dim.dim_value:
         raise ExportError("the model's batch dimension is fixed; Triton batching needs it dynamic")
-    fmt = lambda dims: ", ".join(str(d) for d in dims)  # noqa: E731
     lines = [
         f'name: "{opts.name}"',
         '# [R] the ONNX Runtime backend',
@@ -98,11 +102,11 @@ def render_config(model, opts: TritonOptions) -> str:
         '# [M] > 0: Triton batches along the model\'s first (dynamic) dimension',
         f"max_batch_size: {opts.max_batch_size}",
         "# [M] names, types and dims (without the batch) read from the exported model",
-        f'input [ {{ name: "{in_name}" data_type: {in_type} dims: [ {fmt(in_dims)} ] }} ]',
-        f'output [ {{ name: "{out_name}" data_type: {out_type} dims: [ {fmt(out_dims)} ] }} ]',
+        f'input [ {{ name: "{in_name}" data_type: {in_type} dims: [ {_fmt(in_dims)} ] }} ]',
+        f'output [ {{ name: "{out_name}" data_type: {out_type} dims: [ {_fmt(out_dims)} ] }} ]',
         "# [M] dynamic batching: requests are grouped up to the preferred sizes",
         "dynamic_batching {",
-        f"  preferred_batch_size: [ {fmt(opts.preferred_batch_sizes)} ]",
+        f"  preferred_batch_size: [ {_fmt(opts.preferred_batch_sizes)} ]",
         f"  max_queue_delay_microseconds: {opts.max_queue_delay_us}",
         "}",
         "# [M] instance_group: copies of the model and where they run",
@@ -138,7 +142,7 @@ def render_config(model, opts: TritonOptions) -> str:
         "model_warmup [ {",
         '  name: "zero_batch_1"',
         "  batch_size: 1",
-        f'  inputs {{ key: "{in_name}" value: {{ data_type: {in_type} dims: [ {fmt(d if d > 0 else 512 for d in in_dims)} ] zero_data: true }} }}',
+        f'  inputs {{ key: "{in_name}" value: {{ data_type: {in_type} dims: [ {_fmt(d if d > 0 else 512 for d in in_dims)} ] zero_data: true }} }}',
         "} ]",
     ]
     return "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ def _load(name, head_scale=40.0):
 
     path = MODELS / name
     if not path.is_file():
-        pytest.skip(f"{path} is missing: make it with bench-unet --save-models (see benchmarks/README.md)")
+        pytest.skip(f"{path} is missing: make it with bench-unet --save-models (README: Benchmarks)")
     m = onnx.load(str(path))
     return refill(m, head_scale=head_scale) if is_stripped(m) else m
 
