@@ -1,6 +1,7 @@
 """export-unet end to end: the default full-size export, and every bad input."""
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -105,6 +106,15 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch, confident_wei
         export_model(cfg, out, report_path=rep)
     assert info.value.report["cases"][0]["rel_l2"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "m.onnx", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o644
 
 
 def test_atomic_write_interrupted_leaves_nothing(tmp_path, monkeypatch):
