@@ -66,16 +66,13 @@ def agreement(ref_probs: np.ndarray, out: np.ndarray, head: str, margin: float =
     ``ref_probs``: (H, W, C) fp32 reference probabilities; ``out``: the
     row's output for the same image, NHWC (or an (H, W) mask).
     """
-    ref_mask = ref_probs.argmax(-1)
-    mask = out if head == "argmax" else out.argmax(-1)
-    part = np.partition(ref_probs, -2, axis=-1)
-    confident = (part[..., -1] - part[..., -2]) >= margin
-    same = mask == ref_mask
-    res = {"mask_agreement": float(same.mean()), "confident_pixels": int(confident.sum()),
-           "confident_agreement": float(same[confident].mean()) if confident.any() else None}
+    from unet_export.verify import compare, mask_agreement
+
+    agree = mask_agreement(ref_probs, out if head == "argmax" else out.argmax(-1), margin)
+    res = {"mask_agreement": agree["agreement"], "confident_pixels": agree["confident_pixels"],
+           "confident_agreement": agree["confident_agreement"]}
     if head == "softmax":
-        d = out.astype(np.float64) - ref_probs
-        res["rel_l2"] = float(np.linalg.norm(d) / np.linalg.norm(ref_probs))
+        res["rel_l2"] = compare(ref_probs, out)["rel_l2"]
     return res
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 
+from unet_runtime.model_info import INPUT_NAME, OUTPUT_NAMES
+
 from .errors import ConversionError
 from .model import HEAD_LAYER
 
@@ -38,8 +40,6 @@ MAX_OPSET = 18
 #: 17 is supported by every ONNX Runtime since 1.11 and by TensorRT 8.6+,
 #: and nothing in this network needs a newer op.
 DEFAULT_OPSET = 17
-INPUT_NAME = "input"
-OUTPUT_NAMES = {"softmax": "probabilities", "logits": "logits", "argmax": "mask"}
 
 
 def keras_logits_model(model):

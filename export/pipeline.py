@@ -17,14 +17,14 @@ from typing import Callable
 
 from ._atomic import atomic_write_bytes, check_writable_target
 from .errors import ConfigError, ExportError
+from unet_runtime.model_info import HEADS, LAYOUTS
+
 from .model import SIZE_MULTIPLE, validate_spatial_size
 
 __all__ = ["ExportConfig", "ExportResult", "export_model"]
 
 log = logging.getLogger(__name__)
 
-HEADS = ("softmax", "logits", "argmax")
-LAYOUTS = ("nhwc", "nchw")
 INPUT_DTYPES = ("float32", "uint8")
 
 
@@ -162,7 +162,7 @@ def export_model(
     from .convert import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES
 
     opset = config.opset or DEFAULT_OPSET
-    report: dict = {"config": {k: v for k, v in vars(config).items()}, "opset": opset, "steps": {}}
+    report: dict = {"config": dict(vars(config)), "opset": opset, "steps": {}, "versions": _versions()}
     report["config"]["opset"] = opset
     steps = ["build", "convert", "clean", "precision", "check", "verify", "write"]
     clock = {"t": time.perf_counter()}
@@ -222,7 +222,7 @@ def export_model(
                                             if config.precision == "int8" else ""))
 
     # 5. metadata + check
-    _write_metadata(proto, config, sources, trained)
+    _write_metadata(proto, config, sources, trained, report["versions"])
     check(proto)
     data = proto.SerializeToString()
     report["size_bytes"] = len(data)
@@ -247,7 +247,6 @@ def export_model(
         step("verify", "SKIPPED")
 
     # 7. write
-    report["versions"] = _versions()
     report["output"] = str(out) if out else None
     written = []
     if out is not None:
@@ -273,7 +272,7 @@ def _write(path: Path, data: bytes, what: str) -> None:
         ) from exc
 
 
-def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool) -> None:
+def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool, versions: dict) -> None:
     import onnx
 
     from unet_runtime.model_info import VOC_CLASSES, ModelInfo
@@ -282,7 +281,7 @@ def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool) -
     h, w = (None, None) if config.dynamic_size else config.input_size
     extra = {
         "weights": "trained" if trained else f"untrained (random init, seed {config.seed})",
-        "versions": json.dumps(_versions()),
+        "versions": json.dumps(versions),
         **sources,
     }
     info = ModelInfo(

@@ -252,8 +252,7 @@ def int8_gate(keras_model, fp32_session, int8_session, images, *, head: str, lay
     ref_probs = np.asarray(keras_model(normalize(pixels, mean, std), training=False), np.float32)
     keras_mask = ref_probs.argmax(-1)
     fp32_mask, int8_mask = masks_of(fp32_session, pixels), masks_of(int8_session, pixels)
-    part = np.partition(ref_probs, -2, axis=-1)
-    confident = (part[..., -1] - part[..., -2]) >= CONFIDENT_MARGIN
+    confident = _top2_margin(ref_probs) >= CONFIDENT_MARGIN
     n_conf = int(confident.sum())
 
     def agree(a, b, where=None):

@@ -15,11 +15,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
-__all__ = ["ModelInfo", "VOC_CLASSES", "HEADS", "LAYOUTS", "METADATA_PREFIX"]
+__all__ = ["ModelInfo", "VOC_CLASSES", "HEADS", "LAYOUTS", "METADATA_PREFIX", "INPUT_NAME", "OUTPUT_NAMES"]
 
 METADATA_PREFIX = "unet."
 HEADS = ("softmax", "logits", "argmax")
 LAYOUTS = ("nhwc", "nchw")
+#: Tensor names export-unet gives the graph (the output is named by the head).
+INPUT_NAME = "input"
+OUTPUT_NAMES = {"softmax": "probabilities", "logits": "logits", "argmax": "mask"}
 
 #: Pascal VOC 2012's 21 classes, the seed's default class set.
 VOC_CLASSES: tuple[str, ...] = (

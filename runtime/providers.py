@@ -65,6 +65,9 @@ class ProviderConfig:
             from the model input when ``None`` (batch 1..``trt_max_batch``).
         trt_max_batch: largest batch of the derived profile.
         cpu_threads: intra-op threads; default the number of physical cores.
+        extra: ``{provider name: {option: value}}`` added to (and overriding)
+            the options above, for anything ONNX Runtime offers that this
+            class does not name.
     """
 
     device_id: int = 0

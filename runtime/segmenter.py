@@ -235,9 +235,6 @@ class Segmenter:
         """
         return self._pipeline.predict_proba(images, self._infer)
 
-    def _prepare(self, image: np.ndarray):
-        return self._pipeline.prepare(image)
-
     def _infer(self, x: np.ndarray) -> np.ndarray:
         session = self._session
         if session is None:

@@ -20,7 +20,7 @@ import numpy as np
 from ._pipeline import Pipeline
 from .errors import SegmenterError
 from .model_file import read_metadata
-from .model_info import ModelInfo
+from .model_info import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 
 __all__ = ["TritonSegmenter"]
 
@@ -42,7 +42,7 @@ class TritonSegmenter:
     """
 
     def __init__(self, url: str, model_name: str, *, protocol: str = "http", model_file: str | os.PathLike | None = None,
-                 info: ModelInfo | None = None, input_name: str = "input", output_name: str | None = None,
+                 info: ModelInfo | None = None, input_name: str = INPUT_NAME, output_name: str | None = None,
                  input_datatype: str | None = None, model_version: str = ""):
         if protocol not in ("http", "grpc"):
             raise SegmenterError(f"protocol {protocol!r} is not supported; use 'http' or 'grpc'")
@@ -63,7 +63,7 @@ class TritonSegmenter:
         self.info = info
         self.model_name, self.model_version = model_name, model_version
         self.input_name = input_name
-        self.output_name = output_name or {"softmax": "probabilities", "logits": "logits", "argmax": "mask"}[info.head]
+        self.output_name = output_name or OUTPUT_NAMES[info.head]
         self.input_datatype = input_datatype or {"uint8": "UINT8"}.get(info.input_dtype, "FP32")
         self._client = tc.InferenceServerClient(url=url)
         self._pipeline = Pipeline(info, _NP[self.input_datatype])

@@ -17,8 +17,8 @@ for algo in ["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]:
 m = refill(onnx.load(".gpumodels/fp16-argmax-512.onnx")); onnx.save(m, "/tmp/f16a.onnx")
 with Segmenter("/tmp/f16a.onnx", providers=["cuda"], strict=True) as s:
     s.predict(imgs[0]); N = 30
-    t = time.perf_counter(); [s._prepare(imgs[0]) for _ in range(N)]; a = (time.perf_counter()-t)/N
-    net = [s._prepare(imgs[0])[0]]
+    t = time.perf_counter(); [s._pipeline.prepare(imgs[0]) for _ in range(N)]; a = (time.perf_counter()-t)/N
+    net = [s._pipeline.prepare(imgs[0])[0]]
     t = time.perf_counter(); [im.to_model_input(net, (0,0,0), (1,1,1), "nchw") for _ in range(N)]; b = (time.perf_counter()-t)/N
     x = im.to_model_input(net, (0,0,0), (1,1,1), "nchw")
     t = time.perf_counter(); [s._infer(x) for _ in range(N)]; c = (time.perf_counter()-t)/N
