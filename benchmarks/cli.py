@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import shlex
 import sys
 import tempfile
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch", action="store_true", help="add PyTorch fp16 channels_last peer rows (needs torch + CUDA)")
     p.add_argument("--torch-compile", action="store_true", help="also a torch.compile(max-autotune) row (minutes to compile)")
     p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
+    p.add_argument("--fold-upsample", nargs="+", default=["auto"], choices=("auto", "off", "convtranspose", "phase"),
+                   help="decoder fold forms passed to export-unet (auto: phase for int8, off otherwise)")
     p.add_argument("--calibration-images", help="int8 rows: calibration folder passed to export-unet (default: synthetic shapes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init")
     p.add_argument("--models-from", type=Path, help="use pre-exported models PRECISION-HEAD-SIZE.onnx from this folder "
@@ -92,20 +95,21 @@ class _Bar:
             print(f"\r{text:<80}", file=sys.stderr, flush=True)
 
 
-def _model_name(precision, head, size, input_dtype="float32"):
-    return f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}.onnx"
+def _model_name(precision, head, size, input_dtype="float32", fold="auto"):
+    return f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}{'' if fold == 'auto' else '-fold_' + fold}.onnx"
 
 
 def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, object]:
-    """{(precision, head, size, input dtype): path} and the Keras model (or None); export reports go to ``exports``."""
+    """{(precision, head, size, input dtype, fold): path} and the Keras model (or None); export reports go to ``exports``."""
     import onnx
 
     from unet_bench.weights import is_stripped, refill, strip
 
     models, keras_model = {}, None
     # The rows' models, plus the fp32 softmax model: the numeric reference.
-    want = {("fp32", "softmax", s, "float32") for s in args.size}
-    want |= {(p, h, s, d) for p in args.precision for h in args.head for s in args.size for d in args.input_dtype}
+    want = {("fp32", "softmax", s, "float32", "auto") for s in args.size}
+    want |= {(p, h, s, d, f) for p in args.precision for h in args.head for s in args.size for d in args.input_dtype
+             for f in args.fold_upsample}
     if args.models_from:
         for key in sorted(want):
             src = args.models_from / _model_name(*key)
@@ -150,10 +154,10 @@ def _export_subprocess(args, key, out: Path) -> dict:
     import json
     import subprocess
 
-    precision, head, size, input_dtype = key
+    precision, head, size, input_dtype, fold = key
     cmd = [sys.executable, "-m", "unet_export.cli", "--out", str(out), "--report", str(out.with_suffix(".json")),
            "--input-size", str(size), str(size), "--precision", precision, "--head", head, "--layout", args.layout,
-           "--input-dtype", input_dtype, "--seed", str(args.seed), "-q"]
+           "--input-dtype", input_dtype, "--fold-upsample", fold, "--seed", str(args.seed), "-q"]
     if args.weights:
         cmd += ["--weights", args.weights]
     if precision == "int8" and args.calibration_images:
@@ -163,7 +167,7 @@ def _export_subprocess(args, key, out: Path) -> dict:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
         raise BenchError(f"exporting {out.name} failed: {last}")
     rep = json.loads(out.with_suffix(".json").read_text())
-    return {k: rep.get(k) for k in ("verification", "int8_accuracy", "calibration", "ops", "steps")}
+    return {k: rep.get(k) for k in ("verification", "int8_accuracy", "calibration", "ops", "steps", "fold_upsample")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +201,7 @@ def _run(args, argv) -> int:
         args.keras = "off"
     rows: list[Row] = []
     n_ort = (len(args.providers) * len(args.precision) * len(args.head) * len(args.batch) * len(args.size)
-             * len(args.cuda_variants) * len(args.input_dtype))
+             * len(args.cuda_variants) * len(args.input_dtype) * len(args.fold_upsample))
     bar = _Bar(n_ort * args.iters * 2, args.quiet)
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmpdir:
         tmp = Path(tmpdir)
@@ -214,7 +218,7 @@ def _run(args, argv) -> int:
                 images = load_images(args.images, size, size)[: max(args.batch)]
             else:
                 images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batch))]
-            ref_model = onnx.load(str(models[("fp32", "softmax", size, "float32")]), load_external_data=False)
+            ref_model = onnx.load(str(models[("fp32", "softmax", size, "float32", "auto")]), load_external_data=False)
             flops_1 = conv_flops(ref_model, 1, size, size)
             x1 = im.to_model_input(images[:1], (0, 0, 0), (1, 1, 1), "nhwc")
             if keras_model is not None:
@@ -223,7 +227,7 @@ def _run(args, argv) -> int:
             else:
                 import onnxruntime as ort
 
-                s = ort.InferenceSession(str(models[("fp32", "softmax", size, "float32")]), providers=["CPUExecutionProvider"])
+                s = ort.InferenceSession(str(models[("fp32", "softmax", size, "float32", "auto")]), providers=["CPUExecutionProvider"])
                 xin = x1.transpose(0, 3, 1, 2) if args.layout == "nchw" else x1
                 out = s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(xin)})[0][0]
                 ref_probs = out.transpose(1, 2, 0) if args.layout == "nchw" else out
@@ -246,14 +250,15 @@ def _run(args, argv) -> int:
                 for provider in args.providers:
                     for precision in args.precision:
                         for head in args.head:
-                            for input_dtype in args.input_dtype:
+                            for input_dtype, fold in itertools.product(args.input_dtype, args.fold_upsample):
                                 variants = args.cuda_variants if provider != "cpu" else ["default"]
                                 for variant in variants:
                                     if variant == "exact" and precision != "fp32":
                                         continue
                                     name = (f"ort {provider} {precision} {head}" + (" u8-in" if input_dtype == "uint8" else "")
+                                            + ("" if fold == "auto" else f" fold={fold}")
                                             + (f" [{variant}]" if provider != "cpu" else ""))
-                                    row = bench_ort(models[(precision, head, size, input_dtype)], provider=provider,
+                                    row = bench_ort(models[(precision, head, size, input_dtype, fold)], provider=provider,
                                                     config=_config(variant), head=head, precision=precision, size=size,
                                                     batch=batch, images=images, ref_probs=ref_probs, warmup=args.warmup,
                                                     iters=args.iters, flops=flops, name=name, progress=bar.tick)
@@ -264,7 +269,7 @@ def _run(args, argv) -> int:
                 if args.torch:
                     from .torch_bench import torch_rows
 
-                    for row in torch_rows(ref_model_path=models[("fp32", "softmax", size, "float32")], images=images[:batch],
+                    for row in torch_rows(ref_model_path=models[("fp32", "softmax", size, "float32", "auto")], images=images[:batch],
                                           size=size, batch=batch, flops=flops, warmup=args.warmup, iters=args.iters,
                                           ref_probs=ref_probs, compile_too=args.torch_compile):
                         rows.append(row)

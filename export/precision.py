@@ -43,6 +43,18 @@ def to_fp16(model):
     return converted
 
 
+# Relu must be listed: the quantizer then folds each Conv's ReLU into the
+# Conv's output range ([0, max], ORT's QDQRemovableActivation) and ORT runs
+# QLinearConv -> QLinearConv directly. Without it the Conv output is
+# quantized over its pre-ReLU range (half of the uint8 codes wasted on
+# negatives) and every Conv is followed by a DequantizeLinear/QuantizeLinear
+# pair: 6% of the INT8 run on a 2-core AVX2 CPU (ORT profiler, see
+# benchmarks/results/cpu-int8-profile-2026-11-25.md), and the ReLU before each
+# Resize kept that Resize in float.
+# Add and DepthToSpace appear when the decoder upsampling is folded (fold.py, "phase" form).
+_INT8_OPS = ["Conv", "Relu", "MaxPool", "Resize", "Concat", "Add", "DepthToSpace"]
+
+
 def to_int8(model, calibration_inputs, *, method: str = "minmax", per_channel: bool = True, nodes_to_exclude=()):
     """Static INT8 quantization (QDQ) with ONNX Runtime's quantization tool.
 
@@ -92,7 +104,7 @@ def to_int8(model, calibration_inputs, *, method: str = "minmax", per_channel: b
         quantize_static(
             str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
-            nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=["Conv", "MaxPool", "Resize", "Concat"],
+            nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=_INT8_OPS,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         quantized = onnx.load(str(dst))

@@ -23,7 +23,7 @@ from unet_export.verify import (
     mask_agreement,
 )
 
-# (size or None for dynamic, layout, head, precision, opset)
+# (size or None for dynamic, layout, head, precision, opset[, fold_upsample])
 TABLE = [
     ((32, 32), "nhwc", "softmax", "fp32", None),
     ((32, 32), "nchw", "softmax", "fp32", None),
@@ -39,18 +39,28 @@ TABLE = [
     (None, "nchw", "softmax", "fp16", None),
     ((32, 32), "nhwc", "softmax", "fp32", MIN_OPSET),
     ((32, 32), "nchw", "argmax", "fp32", MAX_OPSET),
+    # The decoder fold (fold.py) is the same function with reordered sums: fp32 bounds hold.
+    ((64, 96), "nhwc", "logits", "fp32", None, "phase"),
+    ((32, 32), "nchw", "softmax", "fp32", None, "convtranspose"),
+    (None, "nhwc", "softmax", "fp32", None, "phase"),
+    (None, "nchw", "logits", "fp32", None, "convtranspose"),
+    ((32, 32), "nhwc", "softmax", "fp16", None, "convtranspose"),
+    ((64, 96), "nchw", "argmax", "fp16", None, "phase"),
 ]
 
 
 def _id(row):
-    size, layout, head, precision, opset = row
-    return f"{'dyn' if size is None else 'x'.join(map(str, size))}-{layout}-{head}-{precision}-op{opset or 'default'}"
+    size, layout, head, precision, opset, *fold = row
+    return (f"{'dyn' if size is None else 'x'.join(map(str, size))}-{layout}-{head}-{precision}-op{opset or 'default'}"
+            + (f"-fold_{fold[0]}" if fold else ""))
 
 
 @pytest.mark.parametrize("row", TABLE, ids=[_id(r) for r in TABLE])
 def test_onnx_matches_keras(row, narrow_export, confident_keras):
-    size, layout, head, precision, opset = row
+    size, layout, head, precision, opset, *fold = row
     cfg = dict(layout=layout, head=head, precision=precision)
+    if fold:
+        cfg["fold_upsample"] = fold[0]
     cfg.update(dynamic_size=True) if size is None else cfg.update(input_size=size)
     if opset:
         cfg["opset"] = opset
@@ -58,6 +68,12 @@ def test_onnx_matches_keras(row, narrow_export, confident_keras):
     model = onnx.load(str(result.path))
     if opset:
         assert {o.domain: o.version for o in model.opset_import}.get("", None) == opset
+    ops = {n.op_type for n in model.graph.node}
+    if fold:
+        assert result.report["fold_upsample"]["stages"] == 4 and "Resize" not in ops
+        assert ("ConvTranspose" if fold[0] == "convtranspose" else "DepthToSpace") in ops
+    else:
+        assert "Resize" in ops
 
     h, w = size or (48, 80)  # dynamic: a size the exporter never verified at
     x = make_inputs(Case(3, h, w), (0, 0, 0), (1, 1, 1), seed=123)

@@ -33,7 +33,32 @@ def test_int8_end_to_end(int8_export):
     assert 0 < acc["vs_fp32"]["mean_iou"] <= 1 and acc["vs_keras"]["agreement"] > 0.9
     assert int8_export.report["calibration"]["method"] == "minmax"
     hist = op_histogram(onnx.load(str(int8_export.path)))
-    assert hist["Conv"] == 25 and hist["QuantizeLinear"] > 0 and hist["DequantizeLinear"] > 0
+    # int8 folds the decoder upsampling by default (fold.py): 4 stages x 4 phase convs more.
+    assert int8_export.report["fold_upsample"] == {"form": "phase", "stages": 4}
+    assert hist["Conv"] == 25 + 16 and "Resize" not in hist and hist["DepthToSpace"] == 4
+    assert hist["QuantizeLinear"] > 0 and hist["DequantizeLinear"] > 0
+
+
+def test_int8_relus_fold_into_the_convs(int8_export, tmp_path):
+    """Each ReLU is folded into its Conv's quantized output, so ORT chains integer kernels.
+
+    Left as float ops, every Conv would pay a DequantizeLinear/QuantizeLinear pair
+    (6% of the 512x512 run on a 2-core CPU) and its output range would include the
+    negatives the ReLU throws away.
+    """
+    import onnxruntime as ort
+
+    assert "Relu" not in op_histogram(onnx.load(str(int8_export.path)))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(int8_export.path), opts, providers=["CPUExecutionProvider"])
+    hist = op_histogram(onnx.load(str(tmp_path / "opt.onnx")))
+    assert hist.get("QLinearConv") == 25 + 16, hist  # every Conv (phase ones included) runs in integers
+    # Only the graph input is quantized and only the head's logits dequantized; the fold's Add is integer too.
+    assert hist.get("QLinearAdd") == 4, hist
+    assert hist.get("QuantizeLinear", 0) == 1 and hist.get("DequantizeLinear", 0) <= 1, hist
+    assert "Relu" not in hist, hist
 
 
 def test_runtime_runs_int8(int8_export):
