@@ -113,11 +113,22 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, object]:
     if args.models_from:
         for key in sorted(want):
             src = args.models_from / _model_name(*key)
+            fold = None
+            if not src.is_file() and key[4] != "auto" and key[0] != "int8":
+                # A fold of an fp32/fp16 model is derived here from the unfolded one, after refilling,
+                # so both rows carry the same weights (int8 graphs are folded before calibration).
+                src, fold = args.models_from / _model_name(*key[:4]), key[4]
             if not src.is_file():
-                raise BenchError(f"--models-from: {str(src)!r} is missing; export it (bench-unet --save-models) first")
+                raise BenchError(f"--models-from: {str(args.models_from / _model_name(*key))!r} is missing; "
+                                 "export it (bench-unet --save-models) first")
             m = onnx.load(str(src))
             if is_stripped(m):
                 m = refill(m, seed=args.seed)
+            if fold:
+                from unet_export.fold import fold_upsample_convs
+
+                m, _ = fold_upsample_convs(m, fold)
+            src = args.models_from / _model_name(*key)
             dst = tmp / src.name
             onnx.save(m, str(dst))
             models[key] = dst

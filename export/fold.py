@@ -102,11 +102,13 @@ def _is_plain_3x3(node, consts) -> bool:
 
 
 def fold_upsample_convs(model, form: str):
-    """Rewrite every ``Resize(2x nearest) -> Concat(axis 1) -> Conv3x3`` in `model` (an NCHW fp32 graph).
+    """Rewrite every ``Resize(2x nearest) -> Concat(axis 1) -> Conv3x3`` in `model` (an NCHW graph).
 
     Args:
         model: an ``onnx.ModelProto`` after clean-up (constant Resize
-            scales, NCHW inside); it is modified in place and returned.
+            scales, NCHW inside), fp32 or fp16; it is modified in place and
+            returned. (export-unet folds before fp16 conversion; fp16 input
+            is for models exported without the fold.)
         form: ``off`` | ``convtranspose`` | ``phase`` (module docstring).
 
     Returns:
@@ -143,6 +145,8 @@ def fold_upsample_convs(model, form: str):
         k_up = ups[0]
         resize = producer[cat.input[k_up]]
         x, skip = resize.input[0], cat.input[1 - k_up]
+        # Tap sums in fp32, stored in the graph's own weight type (an fp16 graph stays fp16).
+        w_dtype = consts[conv.input[1]].dtype
         w = consts[conv.input[1]].astype(np.float32)
         if x not in channels:
             raise ConversionError(f"cannot fold the upsampling of {x!r}: its channel count is not known statically")
@@ -155,7 +159,7 @@ def fold_upsample_convs(model, form: str):
 
         def init(suffix, arr):
             name = f"{base}/fold_{suffix}"
-            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.astype(np.float32)), name))
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.astype(w_dtype)), name))
             return name
 
         skip_inputs = [skip, init("w_skip", w_skip)] + ([conv.input[2]] if len(conv.input) > 2 and conv.input[2] else [])

@@ -75,14 +75,10 @@ def test_models_from_folder_with_refill(full_width_run, tmp_path):
 
 
 def test_fold_rows_side_by_side(full_width_run, tmp_path):
-    from unet_export.fold import fold_upsample_convs
-
     _, root = full_width_run
     models = tmp_path / "m"
     shutil.copytree(root / "models", models)
-    folded, n = fold_upsample_convs(refill(onnx.load(str(models / "fp32-softmax-32.onnx"))), "phase")
-    assert n == 4
-    onnx.save(folded, str(models / "fp32-softmax-32-fold_phase.onnx"))
+    # No fp32-softmax-32-fold_phase.onnx in the folder: bench-unet derives it from the unfolded model.
     proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "x"), "--size", "32", "--iters", "2", "--warmup", "0",
                    "--models-from", str(models), "--fold-upsample", "auto", "phase", "-q")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -90,6 +86,9 @@ def test_fold_rows_side_by_side(full_width_run, tmp_path):
     assert set(rows) == {"ort cpu fp32 softmax", "ort cpu fp32 softmax fold=phase"}
     # Same function: the folded model's probabilities match the reference's to fp32 rounding.
     assert rows["ort cpu fp32 softmax fold=phase"]["numerics"]["rel_l2"] < 1e-5
+    proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "y"), "--size", "32", "--iters", "1", "--warmup", "0",
+                   "--models-from", str(models), "--precision", "int8", "--fold-upsample", "phase", "-q")
+    assert proc.returncode == 1 and "int8-softmax-32-fold_phase.onnx' is missing" in proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -113,3 +113,17 @@ def test_auto_is_phase_for_int8_only():
     assert ExportConfig(precision="int8").fold_form() == "phase"
     assert ExportConfig(precision="fp32").fold_form() == ExportConfig(precision="fp16").fold_form() == "off"
     assert ExportConfig(precision="fp32", fold_upsample="convtranspose").fold_form() == "convtranspose"
+
+
+def test_fold_keeps_an_fp16_graph_fp16(narrow_export):
+    """bench-unet folds fp16 models exported without the fold (on a machine without TensorFlow)."""
+    path = narrow_export(precision="fp16", layout="nchw", head="logits").path
+    x = np.random.default_rng(4).random((1, 3, 32, 32), dtype=np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    folded, n = fold_upsample_convs(onnx.load(str(path)), "convtranspose")
+    onnx.checker.check_model(folded, full_check=True)
+    assert n == 4
+    assert {t.data_type for t in folded.graph.initializer if "fold_" in t.name} == {TensorProto.FLOAT16}
+    got = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2  # fp16 rounding of the summed taps only
+    assert (got.argmax(1) == ref.argmax(1)).mean() > 0.99

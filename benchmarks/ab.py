@@ -1,0 +1,157 @@
+"""Interleaved A/B timing of ONNX models (and optionally Keras) on ONNX Runtime's CPU provider.
+
+`bench-unet` times its rows one after another. On a shared 2-core VM the
+machine's speed drifts by 10-20% over minutes (other tenants, clocks), so
+two rows timed ten minutes apart can differ by more than the change being
+measured. Here every round runs each candidate once, in turn, on the same
+input: drift hits all candidates alike, and the per-round ratio to the
+first candidate is the figure to read (its median over rounds).
+
+Usage:
+    python -m unet_bench.ab --out PREFIX [--rounds 12] [--keras-weights W.weights.h5] MODEL.onnx...
+
+Writes PREFIX.json (every raw timing, machine, versions, command) and PREFIX.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _session(path: str, threads: int | None):
+    import onnxruntime as ort
+
+    from unet_runtime.segmenter import _physical_cores
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or _physical_cores()
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def _input_for(sess, x_nhwc_float: np.ndarray) -> np.ndarray:
+    """The shared test image in the model's own input layout and dtype."""
+    inp = sess.get_inputs()[0]
+    x = x_nhwc_float
+    if inp.shape[1] == 3:
+        x = x.transpose(0, 3, 1, 2)
+    if "uint8" in inp.type:
+        return np.ascontiguousarray(np.clip(x * 255.0, 0, 255).astype(np.uint8))
+    return np.ascontiguousarray(x.astype(np.float32))
+
+
+def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int | None, keras_weights: str | None,
+        image: np.ndarray | None = None, seed: int = 0) -> dict:
+    """Time every candidate once per round, in turn, for `rounds` rounds; return raw times and summaries.
+
+    `image` (uint8 RGB, size x size) is the input; without it seeded noise,
+    on which a trained model's masks mean little (the agreement column is
+    then only a smoke check).
+    """
+    if image is None:
+        image = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    x = image[None].astype(np.float32) / 255.0  # the runtime's [0, 1] scaling, mean 0 / std 1
+    calls, masks = {}, {}
+    if keras_weights:
+        from unet_export import build_vgg19_unet
+        from unet_export.weights import load_weights
+
+        km = build_vgg19_unet((size, size, 3), 21)
+        load_weights(km, keras_weights)
+        calls["keras.predict"] = lambda: km.predict(x, verbose=0, batch_size=1)
+    for path in models:
+        sess = _session(path, threads)
+        feed = {sess.get_inputs()[0].name: _input_for(sess, x)}
+        calls[path] = (lambda s=sess, f=feed: s.run(None, f)[0])
+    for name, fn in calls.items():
+        for _ in range(warmup):
+            out = np.asarray(fn())
+        p = out[0]  # (H, W) mask, (H, W, C) or (C, H, W) scores: the class axis is the short one
+        masks[name] = p if p.ndim == 2 else p.argmax(-1 if p.shape[-1] <= p.shape[0] else 0)
+    raw = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            raw[name].append(time.perf_counter() - t0)
+    first = next(iter(calls))
+    rows = []
+    for name, times in raw.items():
+        t = np.array(times) * 1e3
+        ratio = np.array(raw[first]) / np.array(times)  # per round: how many times faster than the first candidate
+        rows.append({"name": name, "median_ms": float(np.median(t)), "min_ms": float(t.min()),
+                     "p90_ms": float(np.percentile(t, 90)), "speedup_vs_first_median": float(np.median(ratio)),
+                     "speedup_vs_first_min": float(ratio.min()), "speedup_vs_first_max": float(ratio.max()),
+                     "mask_agreement_vs_first": float((masks[name] == masks[first]).mean()), "raw_s": times})
+    return {"first": first, "rounds": rounds, "size": size, "rows": rows}
+
+
+def _load_image(path: str, size: int) -> np.ndarray:
+    """An RGB uint8 image at size x size (Pillow, the `images` extra)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+def to_markdown(result: dict, meta: dict) -> str:
+    """One table: median/min/p90 per candidate and the median per-round speed-up over the first."""
+    lines = [f"# Interleaved A/B on {meta['machine'].get('cpu', '?')}", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"].get("versions", {}).items()), "",
+             f"{result['rounds']} rounds; each round runs every candidate once, in this order, on the same "
+             f"{result['size']}x{result['size']} input (batch 1). Speed-up = first candidate's time / this one's, "
+             "per round; median (min-max) over rounds. Mask agreement: argmax masks vs the first candidate on that input "
+             f"({meta['image']}).", "",
+             "| candidate | median ms | min ms | p90 ms | speed-up vs first | mask agreement |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {Path(r['name']).name} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {r['p90_ms']:.0f} | "
+                     f"{r['speedup_vs_first_median']:.2f}x ({r['speedup_vs_first_min']:.2f}-{r['speedup_vs_first_max']:.2f}) | "
+                     f"{r['mask_agreement_vs_first']:.2%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; returns the exit code."""
+    ap = argparse.ArgumentParser(prog="python -m unet_bench.ab", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("models", nargs="+", help="ONNX files (the first is the baseline unless --keras-weights)")
+    ap.add_argument("--out", required=True, type=Path, help="output prefix: PREFIX.json and PREFIX.md")
+    ap.add_argument("--rounds", type=int, default=12, help="timed rounds")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed runs per candidate first")
+    ap.add_argument("--size", type=int, default=512, help="input size for models with dynamic H, W")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    ap.add_argument("--image", help="input image (PNG/JPEG; resized to --size); default: seeded noise")
+    ap.add_argument("--keras-weights", help="also time Keras model.predict with these weights, as the first candidate")
+    args = ap.parse_args(argv)
+    missing = [m for m in args.models if not Path(m).is_file()]
+    if missing:
+        print(f"error: model {missing[0]!r} does not exist; pass exported .onnx files", file=sys.stderr)
+        return 1
+    if args.rounds < 1:
+        print(f"error: --rounds {args.rounds} must be >= 1", file=sys.stderr)
+        return 1
+    from .report import machine_info
+
+    result = run(args.models, rounds=args.rounds, warmup=args.warmup, size=args.size, threads=args.threads,
+                 keras_weights=args.keras_weights, image=_load_image(args.image, args.size) if args.image else None)
+    meta = {"command": "python -m unet_bench.ab " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
+            "image": args.image or "seeded noise"}
+    table = to_markdown(result, meta)
+    args.out.with_suffix(".json").write_text(json.dumps({**meta, **result}, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""unet_bench.profile (ORT profiler summary) and unet_bench.ab (interleaved A/B): small real runs."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from unet_bench.profile import profile_model, summarize, to_markdown
+
+
+def test_summarize_averages_node_events_over_runs():
+    trace = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+        {"cat": "Node", "name": "conv_a_kernel_time", "ts": 1, "dur": 60, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv_a_fence_before", "ts": 1, "dur": 0, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "q_kernel_time", "ts": 62, "dur": 30, "args": {"op_name": "QuantizeLinear"}},
+        {"cat": "Session", "name": "model_run", "ts": 200, "dur": 120},
+        {"cat": "Node", "name": "conv_a_kernel_time", "ts": 201, "dur": 80, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "q_kernel_time", "ts": 282, "dur": 30, "args": {"op_name": "QuantizeLinear"}},
+    ]
+    p = summarize(trace, runs=2)
+    assert p.run_us == 110 and p.by_op == {"Conv": 70, "QuantizeLinear": 30} and p.node_us == 100
+    assert p.op_nodes == {"Conv": 1, "QuantizeLinear": 1}
+    assert p.by_node[0] == ("conv_a", "Conv", 70)
+    md = to_markdown(p, "t")
+    assert "| Conv | 1 | 0.07 | 70.0% |" in md and "executor overhead 0.0 ms" in md
+
+
+def test_profile_of_a_real_model(narrow_export):
+    p = profile_model(str(narrow_export().path), runs=2, warmup=1)
+    assert p.runs == 2 and 0 < p.node_us <= p.run_us * 1.05
+    assert p.op_nodes["Conv"] + p.op_nodes.get("FusedConv", 0) >= 20 and sum(p.op_nodes.values()) == len(p.by_node)
+
+
+def test_ab_interleaves_and_writes_both_files(narrow_export, tmp_path):
+    a, b = narrow_export().path, narrow_export(fold_upsample="phase").path
+    proc = run_cli("unet_bench.ab", "--out", str(tmp_path / "ab"), "--rounds", "3", "--warmup", "1", "--size", "32",
+                   str(a), str(b))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "ab.json").read_text())
+    assert data["first"] == str(a) and [len(r["raw_s"]) for r in data["rows"]] == [3, 3]
+    assert data["rows"][0]["speedup_vs_first_median"] == 1.0
+    assert data["rows"][1]["mask_agreement_vs_first"] == pytest.approx(1.0, abs=0.01)  # the fold is the same function
+    assert "| speed-up vs first |" in (tmp_path / "ab.md").read_text()
+
+
+def test_ab_and_profile_refuse_missing_models(tmp_path):
+    for module in ("unet_bench.ab", "unet_bench.profile"):
+        args = ("--out", str(tmp_path / "x")) if module.endswith("ab") else ()
+        proc = run_cli(module, *args, str(tmp_path / "nope.onnx"))
+        assert proc.returncode == 1 and "does not exist" in proc.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "x.json").exists()
