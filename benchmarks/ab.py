@@ -29,12 +29,9 @@ import numpy as np
 def _session(path: str, threads: int | None):
     import onnxruntime as ort
 
-    from unet_runtime.segmenter import _physical_cores
+    from unet_runtime.segmenter import session_options
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads or _physical_cores()
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def _input_for(sess, x_nhwc_float: np.ndarray) -> np.ndarray:

@@ -84,11 +84,9 @@ def profile_model(path: str, *, runs: int = 5, warmup: int = 2, batch: int = 1, 
     """
     import onnxruntime as ort
 
-    from unet_runtime.segmenter import _physical_cores
+    from unet_runtime.segmenter import session_options
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads or _physical_cores()
+    so = session_options(threads)
     with tempfile.TemporaryDirectory() as tmp:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "ort")

@@ -52,6 +52,22 @@ def _physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+def session_options(cpu_threads: int | None = None):
+    """ONNX Runtime session options as every Segmenter uses them (benchmarks reuse them).
+
+    All graph optimizations; one intra-op thread per physical core unless
+    `cpu_threads` (hyper-threads share FMA units, so more threads only
+    contend); warnings and up only.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = cpu_threads or _physical_cores()
+    opts.log_severity_level = 3
+    return opts
+
+
 class Segmenter:
     """Semantic segmentation with an ONNX model written by ``export-unet``.
 
@@ -99,10 +115,7 @@ class Segmenter:
         self.config = replace(config or ProviderConfig(), device_id=device_id)
 
         requested = resolve_providers(providers, ort.get_available_providers())
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = self.config.cpu_threads or _physical_cores()
-        opts.log_severity_level = 3
+        opts = session_options(self.config.cpu_threads)
         # Probe the model's input on CPU first: TensorRT needs its shape to
         # build a profile, and a broken file should fail before a GPU init.
         # For a GPU session the probe is thrown away, so it skips graph
