@@ -228,6 +228,9 @@ def export_model(
         from .fold import fold_upsample_convs
 
         proto, report["fold_upsample"]["stages"] = fold_upsample_convs(proto, config.fold_form())
+        if not report["fold_upsample"]["stages"]:
+            # Only a different tf2onnx graph could do this; the export is still correct, just not folded.
+            say(f"WARNING: --fold-upsample {config.fold_form()}: no decoder stage matched the pattern; graph left unfolded")
         graph_steps.append({"step": f"fold_upsample ({config.fold_form()})", "ops": op_histogram(proto)})
         check(proto)
     report["graph"] = graph_steps

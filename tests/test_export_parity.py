@@ -103,3 +103,21 @@ def test_onnx_matches_keras(row, narrow_export, confident_keras):
         # The fixture is confident by construction: the gate must not be vacuous.
         assert agree["confident_pixels"] >= 0.5 * agree["pixels"], agree
         assert agree["confident_agreement"] >= MASK_AGREEMENT_MIN, agree
+
+
+@pytest.mark.parametrize("layout, fold", [("nhwc", "off"), ("nchw", "phase")])
+def test_uint8_input_normalizes_inside_the_graph(layout, fold, narrow_export, confident_keras):
+    """--input-dtype uint8: raw pixels in, (x/255 - mean)/std applied by the graph, same logits as Keras."""
+    from unet_export.verify import make_pixels, normalize
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    result = narrow_export(input_dtype="uint8", layout=layout, head="logits", mean=mean, std=std, fold_upsample=fold,
+                           input_size=(64, 96))
+    pixels = make_pixels(Case(2, 64, 96), seed=321)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    out = session.run(None, {"input": pixels.transpose(0, 3, 1, 2) if layout == "nchw" else pixels})[0]
+    out = out.transpose(0, 2, 3, 1) if layout == "nchw" else out
+    ref = keras_logits_model(confident_keras)(normalize(pixels, mean, std), training=False).numpy()
+    err = compare(ref, out)
+    assert err["rel_l2"] <= FP32_REL_L2, err

@@ -127,3 +127,17 @@ def test_fold_keeps_an_fp16_graph_fp16(narrow_export):
     got = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2  # fp16 rounding of the summed taps only
     assert (got.argmax(1) == ref.argmax(1)).mean() > 0.99
+
+
+def test_export_warns_when_nothing_folds(confident_weights, tmp_path, monkeypatch):
+    import unet_export.fold as fold_mod
+    from unet_export import export_model
+
+    monkeypatch.setattr(fold_mod, "fold_upsample_convs", lambda model, form: (model, 0))
+    lines = []
+    cfg = ExportConfig(input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights),
+                       fold_upsample="phase")
+    result = export_model(cfg, tmp_path / "m.onnx", progress=lines.append)
+    assert result.report["fold_upsample"] == {"form": "phase", "stages": 0}
+    assert any(line.startswith("WARNING: --fold-upsample phase: no decoder stage matched") for line in lines), lines
+    assert result.report["verification"]["passed"]  # unfolded, still verified

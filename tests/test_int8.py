@@ -113,3 +113,15 @@ def test_fp16_model_cannot_be_quantized(narrow_export):
     fp16 = onnx.load(str(narrow_export(precision="fp16").path))
     with pytest.raises(ConfigError, match="needs the fp32 graph"):
         to_int8(fp16, [np.zeros((1, 32, 32, 3), np.float32)])
+
+
+def test_int8_with_uint8_input(confident_weights, int8_export, tmp_path):
+    """Raw pixels in, normalized in the graph, then quantized: calibrated and gated like the float-input model."""
+    result = export_model(_cfg(confident_weights, input_dtype="uint8"), tmp_path / "u8.onnx")
+    acc = result.report["int8_accuracy"]
+    assert acc["gate_applied"] and acc["vs_fp32"]["confident_agreement"] >= verify_mod.INT8_MASK_AGREEMENT_MIN
+    images = synthetic_images(4, 64, 64, seed=99)
+    with Segmenter(result.path, providers="cpu") as u8, Segmenter(int8_export.path, providers="cpu") as f32:
+        assert u8._input_dtype == np.uint8
+        a, b = np.stack(u8.predict(images)), np.stack(f32.predict(images))
+    assert (a == b).mean() >= 0.98
