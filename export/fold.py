@@ -181,18 +181,19 @@ def fold_upsample_convs(model, form: str):
             nodes.append(helper.make_node("DepthToSpace", [f"{base}/fold_phases"], [f"{base}/fold_up"],
                                           name=f"{base}/fold_up", blocksize=2, mode="DCR"))
         nodes.append(helper.make_node("Add", [f"{base}/fold_up", f"{base}/fold_skip"], [out], name=f"{base}/fold_add"))
-        new_nodes.append((conv, nodes))
-        dropped.update({id(resize), id(cat)})
+        # Nodes are keyed by their (unique) first output: protobuf wrappers have no stable identity.
+        new_nodes.append((conv.output[0], nodes))
+        dropped.update({resize.output[0], cat.output[0]})
         folded += 1
 
     if not folded:
         return model, 0
-    replace = {id(conv): nodes for conv, nodes in new_nodes}
+    replace = dict(new_nodes)
     ordered = []
     for n in g.node:
-        if id(n) in dropped:
+        if n.output[0] in dropped:
             continue
-        ordered.extend(replace.get(id(n), [n]))
+        ordered.extend(replace.get(n.output[0], [n]))
     del g.node[:]
     g.node.extend(ordered)
     # The replaced 3x3 kernels and the Resize scales are no longer read by any node.
