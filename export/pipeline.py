@@ -61,11 +61,11 @@ class ExportConfig:
     def fold_form(self) -> str:
         """The fold ``auto`` stands for: ``phase`` for int8, ``off`` otherwise.
 
-        int8: measured 14% faster on a 2-core AVX2 CPU at equal accuracy.
-        fp32 gains 11% on that CPU with ``phase`` too, but the fp32/fp16
+        int8: measured 13% faster on a 2-core AVX2 CPU at equal accuracy.
+        fp32 gains 10% on that CPU with ``phase`` too, but the fp32/fp16
         graphs also serve the GPU, where the fold is not measured yet, so
         they keep the seed's graph unless asked
-        (benchmarks/results/cpu-fold-2026-11-25.md).
+        (benchmarks/results/cpu-2core-2026-11-25-ab.md).
         """
         if self.fold_upsample != "auto":
             return self.fold_upsample
