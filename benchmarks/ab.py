@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         print(f"error: --rounds {args.rounds} must be >= 1", file=sys.stderr)
         return 1
-    from .report import machine_info
+    from .report import machine_info, write_text_atomic
 
     result = run(args.models, rounds=args.rounds, warmup=args.warmup, size=args.size, threads=args.threads,
                  keras_weights=args.keras_weights, image=_load_image(args.image, args.size) if args.image else None)
@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
             "image": args.image or "seeded noise"}
     table = to_markdown(result, meta)
-    args.out.with_suffix(".json").write_text(json.dumps({**meta, **result}, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(table)
+    write_text_atomic(args.out.with_suffix(".json"), json.dumps({**meta, **result}, indent=1) + "\n")
+    write_text_atomic(args.out.with_suffix(".md"), table)
     print(table)
     return 0
 

@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(to_markdown(p, os.path.basename(m), args.top))
         print(parts[-1], flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(parts))
+        from .report import write_text_atomic
+
+        write_text_atomic(args.out, "\n".join(parts))
     return 0
 
 

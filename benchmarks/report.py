@@ -10,7 +10,18 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-__all__ = ["machine_info", "write_json", "markdown", "plot"]
+__all__ = ["machine_info", "write_json", "write_text_atomic", "markdown", "plot"]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary sibling, then rename it over `path`: no half-written result file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def machine_info() -> dict:
