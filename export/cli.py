@@ -59,10 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-dtype", choices=("float32", "uint8"), default="float32",
                    help="float32: the caller normalizes; uint8: raw RGB pixels in, cast and --mean/--std applied in the graph "
                         "(a quarter of the bytes to copy; fastest on GPU)")
-    p.add_argument("--fold-upsample", choices=("auto", "off", "convtranspose", "phase"), default="auto",
+    p.add_argument("--fold-upsample", choices=("auto", "off", "convtranspose", "phase", "phase_nhwc"), default="auto",
                    help="fold each decoder upsampling into the conv after it (same function, 15%% fewer multiply-adds): "
-                        "phase (2x2 convs + DepthToSpace, integer kernels on CPU), convtranspose (one op, NHWC on CUDA), "
-                        "auto = phase for int8, off otherwise")
+                        "phase (2x2 convs + DepthToSpace, integer kernels on CPU), phase_nhwc (same, interleaved in NHWC: "
+                        "for int8 on CPU, fixed sizes), convtranspose (one op, NHWC on CUDA), "
+                        "auto = phase_nhwc for int8, off otherwise")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
     p.add_argument("--mean", nargs=3, type=float, default=[0.0, 0.0, 0.0], metavar=("R", "G", "B"),
                    help="per-channel mean after scaling pixels to [0, 1] (recorded in the model for the runtime)")

@@ -23,6 +23,14 @@ Two equivalent ONNX forms, because runtimes support them differently:
 - ``phase``: four 2x2 Convs (asymmetric pads), Concat, DepthToSpace. Every
   piece has an integer kernel in ONNX Runtime's CPU EP, which is what an
   INT8 graph needs (ConvTranspose stays float there).
+- ``phase_nhwc``: ``phase`` with the interleave written as NHWC
+  Transpose/Reshape/Transpose/Reshape/Transpose instead of DepthToSpace.
+  ORT's CPU EP runs integer convolutions in NHWC and DepthToSpace only in
+  NCHW, so DepthToSpace costs three layout transposes per stage; the
+  explicit NHWC transposes cancel against ORT's own instead, leaving one
+  block copy. The last Reshape needs the spatial size, so a stage whose
+  size is not static falls back to ``phase``. Slower in fp32 on the CPU
+  (its NCHWc path makes every transpose real): an INT8 form.
 
 Measured effects are in benchmarks/results/ (see the README's tables).
 """
@@ -40,7 +48,7 @@ __all__ = ["FOLD_FORMS", "fold_upsample_convs"]
 log = logging.getLogger(__name__)
 
 #: ``off`` keeps the seed's Resize + Concat + Conv graph.
-FOLD_FORMS = ("off", "convtranspose", "phase")
+FOLD_FORMS = ("off", "convtranspose", "phase", "phase_nhwc")
 
 
 def _phase_kernels(w: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
@@ -131,7 +139,7 @@ def fold_upsample_convs(model, form: str):
     for o in g.output:
         uses[o.name] = uses.get(o.name, 0) + 1
 
-    channels = _static_channels(model)
+    channels, spatial = _static_dims(model)
     new_nodes, new_inits, dropped, folded = [], [], set(), 0
     for conv in g.node:
         cat = producer.get(conv.input[0])
@@ -162,6 +170,11 @@ def fold_upsample_convs(model, form: str):
             new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.astype(w_dtype)), name))
             return name
 
+        def init_i64(suffix, values):
+            name = f"{base}/fold_{suffix}"
+            new_inits.append(numpy_helper.from_array(np.array(values, np.int64), name))
+            return name
+
         skip_inputs = [skip, init("w_skip", w_skip)] + ([conv.input[2]] if len(conv.input) > 2 and conv.input[2] else [])
         nodes = [helper.make_node("Conv", skip_inputs, [f"{base}/fold_skip"], name=f"{base}/fold_skip",
                                   kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
@@ -178,8 +191,13 @@ def fold_upsample_convs(model, form: str):
                 phases.append(name)
             # DepthToSpace (DCR) takes channel block (2i + j) to pixel (2h+i, 2w+j): phases in (0,0),(0,1),(1,0),(1,1) order.
             nodes.append(helper.make_node("Concat", phases, [f"{base}/fold_phases"], name=f"{base}/fold_phases", axis=1))
-            nodes.append(helper.make_node("DepthToSpace", [f"{base}/fold_phases"], [f"{base}/fold_up"],
-                                          name=f"{base}/fold_up", blocksize=2, mode="DCR"))
+            hw = spatial.get(x)
+            if form == "phase_nhwc" and hw:
+                c_out, (h, w_) = w.shape[0], hw
+                nodes += _nhwc_interleave(f"{base}/fold_phases", f"{base}/fold_up", base, c_out, h, w_, init_i64)
+            else:
+                nodes.append(helper.make_node("DepthToSpace", [f"{base}/fold_phases"], [f"{base}/fold_up"],
+                                              name=f"{base}/fold_up", blocksize=2, mode="DCR"))
         nodes.append(helper.make_node("Add", [f"{base}/fold_up", f"{base}/fold_skip"], [out], name=f"{base}/fold_add"))
         # Nodes are keyed by their (unique) first output: protobuf wrappers have no stable identity.
         new_nodes.append((conv.output[0], nodes))
@@ -205,14 +223,37 @@ def fold_upsample_convs(model, form: str):
     return model, folded
 
 
-def _static_channels(model) -> dict[str, int]:
-    """Static channel counts (dim 1) of the graph's 4-D tensors, from ONNX shape inference."""
+def _nhwc_interleave(src: str, dst: str, base: str, c: int, h: int, w: int, init_i64) -> list:
+    """Nodes taking the phase stack ``[N, 4C, H, W]`` (DCR order) to ``[N, C, 2H, 2W]`` through NHWC views.
+
+    NHWC ``[N, H, W, (i, j, C)]`` -> ``[N, H, W, 2, 2, C]`` -> swap W and i ->
+    ``[N, H, 2, W, 2, C]`` = ``[N, 2H, 2W, C]`` in memory: the middle Transpose
+    moves whole C-channel blocks.
+    """
+    from onnx import helper
+
+    t = f"{base}/fold_nhwc"
+    return [
+        helper.make_node("Transpose", [src], [f"{t}_in"], name=f"{t}_in", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", [f"{t}_in", init_i64("nhwc_split_shape", [0, 0, 0, 2, 2, c])], [f"{t}_split"],
+                         name=f"{t}_split"),
+        helper.make_node("Transpose", [f"{t}_split"], [f"{t}_swap"], name=f"{t}_swap", perm=[0, 1, 3, 2, 4, 5]),
+        helper.make_node("Reshape", [f"{t}_swap", init_i64("nhwc_merge_shape", [0, 2 * h, 2 * w, c])], [f"{t}_merge"],
+                         name=f"{t}_merge"),
+        helper.make_node("Transpose", [f"{t}_merge"], [dst], name=dst, perm=[0, 3, 1, 2]),
+    ]
+
+
+def _static_dims(model) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+    """Static channel counts (dim 1) and, where known, (H, W) of the graph's 4-D NCHW tensors."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    out = {}
+    channels, spatial = {}, {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         dims = vi.type.tensor_type.shape.dim
         if len(dims) == 4 and dims[1].HasField("dim_value"):
-            out[vi.name] = dims[1].dim_value
-    return out
+            channels[vi.name] = dims[1].dim_value
+            if dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
+                spatial[vi.name] = (dims[2].dim_value, dims[3].dim_value)
+    return channels, spatial

@@ -51,8 +51,8 @@ def to_fp16(model):
 # pair: 6% of the INT8 run on a 2-core AVX2 CPU (ORT profiler, see
 # benchmarks/results/cpu-int8-profile-2026-11-25.md), and the ReLU before each
 # Resize kept that Resize in float.
-# Add and DepthToSpace appear when the decoder upsampling is folded (fold.py, "phase" form).
-_INT8_OPS = ["Conv", "Relu", "MaxPool", "Resize", "Concat", "Add", "DepthToSpace"]
+# Add, DepthToSpace, Transpose and Reshape appear when the decoder upsampling is folded (fold.py).
+_INT8_OPS = ["Conv", "Relu", "MaxPool", "Resize", "Concat", "Add", "DepthToSpace", "Transpose", "Reshape"]
 
 
 def to_int8(model, calibration_inputs, *, method: str = "minmax", per_channel: bool = True, nodes_to_exclude=()):

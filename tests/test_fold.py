@@ -46,7 +46,8 @@ def test_transpose_kernel_equals_conv_over_upsampled_input():
     np.testing.assert_allclose(full[:, 1:-1, 1:-1], ref, rtol=1e-10, atol=1e-10)
 
 
-def _stage_model(mode="nearest", kernel=3, scales=(1, 1, 2, 2), up_first=False, same_upper=False, bias=True):
+def _stage_model(mode="nearest", kernel=3, scales=(1, 1, 2, 2), up_first=False, same_upper=False, bias=True,
+                 fixed=False):
     """One decoder stage: Resize(x) and skip concatenated, a Conv, a Relu."""
     rng = np.random.default_rng(2)
     w = rng.standard_normal((4, 5, kernel, kernel)).astype(np.float32)
@@ -62,9 +63,9 @@ def _stage_model(mode="nearest", kernel=3, scales=(1, 1, 2, 2), up_first=False, 
              helper.make_node("Relu", ["pre"], ["y"])]
     graph = helper.make_graph(
         nodes, "stage",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"]),
-         helper.make_tensor_value_info("skip", TensorProto.FLOAT, ["n", 2, "h2", "w2"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, "h2", "w2"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3] + ([5, 7] if fixed else ["h", "w"])),
+         helper.make_tensor_value_info("skip", TensorProto.FLOAT, ["n", 2] + ([10, 14] if fixed else ["h2", "w2"]))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4] + ([10, 14] if fixed else ["h2", "w2"]))],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
          numpy_helper.from_array(np.array(scales, np.float32), "scales")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -77,9 +78,9 @@ def _run(model, x, skip):
         None, {"x": x, "skip": skip})[0]
 
 
-@pytest.mark.parametrize("form", ["convtranspose", "phase"])
-@pytest.mark.parametrize("variant", [{}, dict(up_first=True), dict(same_upper=True, bias=False)],
-                         ids=["skip-first", "up-first", "same_upper-no-bias"])
+@pytest.mark.parametrize("form", ["convtranspose", "phase", "phase_nhwc"])
+@pytest.mark.parametrize("variant", [{}, dict(up_first=True), dict(same_upper=True, bias=False), dict(fixed=True)],
+                         ids=["skip-first", "up-first", "same_upper-no-bias", "fixed-size"])
 def test_fold_is_the_same_function(form, variant):
     rng = np.random.default_rng(3)
     x, skip = rng.standard_normal((2, 3, 5, 7)).astype(np.float32), rng.standard_normal((2, 2, 10, 14)).astype(np.float32)
@@ -88,6 +89,10 @@ def test_fold_is_the_same_function(form, variant):
     onnx.checker.check_model(folded, full_check=True)
     ops = [node.op_type for node in folded.graph.node]
     assert n == 1 and "Resize" not in ops and ops[-1] == "Relu"
+    if form.startswith("phase"):
+        # The NHWC interleave needs a static size; otherwise the stage falls back to DepthToSpace.
+        nhwc = form == "phase_nhwc" and variant.get("fixed", False)
+        assert ("DepthToSpace" in ops) != nhwc and (ops.count("Transpose") == 3) == nhwc, ops
     assert {i.name for i in folded.graph.initializer}.isdisjoint({"w", "scales"})  # replaced, not left behind
     got = _run(folded, x, skip)
     assert got.shape == ref.shape == (2, 4, 10, 14)
@@ -109,8 +114,8 @@ def test_bad_form():
         ExportConfig(fold_upsample="fast").validate()
 
 
-def test_auto_is_phase_for_int8_only():
-    assert ExportConfig(precision="int8").fold_form() == "phase"
+def test_auto_is_phase_nhwc_for_int8_only():
+    assert ExportConfig(precision="int8").fold_form() == "phase_nhwc"
     assert ExportConfig(precision="fp32").fold_form() == ExportConfig(precision="fp16").fold_form() == "off"
     assert ExportConfig(precision="fp32", fold_upsample="convtranspose").fold_form() == "convtranspose"
 
