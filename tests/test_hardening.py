@@ -225,10 +225,17 @@ def test_sigint_during_export_cli(tmp_path):
     out = tmp_path / "m.onnx"
     proc = subprocess.Popen([sys.executable, "-m", "unet_export.cli", "--out", str(out), "--input-size", "32", "32"],
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    time.sleep(12)  # inside build/convert (the conversion alone takes ~30 s)
-    proc.send_signal(signal.SIGINT)
+    # Interrupt as soon as the build step reports: conversion (tens of seconds at full width) is then under
+    # way. A fixed sleep raced with fast machines, where the whole export could finish first.
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("[1/7]"):
+            proc.send_signal(signal.SIGINT)
+            break
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted; nothing was written" in err
+    err = "".join(seen) + err
+    assert proc.returncode == 130 and "interrupted; nothing was written" in err, err[-2000:]
     assert list(tmp_path.iterdir()) == []
 
 
