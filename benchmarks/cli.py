@@ -28,6 +28,9 @@ class BenchError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # numpy and onnx only (fold.py imports no TensorFlow): the GPU machine has no TensorFlow.
+    from unet_export.fold import FOLD_CHOICES
+
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="bench-unet", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description=__doc__.split("\n\n")[0])
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch", action="store_true", help="add PyTorch fp16 channels_last peer rows (needs torch + CUDA)")
     p.add_argument("--torch-compile", action="store_true", help="also a torch.compile(max-autotune) row (minutes to compile)")
     p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
-    p.add_argument("--fold-upsample", nargs="+", default=["auto"], choices=("auto", "off", "convtranspose", "phase", "phase_nhwc"),
+    p.add_argument("--fold-upsample", nargs="+", default=["auto"], choices=FOLD_CHOICES,
                    help="decoder fold forms passed to export-unet (auto: phase_nhwc for int8, off otherwise)")
     p.add_argument("--calibration-images", help="int8 rows: calibration folder passed to export-unet (default: synthetic shapes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init")

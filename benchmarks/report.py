@@ -14,14 +14,10 @@ __all__ = ["machine_info", "write_json", "write_text_atomic", "markdown", "plot"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary sibling, then rename it over `path`: no half-written result file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write `text` to `path` with the exporter's write-then-rename: no half-written result file."""
+    from unet_export._atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 def machine_info() -> dict:

@@ -24,6 +24,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     from .convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from .fold import FOLD_CHOICES
 
     p = argparse.ArgumentParser(
         prog="export-unet",
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-dtype", choices=("float32", "uint8"), default="float32",
                    help="float32: the caller normalizes; uint8: raw RGB pixels in, cast and --mean/--std applied in the graph "
                         "(a quarter of the bytes to copy; fastest on GPU)")
-    p.add_argument("--fold-upsample", choices=("auto", "off", "convtranspose", "phase", "phase_nhwc"), default="auto",
+    p.add_argument("--fold-upsample", choices=FOLD_CHOICES, default="auto",
                    help="fold each decoder upsampling into the conv after it (same function, 15%% fewer multiply-adds): "
                         "phase (2x2 convs + DepthToSpace, integer kernels on CPU), phase_nhwc (same, interleaved in NHWC: "
                         "for int8 on CPU, fixed sizes), convtranspose (one op, NHWC on CUDA), "

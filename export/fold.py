@@ -43,12 +43,14 @@ import numpy as np
 
 from .errors import ConversionError
 
-__all__ = ["FOLD_FORMS", "fold_upsample_convs"]
+__all__ = ["FOLD_FORMS", "FOLD_CHOICES", "fold_upsample_convs"]
 
 log = logging.getLogger(__name__)
 
 #: ``off`` keeps the seed's Resize + Concat + Conv graph.
 FOLD_FORMS = ("off", "convtranspose", "phase", "phase_nhwc")
+#: What --fold-upsample accepts: ``auto`` is resolved per precision by ``ExportConfig.fold_form``.
+FOLD_CHOICES = ("auto", *FOLD_FORMS)
 
 
 def _phase_kernels(w: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
@@ -85,19 +87,21 @@ def _attr(node, name, default=None):
     return default
 
 
-def _is_nearest_2x(node, consts) -> bool:
+def _is_nearest_2x(node, inits) -> bool:
     """A Resize that is the seed's UpSampling2D: nearest, asymmetric, floor, constant NCHW scales (1, 1, 2, 2)."""
-    if node.op_type != "Resize" or len(node.input) < 3 or node.input[2] not in consts:
+    from onnx import numpy_helper
+
+    if node.op_type != "Resize" or len(node.input) < 3 or node.input[2] not in inits:
         return False
-    scales = consts[node.input[2]]
+    scales = numpy_helper.to_array(inits[node.input[2]])
     return (_attr(node, "mode", b"nearest") == b"nearest"
             and _attr(node, "coordinate_transformation_mode", b"half_pixel") == b"asymmetric"
             and _attr(node, "nearest_mode", b"round_prefer_floor") == b"floor"
             and scales.shape == (4,) and np.array_equal(scales, [1, 1, 2, 2]))
 
 
-def _is_plain_3x3(node, consts) -> bool:
-    if node.op_type != "Conv" or node.input[1] not in consts or consts[node.input[1]].shape[2:] != (3, 3):
+def _is_plain_3x3(node, inits) -> bool:
+    if node.op_type != "Conv" or node.input[1] not in inits or list(inits[node.input[1]].dims[2:]) != [3, 3]:
         return False
     # tf2onnx writes explicit pads for fixed sizes and SAME_UPPER for dynamic ones: for a
     # 3x3 kernel at stride 1 both mean one pixel of zeros on every side.
@@ -117,7 +121,7 @@ def fold_upsample_convs(model, form: str):
             scales, NCHW inside), fp32 or fp16; it is modified in place and
             returned. (export-unet folds before fp16 conversion; fp16 input
             is for models exported without the fold.)
-        form: ``off`` | ``convtranspose`` | ``phase`` (module docstring).
+        form: one of :data:`FOLD_FORMS` (module docstring).
 
     Returns:
         ``(model, folded)``: the number of stages rewritten. A graph where a
@@ -130,7 +134,8 @@ def fold_upsample_convs(model, form: str):
     if form == "off":
         return model, 0
     g = model.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    # TensorProtos, not arrays: only the matched kernels are ever decoded.
+    inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     uses: dict[str, int] = {}
     for n in g.node:
@@ -140,13 +145,15 @@ def fold_upsample_convs(model, form: str):
         uses[o.name] = uses.get(o.name, 0) + 1
 
     channels, spatial = _static_dims(model)
-    new_nodes, new_inits, dropped, folded = [], [], set(), 0
+    # Nodes are keyed by their (unique) first output: protobuf wrappers have no stable identity.
+    replace: dict[str, list] = {}
+    new_inits, dropped = [], set()
     for conv in g.node:
         cat = producer.get(conv.input[0])
-        if not (_is_plain_3x3(conv, consts) and cat is not None and cat.op_type == "Concat"
+        if not (_is_plain_3x3(conv, inits) and cat is not None and cat.op_type == "Concat"
                 and _attr(cat, "axis") in (1, -3) and len(cat.input) == 2 and uses[cat.output[0]] == 1):
             continue
-        ups = [k for k, name in enumerate(cat.input) if name in producer and _is_nearest_2x(producer[name], consts)
+        ups = [k for k, name in enumerate(cat.input) if name in producer and _is_nearest_2x(producer[name], inits)
                and uses[name] == 1]
         if len(ups) != 1:
             continue
@@ -154,8 +161,8 @@ def fold_upsample_convs(model, form: str):
         resize = producer[cat.input[k_up]]
         x, skip = resize.input[0], cat.input[1 - k_up]
         # Tap sums in fp32, stored in the graph's own weight type (an fp16 graph stays fp16).
-        w_dtype = consts[conv.input[1]].dtype
-        w = consts[conv.input[1]].astype(np.float32)
+        w_native = numpy_helper.to_array(inits[conv.input[1]])
+        w = w_native.astype(np.float32)
         if x not in channels:
             raise ConversionError(f"cannot fold the upsampling of {x!r}: its channel count is not known statically")
         c_up = channels[x]
@@ -165,14 +172,10 @@ def fold_upsample_convs(model, form: str):
         base = conv.name or conv.output[0]
         out = conv.output[0]
 
-        def init(suffix, arr):
+        def init(suffix, arr, dtype=w_native.dtype):
+            """A new initializer; kernels default to the graph's own weight type (fp16 stays fp16)."""
             name = f"{base}/fold_{suffix}"
-            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.astype(w_dtype)), name))
-            return name
-
-        def init_i64(suffix, values):
-            name = f"{base}/fold_{suffix}"
-            new_inits.append(numpy_helper.from_array(np.array(values, np.int64), name))
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(arr, dtype)), name))
             return name
 
         skip_inputs = [skip, init("w_skip", w_skip)] + ([conv.input[2]] if len(conv.input) > 2 and conv.input[2] else [])
@@ -194,19 +197,17 @@ def fold_upsample_convs(model, form: str):
             hw = spatial.get(x)
             if form == "phase_nhwc" and hw:
                 c_out, (h, w_) = w.shape[0], hw
-                nodes += _nhwc_interleave(f"{base}/fold_phases", f"{base}/fold_up", base, c_out, h, w_, init_i64)
+                nodes += _nhwc_interleave(f"{base}/fold_phases", f"{base}/fold_up", base, c_out, h, w_,
+                                          lambda suffix, shape: init(suffix, shape, np.int64))
             else:
                 nodes.append(helper.make_node("DepthToSpace", [f"{base}/fold_phases"], [f"{base}/fold_up"],
                                               name=f"{base}/fold_up", blocksize=2, mode="DCR"))
         nodes.append(helper.make_node("Add", [f"{base}/fold_up", f"{base}/fold_skip"], [out], name=f"{base}/fold_add"))
-        # Nodes are keyed by their (unique) first output: protobuf wrappers have no stable identity.
-        new_nodes.append((conv.output[0], nodes))
+        replace[conv.output[0]] = nodes
         dropped.update({resize.output[0], cat.output[0]})
-        folded += 1
 
-    if not folded:
+    if not replace:
         return model, 0
-    replace = dict(new_nodes)
     ordered = []
     for n in g.node:
         if n.output[0] in dropped:
@@ -219,11 +220,11 @@ def fold_upsample_convs(model, form: str):
     keep = [t for t in list(g.initializer) + new_inits if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
-    log.info("fold: %d upsample+concat+conv stages -> %s", folded, form)
-    return model, folded
+    log.info("fold: %d upsample+concat+conv stages -> %s", len(replace), form)
+    return model, len(replace)
 
 
-def _nhwc_interleave(src: str, dst: str, base: str, c: int, h: int, w: int, init_i64) -> list:
+def _nhwc_interleave(src: str, dst: str, base: str, c: int, h: int, w: int, shape_init) -> list:
     """Nodes taking the phase stack ``[N, 4C, H, W]`` (DCR order) to ``[N, C, 2H, 2W]`` through NHWC views.
 
     NHWC ``[N, H, W, (i, j, C)]`` -> ``[N, H, W, 2, 2, C]`` -> swap W and i ->
@@ -235,10 +236,10 @@ def _nhwc_interleave(src: str, dst: str, base: str, c: int, h: int, w: int, init
     t = f"{base}/fold_nhwc"
     return [
         helper.make_node("Transpose", [src], [f"{t}_in"], name=f"{t}_in", perm=[0, 2, 3, 1]),
-        helper.make_node("Reshape", [f"{t}_in", init_i64("nhwc_split_shape", [0, 0, 0, 2, 2, c])], [f"{t}_split"],
+        helper.make_node("Reshape", [f"{t}_in", shape_init("nhwc_split_shape", [0, 0, 0, 2, 2, c])], [f"{t}_split"],
                          name=f"{t}_split"),
         helper.make_node("Transpose", [f"{t}_split"], [f"{t}_swap"], name=f"{t}_swap", perm=[0, 1, 3, 2, 4, 5]),
-        helper.make_node("Reshape", [f"{t}_swap", init_i64("nhwc_merge_shape", [0, 2 * h, 2 * w, c])], [f"{t}_merge"],
+        helper.make_node("Reshape", [f"{t}_swap", shape_init("nhwc_merge_shape", [0, 2 * h, 2 * w, c])], [f"{t}_merge"],
                          name=f"{t}_merge"),
         helper.make_node("Transpose", [f"{t}_merge"], [dst], name=dst, perm=[0, 3, 1, 2]),
     ]

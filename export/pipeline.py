@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ._atomic import atomic_write_bytes, check_writable_target
-from .errors import ConfigError, ExportError
 from unet_runtime.model_info import HEADS, LAYOUTS
 
+from ._atomic import atomic_write_bytes, check_writable_target
+from .errors import ConfigError, ExportError
 from .model import SIZE_MULTIPLE, validate_spatial_size
 
 __all__ = ["ExportConfig", "ExportResult", "export_model"]
@@ -55,7 +55,7 @@ class ExportConfig:
     input_dtype: str = "float32"
     #: filter multiplier (1.0 = the seed); < 1 only for tests and experiments.
     width_multiplier: float = 1.0
-    #: decoder upsampling folded into the next conv: ``auto`` | ``off`` | ``convtranspose`` | ``phase`` (fold.py).
+    #: decoder upsampling folded into the next conv: one of fold.FOLD_CHOICES (``auto``: see fold_form).
     fold_upsample: str = "auto"
 
     def fold_form(self) -> str:
@@ -80,11 +80,11 @@ class ExportConfig:
 
         if not self.dynamic_size:
             validate_spatial_size(*self.input_size)
-        from .fold import FOLD_FORMS
+        from .fold import FOLD_CHOICES
 
         for name, value, allowed in (("--layout", self.layout, LAYOUTS), ("--head", self.head, HEADS),
                                      ("--precision", self.precision, PRECISIONS),
-                                     ("--fold-upsample", self.fold_upsample, ("auto",) + FOLD_FORMS),
+                                     ("--fold-upsample", self.fold_upsample, FOLD_CHOICES),
                                      ("--input-dtype", self.input_dtype, INPUT_DTYPES)):
             if value not in allowed:
                 raise ConfigError(f"{name} {value!r} is not supported; choose one of {', '.join(allowed)}")
@@ -225,15 +225,16 @@ def export_model(
 
     factors = [tuple(l.size) for l in model.layers if isinstance(l, keras.layers.UpSampling2D)]
     proto, graph_steps = clean(proto, factors=factors, input_name=INPUT_NAME, output_name=OUTPUT_NAMES[config.head])
-    report["fold_upsample"] = {"form": config.fold_form(), "stages": 0}
-    if config.fold_form() != "off":
+    form = config.fold_form()
+    report["fold_upsample"] = {"form": form, "stages": 0}
+    if form != "off":
         from .fold import fold_upsample_convs
 
-        proto, report["fold_upsample"]["stages"] = fold_upsample_convs(proto, config.fold_form())
+        proto, report["fold_upsample"]["stages"] = fold_upsample_convs(proto, form)
         if not report["fold_upsample"]["stages"]:
             # Only a different tf2onnx graph could do this; the export is still correct, just not folded.
-            say(f"WARNING: --fold-upsample {config.fold_form()}: no decoder stage matched the pattern; graph left unfolded")
-        graph_steps.append({"step": f"fold_upsample ({config.fold_form()})", "ops": op_histogram(proto)})
+            say(f"WARNING: --fold-upsample {form}: no decoder stage matched the pattern; graph left unfolded")
+        graph_steps.append({"step": f"fold_upsample ({form})", "ops": op_histogram(proto)})
         check(proto)
     report["graph"] = graph_steps
     step("clean", _fmt_hist(graph_steps[-1]["ops"]))

@@ -123,9 +123,8 @@ class Segmenter:
         cpu_only = requested == ["CPUExecutionProvider"]
         probe_opts = opts
         if not cpu_only:
-            probe_opts = ort.SessionOptions()
+            probe_opts = session_options(self.config.cpu_threads)
             probe_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            probe_opts.log_severity_level = 3
         try:
             probe = ort.InferenceSession(str(path), probe_opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
