@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import itertools
 import shlex
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -28,10 +30,10 @@ class BenchError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
     # numpy and onnx only (fold.py imports no TensorFlow): the GPU machine has no TensorFlow.
     from unet_export.fold import FOLD_CHOICES
 
-    """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="bench-unet", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
@@ -102,13 +104,16 @@ def _model_name(precision, head, size, input_dtype="float32", fold="auto"):
     return f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}{'' if fold == 'auto' else '-fold_' + fold}.onnx"
 
 
-def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, object]:
-    """{(precision, head, size, input dtype, fold): path} and the Keras model (or None); export reports go to ``exports``."""
+def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], object] | None]:
+    """{(precision, head, size, input dtype, fold): path} and a Keras model factory (size -> model, or None).
+
+    Export reports go to ``exports``.
+    """
     import onnx
 
     from unet_bench.weights import is_stripped, refill, strip
 
-    models, keras_model = {}, None
+    models = {}
     # The rows' models, plus the fp32 softmax model: the numeric reference.
     want = {("fp32", "softmax", s, "float32", "auto") for s in args.size}
     want |= {(p, h, s, d, f) for p in args.precision for h in args.head for s in args.size for d in args.input_dtype
@@ -137,7 +142,7 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, object]:
             models[key] = dst
         return models, None
     try:
-        from unet_export import build_vgg19_unet
+        import unet_export  # noqa: F401  (only checking it is there)
     except ImportError as exc:
         raise BenchError("exporting needs the export extra (pip install 'unet-onnx[export]'), or pass --models-from") from exc
     for key in sorted(want):
@@ -147,14 +152,11 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, object]:
         if args.save_models:
             args.save_models.mkdir(parents=True, exist_ok=True)
             onnx.save(strip(onnx.load(str(out))), str(args.save_models / out.name))
-    if args.keras != "off":
-        # One Keras model per run: same seed (or weights) as every export, so the same weights.
-        keras_model = build_vgg19_unet((None, None, 3), 21, seed=args.seed)
-        if args.weights:
-            from unet_export.weights import load_weights
+    if args.keras == "off":
+        return models, None
+    from .peers import keras_model
 
-            load_weights(keras_model, args.weights)
-    return models, keras_model
+    return models, functools.partial(keras_model, seed=args.seed, weights=args.weights)
 
 
 def _export_subprocess(args, key, out: Path) -> dict:
@@ -221,7 +223,7 @@ def _run(args, argv) -> int:
         tmp = Path(tmpdir)
         bar.line("exporting / loading models ...")
         exports: dict = {}
-        models, keras_model = _get_models(args, tmp, exports)
+        models, make_keras = _get_models(args, tmp, exports)
         rng = np.random.default_rng(args.seed)
         import onnx
 
@@ -235,6 +237,7 @@ def _run(args, argv) -> int:
             ref_model = onnx.load(str(models[("fp32", "softmax", size, "float32", "auto")]), load_external_data=False)
             flops_1 = conv_flops(ref_model, 1, size, size)
             x1 = im.to_model_input(images[:1], (0, 0, 0), (1, 1, 1), "nhwc")
+            keras_model = make_keras(size) if make_keras else None
             if keras_model is not None:
                 ref_probs = np.asarray(keras_model(x1, training=False))[0]
                 ref_src = "Keras fp32"

@@ -10,7 +10,24 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["keras_rows", "TorchUNet", "torch_from_onnx"]
+__all__ = ["keras_model", "keras_rows", "TorchUNet", "torch_from_onnx"]
+
+
+def keras_model(size: int, *, seed: int = 0, weights: str | None = None):
+    """The Keras peer: the seed network at ``size`` x ``size`` x 3, seeded like every export, or ``weights``.
+
+    Built at the timed size because that is the seed's (and a user's) model; a
+    size-agnostic build times the same on the 2-core CPU
+    (benchmarks/results/cpu-keras-baseline-2026-11-25.md) but need not elsewhere.
+    """
+    from unet_export import build_vgg19_unet
+
+    model = build_vgg19_unet((size, size, 3), 21, seed=seed)
+    if weights:
+        from unet_export.weights import load_weights
+
+        load_weights(model, weights)
+    return model
 
 
 def keras_rows(model, x_nhwc: np.ndarray) -> dict[str, Callable[[], object]]:

@@ -107,3 +107,19 @@ def test_bad_flags_exit_1_with_one_line(tmp_path, args, message):
 def test_bad_choice_is_a_usage_error(tmp_path):
     proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "r"), "--providers", "tpu")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_keras_peer_is_the_seed_model_at_the_timed_size(tmp_path):
+    import numpy as np
+
+    from unet_bench.peers import keras_model
+
+    a, b = keras_model(32, seed=0), keras_model(64, seed=0)
+    # The seed's fixed-size model, one per timed size, with the same seeded weights at every size.
+    assert a.input_shape == (None, 32, 32, 3) and b.input_shape == (None, 64, 64, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+    other = keras_model(32, seed=1)
+    assert not np.array_equal(other.get_weights()[0], a.get_weights()[0])
+    other.save_weights(str(tmp_path / "w.weights.h5"))
+    loaded = keras_model(32, seed=0, weights=str(tmp_path / "w.weights.h5"))
+    assert all(np.array_equal(x, y) for x, y in zip(loaded.get_weights(), other.get_weights()))
