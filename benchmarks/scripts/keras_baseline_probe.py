@@ -49,7 +49,7 @@ def main() -> None:
             wall[name].append(1e3 * (time.perf_counter() - t))
             cpu[name].append(1e3 * (time.process_time() - c))
         print(f"round {r + 1}/{rounds}", file=sys.stderr, flush=True)
-    print(f"| row | median wall ms | min | max | calls > 1.3x min | median CPU ms | wall per call (ms) |")
+    print("| row | median wall ms | min | max | calls > 1.3x min | median CPU ms | wall per call (ms) |")
     print("|---|---|---|---|---|---|---|")
     for name in calls:
         w = np.asarray(wall[name])
