@@ -58,11 +58,9 @@ def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int 
     x = image[None].astype(np.float32) / 255.0  # the runtime's [0, 1] scaling, mean 0 / std 1
     calls, masks = {}, {}
     if keras_weights:
-        from unet_export import build_vgg19_unet
-        from unet_export.weights import load_weights
+        from .peers import keras_model
 
-        km = build_vgg19_unet((size, size, 3), 21)
-        load_weights(km, keras_weights)
+        km = keras_model(size, weights=keras_weights)
         calls["keras.predict"] = lambda: km.predict(x, verbose=0, batch_size=1)
     for path in models:
         sess = _session(path, threads)
@@ -92,11 +90,14 @@ def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int 
 
 
 def _load_image(path: str, size: int) -> np.ndarray:
-    """An RGB uint8 image at size x size (Pillow, the `images` extra)."""
+    """An RGB uint8 image at size x size: read with Pillow (the `images` extra), resized as the runtime resizes."""
     from PIL import Image
 
+    from unet_runtime.images import resize_bilinear
+
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        rgb = np.asarray(im.convert("RGB"))
+    return np.clip(np.rint(resize_bilinear(rgb, size, size)), 0, 255).astype(np.uint8)
 
 
 def to_markdown(result: dict, meta: dict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import importlib.util
 import itertools
 import shlex
 import sys
@@ -141,10 +142,9 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
             onnx.save(m, str(dst))
             models[key] = dst
         return models, None
-    try:
-        import unet_export  # noqa: F401  (only checking it is there)
-    except ImportError as exc:
-        raise BenchError("exporting needs the export extra (pip install 'unet-onnx[export]'), or pass --models-from") from exc
+    missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BenchError(f"exporting needs {' and '.join(missing)} (pip install 'unet-onnx[export]'), or pass --models-from")
     for key in sorted(want):
         out = tmp / _model_name(*key)
         exports[out.name] = _export_subprocess(args, key, out)
@@ -208,11 +208,8 @@ def _run(args, argv) -> int:
     from .runner import Row, agreement, bench_ort
     from .timing import summarize, time_calls
 
-    if args.keras == "on":
-        try:
-            import tensorflow  # noqa: F401  (only checking it is there)
-        except ImportError as exc:
-            raise BenchError("--keras on needs TensorFlow (pip install 'unet-onnx[export]')") from exc
+    if args.keras == "on" and importlib.util.find_spec("tensorflow") is None:
+        raise BenchError("--keras on needs TensorFlow (pip install 'unet-onnx[export]')")
     if args.keras == "auto" and args.models_from:
         args.keras = "off"
     rows: list[Row] = []

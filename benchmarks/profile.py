@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,8 +31,12 @@ class Profile:
     runs: int
     run_us: float  # wall time of one session.run as the profiler saw it
     by_op: dict[str, float] = field(default_factory=dict)  # op type -> us per run
-    op_nodes: dict[str, int] = field(default_factory=dict)  # op type -> node count
     by_node: list[tuple[str, str, float]] = field(default_factory=list)  # (name, op, us), slowest first
+
+    @property
+    def op_nodes(self) -> dict[str, int]:
+        """Op type -> node count."""
+        return dict(Counter(op for _, op, _ in self.by_node))
 
     @property
     def node_us(self) -> float:
@@ -60,15 +64,11 @@ def summarize(trace: list[dict], runs: int) -> Profile:
         node = name[: -len("_kernel_time")]
         by_op[op] += ev["dur"]
         by_node.setdefault(node, [op, 0.0])[1] += ev["dur"]
-    counts: dict[str, int] = defaultdict(int)
-    for op, _ in by_node.values():
-        counts[op] += 1
     nodes = sorted(((n, op, t / runs) for n, (op, t) in by_node.items()), key=lambda r: -r[2])
     return Profile(
         runs=runs,
         run_us=run_total / runs,
         by_op={k: v / runs for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])},
-        op_nodes=dict(counts),
         by_node=nodes,
     )
 

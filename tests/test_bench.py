@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import onnx
 import pytest
@@ -123,3 +124,17 @@ def test_keras_peer_is_the_seed_model_at_the_timed_size(tmp_path):
     other.save_weights(str(tmp_path / "w.weights.h5"))
     loaded = keras_model(32, seed=0, weights=str(tmp_path / "w.weights.h5"))
     assert all(np.array_equal(x, y) for x, y in zip(loaded.get_weights(), other.get_weights()))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--keras", "on"], "--keras on needs TensorFlow"),
+    ([], "exporting needs tensorflow"),
+])
+def test_missing_tensorflow_is_a_clear_error(tmp_path, monkeypatch, capsys, args, message):
+    from unet_bench import cli
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # find_spec now reports it absent
+    assert cli.main(["--out", str(tmp_path / "r"), "--size", "32", "-q", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("bench-unet: error:") and message in err
+    assert list(tmp_path.iterdir()) == []

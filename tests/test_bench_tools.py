@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import run_cli
@@ -50,3 +51,21 @@ def test_ab_and_profile_refuse_missing_models(tmp_path):
         proc = run_cli(module, *args, str(tmp_path / "nope.onnx"))
         assert proc.returncode == 1 and "does not exist" in proc.stderr.strip().splitlines()[-1]
         assert not (tmp_path / "x.json").exists()
+
+
+def test_ab_keras_candidate_on_an_image_file(tmp_path):
+    from PIL import Image
+
+    from unet_bench import ab
+    from unet_bench.peers import keras_model
+    from unet_runtime.images import resize_bilinear
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "in.png")
+    image = ab._load_image(str(tmp_path / "in.png"), 32)
+    # Resized as the runtime resizes (not Pillow's own filter), so A/B inputs match bench-unet's.
+    assert image.dtype == np.uint8 and np.array_equal(image, np.clip(np.rint(resize_bilinear(rgb, 32, 32)), 0, 255))
+    keras_model(32, seed=3).save_weights(str(tmp_path / "w.weights.h5"))
+    result = ab.run([], rounds=2, warmup=1, size=32, threads=None, keras_weights=str(tmp_path / "w.weights.h5"), image=image)
+    (row,) = result["rows"]
+    assert result["first"] == row["name"] == "keras.predict" and len(row["raw_s"]) == 2 and row["median_ms"] > 0

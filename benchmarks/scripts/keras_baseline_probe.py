@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+# Before TensorFlow is imported (through unet_export), or its C++ logging is already on: hence the late imports.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
