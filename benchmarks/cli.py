@@ -12,7 +12,6 @@ import argparse
 import datetime
 import functools
 import importlib.util
-import itertools
 import shlex
 import sys
 import tempfile
@@ -45,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", nargs="+", default=["softmax"], choices=("softmax", "logits", "argmax"), help="exported heads")
     p.add_argument("--input-dtype", nargs="+", default=["float32"], choices=("float32", "uint8"),
                    help="exported input types: float32 (host normalizes) and/or uint8 (normalized in the graph)")
-    p.add_argument("--layout", default="nchw", choices=("nhwc", "nchw"), help="exported input layout")
+    # nhwc, as export-unet: an image is HWC, so a uint8 NHWC model needs no host-side transpose
+    # (benchmarks/results/h100-pad-layout-prediction-2026-11-25.md).
+    p.add_argument("--layout", default="nhwc", choices=("nhwc", "nchw"), help="exported input layout")
     p.add_argument("--cuda-variants", nargs="+", default=["default"],
                    choices=("default", "plain", "graph", "exact"),
                    help="CUDA option sets: default (prefer_nhwc, fuse_conv_bias for non-exact), plain (ORT defaults), "
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
     p.add_argument("--fold-upsample", nargs="+", default=["auto"], choices=FOLD_CHOICES,
                    help="decoder fold forms passed to export-unet (auto: phase_nhwc for int8, off otherwise)")
+    p.add_argument("--pad-channels", nargs="+", default=["off"], choices=("off", "on"),
+                   help="export-unet --pad-channels (conv1-1 input and argmax head to multiples of 8) off and/or on; "
+                        "int8 rows are never padded")
     p.add_argument("--calibration-images", help="int8 rows: calibration folder passed to export-unet (default: synthetic shapes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init")
     p.add_argument("--models-from", type=Path, help="use pre-exported models PRECISION-HEAD-SIZE.onnx from this folder "
@@ -101,12 +105,19 @@ class _Bar:
             print(f"\r{text:<80}", file=sys.stderr, flush=True)
 
 
-def _model_name(precision, head, size, input_dtype="float32", fold="auto"):
-    return f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}{'' if fold == 'auto' else '-fold_' + fold}.onnx"
+def _model_name(precision, head, size, input_dtype="float32", fold="auto", pad="off"):
+    return (f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}{'' if fold == 'auto' else '-fold_' + fold}"
+            f"{'-pad8' if pad == 'on' else ''}.onnx")
+
+
+def _row_keys(args):
+    """(precision, head, input dtype, fold, pad) of every ONNX Runtime row; int8 is never padded."""
+    return [(p, h, d, f, pad) for p in args.precision for h in args.head for d in args.input_dtype
+            for f in args.fold_upsample for pad in args.pad_channels if not (p == "int8" and pad == "on")]
 
 
 def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], object] | None]:
-    """{(precision, head, size, input dtype, fold): path} and a Keras model factory (size -> model, or None).
+    """{(precision, head, size, input dtype, fold, pad): path} and a Keras model factory (size -> model, or None).
 
     Export reports go to ``exports``.
     """
@@ -116,27 +127,30 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
 
     models = {}
     # The rows' models, plus the fp32 softmax model: the numeric reference.
-    want = {("fp32", "softmax", s, "float32", "auto") for s in args.size}
-    want |= {(p, h, s, d, f) for p in args.precision for h in args.head for s in args.size for d in args.input_dtype
-             for f in args.fold_upsample}
+    want = {("fp32", "softmax", s, "float32", "auto", "off") for s in args.size}
+    want |= {(p, h, s, d, f, pad) for (p, h, d, f, pad) in _row_keys(args) for s in args.size}
     if args.models_from:
         for key in sorted(want):
             src = args.models_from / _model_name(*key)
-            fold = None
-            if not src.is_file() and key[4] != "auto" and key[0] != "int8":
-                # A fold of an fp32/fp16 model is derived here from the unfolded one, after refilling,
-                # so both rows carry the same weights (int8 graphs are folded before calibration).
-                src, fold = args.models_from / _model_name(*key[:4]), key[4]
+            fold = pad = None
+            if not src.is_file() and (key[4] != "auto" or key[5] == "on") and key[0] != "int8":
+                # A fold or padding of an fp32/fp16 model is derived here from the plain one, after refilling,
+                # so all rows carry the same weights (int8 graphs are folded before calibration).
+                src, fold, pad = args.models_from / _model_name(*key[:4]), key[4], key[5] == "on"
             if not src.is_file():
                 raise BenchError(f"--models-from: {str(args.models_from / _model_name(*key))!r} is missing; "
                                  "export it (bench-unet --save-models) first")
             m = onnx.load(str(src))
             if is_stripped(m):
                 m = refill(m, seed=args.seed)
-            if fold:
+            if fold and fold != "auto":
                 from unet_export.fold import fold_upsample_convs
 
                 m, _ = fold_upsample_convs(m, fold)
+            if pad:
+                from unet_export.pad import pad_channels
+
+                m, _ = pad_channels(m)
             src = args.models_from / _model_name(*key)
             dst = tmp / src.name
             onnx.save(m, str(dst))
@@ -170,10 +184,12 @@ def _export_subprocess(args, key, out: Path) -> dict:
     import json
     import subprocess
 
-    precision, head, size, input_dtype, fold = key
+    precision, head, size, input_dtype, fold, pad = key
     cmd = [sys.executable, "-m", "unet_export.cli", "--out", str(out), "--report", str(out.with_suffix(".json")),
            "--input-size", str(size), str(size), "--precision", precision, "--head", head, "--layout", args.layout,
            "--input-dtype", input_dtype, "--fold-upsample", fold, "--seed", str(args.seed), "-q"]
+    if pad == "on":
+        cmd.append("--pad-channels")
     if args.weights:
         cmd += ["--weights", args.weights]
     if precision == "int8" and args.calibration_images:
@@ -183,7 +199,8 @@ def _export_subprocess(args, key, out: Path) -> dict:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
         raise BenchError(f"exporting {out.name} failed: {last}")
     rep = json.loads(out.with_suffix(".json").read_text())
-    return {k: rep.get(k) for k in ("verification", "int8_accuracy", "calibration", "ops", "steps", "fold_upsample")}
+    return {k: rep.get(k) for k in ("verification", "int8_accuracy", "calibration", "ops", "steps", "fold_upsample",
+                                    "pad_channels")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,8 +230,7 @@ def _run(args, argv) -> int:
     if args.keras == "auto" and args.models_from:
         args.keras = "off"
     rows: list[Row] = []
-    n_ort = (len(args.providers) * len(args.precision) * len(args.head) * len(args.batch) * len(args.size)
-             * len(args.cuda_variants) * len(args.input_dtype) * len(args.fold_upsample))
+    n_ort = len(args.providers) * len(_row_keys(args)) * len(args.batch) * len(args.size) * len(args.cuda_variants)
     bar = _Bar(n_ort * args.iters * 2, args.quiet)
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmpdir:
         tmp = Path(tmpdir)
@@ -231,7 +247,8 @@ def _run(args, argv) -> int:
                 images = load_images(args.images, size, size)[: max(args.batch)]
             else:
                 images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batch))]
-            ref_model = onnx.load(str(models[("fp32", "softmax", size, "float32", "auto")]), load_external_data=False)
+            ref_key = ("fp32", "softmax", size, "float32", "auto", "off")
+            ref_model = onnx.load(str(models[ref_key]), load_external_data=False)
             flops_1 = conv_flops(ref_model, 1, size, size)
             x1 = im.to_model_input(images[:1], (0, 0, 0), (1, 1, 1), "nhwc")
             keras_model = make_keras(size) if make_keras else None
@@ -241,10 +258,12 @@ def _run(args, argv) -> int:
             else:
                 import onnxruntime as ort
 
-                s = ort.InferenceSession(str(models[("fp32", "softmax", size, "float32", "auto")]), providers=["CPUExecutionProvider"])
-                xin = x1.transpose(0, 3, 1, 2) if args.layout == "nchw" else x1
+                s = ort.InferenceSession(str(models[ref_key]), providers=["CPUExecutionProvider"])
+                # The saved models' layout, not --layout: --models-from may hold either.
+                nchw = s.get_inputs()[0].shape[1] == 3
+                xin = x1.transpose(0, 3, 1, 2) if nchw else x1
                 out = s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(xin)})[0][0]
-                ref_probs = out.transpose(1, 2, 0) if args.layout == "nchw" else out
+                ref_probs = out.transpose(1, 2, 0) if nchw else out
                 ref_src = "ONNX Runtime CPU fp32"
             bar.line(f"size {size}: {flops_1 / 1e9:.1f} GFLOP per image; reference: {ref_src}")
             for batch in args.batch:
@@ -262,28 +281,26 @@ def _run(args, argv) -> int:
                         rows.append(row)
                         bar.line(f"{name} b{batch} {size}px: {row.device['median_ms']:.1f} ms")
                 for provider in args.providers:
-                    for precision in args.precision:
-                        for head in args.head:
-                            for input_dtype, fold in itertools.product(args.input_dtype, args.fold_upsample):
-                                variants = args.cuda_variants if provider != "cpu" else ["default"]
-                                for variant in variants:
-                                    if variant == "exact" and precision != "fp32":
-                                        continue
-                                    name = (f"ort {provider} {precision} {head}" + (" u8-in" if input_dtype == "uint8" else "")
-                                            + ("" if fold == "auto" else f" fold={fold}")
-                                            + (f" [{variant}]" if provider != "cpu" else ""))
-                                    row = bench_ort(models[(precision, head, size, input_dtype, fold)], provider=provider,
-                                                    config=_config(variant), head=head, precision=precision, size=size,
-                                                    batch=batch, images=images, ref_probs=ref_probs, warmup=args.warmup,
-                                                    iters=args.iters, flops=flops, name=name, progress=bar.tick)
-                                    row.note = f"numerics vs {ref_src}"
-                                    rows.append(row)
-                                    bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, "
-                                             f"host {row.host['median_ms']:.2f} ms")
+                    for precision, head, input_dtype, fold, pad in _row_keys(args):
+                        variants = args.cuda_variants if provider != "cpu" else ["default"]
+                        for variant in variants:
+                            if variant == "exact" and precision != "fp32":
+                                continue
+                            name = (f"ort {provider} {precision} {head}" + (" u8-in" if input_dtype == "uint8" else "")
+                                    + ("" if fold == "auto" else f" fold={fold}") + (" pad8" if pad == "on" else "")
+                                    + (f" [{variant}]" if provider != "cpu" else ""))
+                            row = bench_ort(models[(precision, head, size, input_dtype, fold, pad)], provider=provider,
+                                            config=_config(variant), head=head, precision=precision, size=size,
+                                            batch=batch, images=images, ref_probs=ref_probs, warmup=args.warmup,
+                                            iters=args.iters, flops=flops, name=name, progress=bar.tick)
+                            row.note = f"numerics vs {ref_src}"
+                            rows.append(row)
+                            bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, "
+                                     f"host {row.host['median_ms']:.2f} ms")
                 if args.torch:
                     from .torch_bench import torch_rows
 
-                    for row in torch_rows(ref_model_path=models[("fp32", "softmax", size, "float32", "auto")], images=images[:batch],
+                    for row in torch_rows(ref_model_path=models[ref_key], images=images[:batch],
                                           size=size, batch=batch, flops=flops, warmup=args.warmup, iters=args.iters,
                                           ref_probs=ref_probs, compile_too=args.torch_compile):
                         rows.append(row)

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "phase (2x2 convs + DepthToSpace, integer kernels on CPU), phase_nhwc (same, interleaved in NHWC: "
                         "for int8 on CPU, fixed sizes), convtranspose (one op, NHWC on CUDA), "
                         "auto = phase_nhwc for int8, off otherwise")
+    p.add_argument("--pad-channels", action="store_true",
+                   help="pad conv1-1's 3 input channels and an argmax head's classes to multiples of 8 with zeros "
+                        "(exact; lets GPU tensor cores take those two layers; not for int8)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
     p.add_argument("--mean", nargs=3, type=float, default=[0.0, 0.0, 0.0], metavar=("R", "G", "B"),
                    help="per-channel mean after scaling pixels to [0, 1] (recorded in the model for the runtime)")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             input_size=tuple(args.input_size), dynamic_size=args.dynamic_size, num_classes=args.num_classes,
             class_names=_read_class_names(args.class_names) if args.class_names else None,
             layout=args.layout, head=args.head, precision=args.precision, opset=args.opset, input_dtype=args.input_dtype,
-            fold_upsample=args.fold_upsample,
+            fold_upsample=args.fold_upsample, pad_channels=args.pad_channels,
             weights=args.weights, encoder_weights=args.encoder_weights, seed=args.seed,
             verify=not args.no_verify, mean=tuple(args.mean), std=tuple(args.std),
             calibration_images=str(args.calibration_images) if args.calibration_images else None,

@@ -57,6 +57,8 @@ class ExportConfig:
     width_multiplier: float = 1.0
     #: decoder upsampling folded into the next conv: one of fold.FOLD_CHOICES (``auto``: see fold_form).
     fold_upsample: str = "auto"
+    #: pad conv1-1's 3 input channels and an argmax head's classes to multiples of 8 (pad.py; for GPUs).
+    pad_channels: bool = False
 
     def fold_form(self) -> str:
         """The fold ``auto`` stands for: ``phase_nhwc`` for int8, ``off`` otherwise.
@@ -96,6 +98,9 @@ class ExportConfig:
 
         if self.calibration_method not in CALIBRATION_METHODS:
             raise ConfigError(f"--calibration-method {self.calibration_method!r} is not supported; choose one of {', '.join(CALIBRATION_METHODS)}")
+        if self.pad_channels and self.precision == "int8":
+            raise ConfigError("--pad-channels aligns channels for GPU tensor cores; an int8 model runs on the CPU, "
+                              "where it only adds work: drop --pad-channels or use --precision fp16")
         if self.precision != "int8" and self.calibration_images:
             raise ConfigError("--calibration-images is only used with --precision int8; add --precision int8 or drop it")
         from .calibration import MIN_CALIBRATION_IMAGES
@@ -235,6 +240,12 @@ def export_model(
             # Only a different tf2onnx graph could do this; the export is still correct, just not folded.
             say(f"WARNING: --fold-upsample {form}: no decoder stage matched the pattern; graph left unfolded")
         graph_steps.append({"step": f"fold_upsample ({form})", "ops": op_histogram(proto)})
+        check(proto)
+    if config.pad_channels:
+        from .pad import pad_channels
+
+        proto, report["pad_channels"] = pad_channels(proto)
+        graph_steps.append({"step": "pad_channels", "ops": op_histogram(proto)})
         check(proto)
     report["graph"] = graph_steps
     step("clean", _fmt_hist(graph_steps[-1]["ops"]))
