@@ -97,23 +97,41 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
 def to_model_input(images: Sequence[np.ndarray], mean, std, layout: str, dtype=np.float32) -> np.ndarray:
     """Stack same-size ``(H, W, 3)`` uint8 images, normalize ``(x/255 - mean)/std``, lay out as NHWC or NCHW.
 
-    A uint8 pixel has only 256 values, so normalization is a per-channel
-    lookup table written straight into the output layout: one pass, no
-    float temporaries (3.1x faster than stack/astype/scale/transpose for
-    NCHW at 512x512 on a 2-core CPU, identical to 1e-7).
+    The normalization is computed as ``x * scale + shift`` in float32, the
+    same operations a ``--input-dtype uint8`` model runs in its graph, so a
+    float32-input and a uint8-input model see bit-identical inputs. Each image
+    is converted straight into its slot of the output (one pass, with the
+    NCHW transpose folded in), then scaled in place. For a single NHWC uint8
+    image nothing is copied at all: the model gets a view of the image.
+    (A per-channel lookup table through ``np.take`` into strided slices was
+    2-5x slower; benchmarks/results/cpu-2core-2026-11-25-preprocess.md.)
     """
-    u8 = np.stack(images)
-    if u8.dtype != np.uint8:
-        raise InputImageError(f"to_model_input needs uint8 images, got {u8.dtype}")
-    if dtype == np.uint8:  # the model normalizes inside its graph
-        return np.ascontiguousarray(u8.transpose(0, 3, 1, 2)) if layout == "nchw" else u8
-    lut = (np.arange(256, dtype=np.float32)[None, :] / np.float32(255) - np.asarray(mean, np.float32)[:, None])
-    lut = (lut / np.asarray(std, np.float32)[:, None]).astype(dtype)
-    n, h, w, _ = u8.shape
-    out = np.empty((n, 3, h, w) if layout == "nchw" else (n, h, w, 3), dtype)
-    for c in range(3):
-        np.take(lut[c], u8[..., c], out=out[:, c] if layout == "nchw" else out[..., c])
-    return out
+    first = images[0]
+    for i, x in enumerate(images):
+        if x.dtype != np.uint8 or x.shape != first.shape:
+            raise InputImageError(f"to_model_input needs same-size uint8 images; image {i} is {x.dtype} {x.shape}, "
+                                  f"image 0 is {first.dtype} {first.shape}")
+    n, (h, w) = len(images), first.shape[:2]
+    nchw = layout == "nchw"
+    if dtype == np.uint8 and not nchw and n == 1 and first.flags.c_contiguous:
+        return first[None]  # the model normalizes inside its graph, and reads the image as it is
+    out = np.empty((n, 3, h, w) if nchw else (n, h, w, 3), np.uint8 if dtype == np.uint8 else np.float32)
+    for i, x in enumerate(images):
+        out[i] = x.transpose(2, 0, 1) if nchw else x
+    if dtype == np.uint8:
+        return out
+    # float64 for the constants, then float32: what export-unet writes into a uint8 model's graph.
+    scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
+    shift = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
+    if nchw:
+        out *= scale[:, None, None]
+        out += shift[:, None, None]
+    else:
+        # Rows of W*3 values with the constants tiled along them: a 3-long broadcast axis is slow in numpy.
+        rows = out.reshape(n * h, w * 3)
+        rows *= np.tile(scale, w)
+        rows += np.tile(shift, w)
+    return out if dtype == np.float32 else out.astype(dtype)
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unet_runtime import images as im
+from unet_runtime.errors import InputImageError
 
 
 def test_resize_bilinear_matches_pillow():
@@ -25,6 +26,45 @@ def test_normalization_and_layout():
     x = im.to_model_input([img, img], mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 1.0), layout="nchw")
     assert x.shape == (2, 3, 4, 6) and x.dtype == np.float32 and x.flags.c_contiguous
     np.testing.assert_allclose(x[0, :, 0, 0], [1.0, 2.0, 0.5], rtol=1e-6)
+
+
+def test_normalization_is_the_graphs_float32_formula_in_both_layouts():
+    rng = np.random.default_rng(5)
+    imgs = [rng.integers(0, 256, (5, 7, 3), dtype=np.uint8) for _ in range(3)]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    # What export-unet puts in a uint8 model's graph: float32 constants, a Mul then an Add.
+    scale = np.array([1.0 / (255.0 * s) for s in std], np.float32)
+    shift = np.array([-m / s for m, s in zip(mean, std)], np.float32)
+    ref = np.stack(imgs).astype(np.float32) * scale + shift
+    nhwc = im.to_model_input(imgs, mean, std, "nhwc")
+    nchw = im.to_model_input(imgs, mean, std, "nchw")
+    np.testing.assert_array_equal(nhwc, ref)
+    np.testing.assert_array_equal(nchw, ref.transpose(0, 3, 1, 2))
+    # ... which is (x/255 - mean)/std up to float32 rounding.
+    np.testing.assert_allclose(nhwc, (np.stack(imgs) / 255.0 - mean) / std, rtol=1e-6, atol=1e-6)
+    assert nchw.flags.c_contiguous and nhwc.flags.c_contiguous
+    half = im.to_model_input(imgs, mean, std, "nhwc", dtype=np.float16)
+    assert half.dtype == np.float16 and np.array_equal(half, ref.astype(np.float16))
+
+
+def test_uint8_input_is_copied_only_when_it_must_be():
+    rng = np.random.default_rng(6)
+    a, b = (rng.integers(0, 256, (4, 6, 3), dtype=np.uint8) for _ in range(2))
+    one = im.to_model_input([a], (0, 0, 0), (1, 1, 1), "nhwc", dtype=np.uint8)
+    assert one.shape == (1, 4, 6, 3) and np.shares_memory(one, a)  # a view: the model reads the image as it is
+    two = im.to_model_input([a, b], (0, 0, 0), (1, 1, 1), "nchw", dtype=np.uint8)
+    assert two.shape == (2, 3, 4, 6) and two.flags.c_contiguous and not np.shares_memory(two, a)
+    np.testing.assert_array_equal(two[1], b.transpose(2, 0, 1))
+    strided = a[:, ::-1]  # not contiguous: copied into a fresh batch
+    assert not np.shares_memory(im.to_model_input([strided], (0, 0, 0), (1, 1, 1), "nhwc", dtype=np.uint8), a)
+
+
+def test_mixed_images_are_refused_by_name():
+    a = np.zeros((4, 6, 3), np.uint8)
+    with pytest.raises(InputImageError, match="image 1 is float32"):
+        im.to_model_input([a, a.astype(np.float32)], (0, 0, 0), (1, 1, 1), "nhwc")
+    with pytest.raises(InputImageError, match=r"image 1 is uint8 \(5, 6, 3\)"):
+        im.to_model_input([a, np.zeros((5, 6, 3), np.uint8)], (0, 0, 0), (1, 1, 1), "nchw")
 
 
 def test_voc_palette_known_colours():
@@ -57,5 +97,5 @@ def test_validate_accepts_only_rgb_uint8(shape, dtype):
     if ok:
         assert im.validate_image(arr) is arr
     else:
-        with pytest.raises(im.InputImageError):
+        with pytest.raises(InputImageError):
             im.validate_image(arr)

@@ -44,6 +44,21 @@ def test_masks_equal_keras_argmax(narrow_export, confident_keras, head, layout):
         assert agree["confident_agreement"] == 1.0, agree
 
 
+def test_float32_and_uint8_input_models_see_the_same_input(narrow_export):
+    # The runtime normalizes a float32-input model's images with the same float32 Mul and Add that a
+    # uint8-input model runs in its graph, so the two exports give bit-identical logits.
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    imgs = _images(4, [(64, 96)] * 2)
+    outs = []
+    for input_dtype in ("float32", "uint8"):
+        path = narrow_export(input_dtype=input_dtype, layout="nhwc", head="logits", mean=mean, std=std,
+                             fold_upsample="off", input_size=(64, 96)).path
+        with Segmenter(path, providers="cpu") as seg:
+            outs.append(seg.predict_proba(imgs))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_dynamic_model_pads_and_crops_exactly(narrow_export, confident_keras):
     path = narrow_export(dynamic_size=True, head="softmax").path
     (img,) = _images(2, [(50, 70)])
