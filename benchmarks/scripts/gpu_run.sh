@@ -3,7 +3,8 @@
 # onnxruntime-gpu wheel, expose this checkout's packages, run the GPU tests
 # and the H100 benchmark. Usage: benchmarks/scripts/gpu_run.sh OUTDIR [bench-unet args...]
 # Expects /tmp/ortparts/part* (carried earlier), .gpumodels/ (weight-stripped
-# models from bench-unet --save-models) and .gpuwheels/ (pytest wheels).
+# models from bench-unet --save-models; MODELS=DIR for another folder) and
+# .gpuwheels/ (pytest wheels). TESTS=0 skips the GPU tests.
 set -euo pipefail
 out=${1:?usage: gpu_run.sh OUTDIR [bench args]}; shift
 mkdir -p "$out"
@@ -24,6 +25,7 @@ echo 'import onnxruntime; onnxruntime.preload_dlls()' > /tmp/site/sitecustomize.
 export PYTHONPATH=/tmp/site:/tmp/src:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 $PY -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())' | tee -a "$out/gpu.txt"
-UNET_GPU_MODELS=.gpumodels timeout 240 $PY -m pytest -p no:cacheprovider tests/test_gpu.py -q -rs -s 2>&1 | tail -25 | tee "$out/gpu_tests.txt" || true
-$PY -m unet_bench.cli --models-from .gpumodels --out "$out/h100" --plot -q "$@" 2>&1 | tail -5
+models=${MODELS:-.gpumodels}
+[ "${TESTS:-1}" = 1 ] && UNET_GPU_MODELS=.gpumodels timeout 240 $PY -m pytest -p no:cacheprovider tests/test_gpu.py -q -rs -s 2>&1 | tail -25 | tee "$out/gpu_tests.txt" || true
+$PY -m unet_bench.cli --models-from "$models" --out "$out/h100" --plot -q "$@" 2>&1 | tail -5
 cat "$out/h100.md"
