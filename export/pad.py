@@ -105,8 +105,10 @@ def pad_channels(model, multiple: int = PAD_MULTIPLE):
     if len(heads) == 1:
         head = heads[0]
         argmax = [c for c in consumers[head.output[0]] if c.op_type == "ArgMax"]
-        only_argmax = len(consumers[head.output[0]]) == 1 and all(
-            a.name != "axis" or a.i in (1, -3) for a in argmax[0].attribute)
+        # Over the channel axis, and first index on ties (select_last_index would let a padded class win one).
+        attrs = {a.name: a.i for a in argmax[0].attribute}
+        only_argmax = (len(consumers[head.output[0]]) == 1 and attrs.get("axis", 0) in (1, -3)
+                       and not attrs.get("select_last_index", 0))
         w = numpy_helper.to_array(inits[head.input[1]])
         extra = -w.shape[0] % multiple
         if only_argmax and extra and head.output[0] not in {o.name for o in g.output}:

@@ -84,6 +84,18 @@ def test_softmax_head_is_left_alone_and_conv1_padding_is_exact():
     np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name, value", [("select_last_index", 1), ("axis", 0)])
+def test_argmax_where_a_padded_class_could_win_or_show_is_not_padded(name, value):
+    # Last index on ties would let a padded class win a tie; another axis would not be the classes.
+    model = _tiny()
+    argmax = next(n for n in model.graph.node if n.op_type == "ArgMax")
+    kept = [a for a in argmax.attribute if a.name != name]
+    del argmax.attribute[:]
+    argmax.attribute.extend(kept + [helper.make_attribute(name, value)])
+    _, padded = pad_channels(model)
+    assert padded == ["conv1"]
+
+
 def test_aligned_channels_are_not_touched():
     model, padded = pad_channels(_tiny(classes=8, rgb=3))
     assert padded == ["conv1"]
