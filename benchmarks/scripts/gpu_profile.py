@@ -5,10 +5,11 @@ launches are asynchronous, so it cannot say what the GPU does. PyTorch's
 profiler records every CUDA kernel of the process (CUPTI), ORT's included:
 the sum of kernel times vs the wall time of a run shows the idle gaps, and
 the top kernels show which layers cost what. Usage (GPU machine):
-    python benchmarks/scripts/gpu_profile.py MODEL.onnx BATCH [cuda_graph]
+    python benchmarks/scripts/gpu_profile.py MODEL.onnx BATCH [--cuda-graph] [--fold FORM] [--pad]
+(--fold and --pad derive the rewritten model from a plain one, as bench-unet does.)
 """
 
-import sys
+import argparse
 import time
 
 import numpy as np
@@ -20,11 +21,25 @@ from unet_bench.weights import is_stripped, refill
 from unet_runtime import ProviderConfig, Segmenter
 from unet_runtime import images as im
 
-path, batch = sys.argv[1], int(sys.argv[2])
-graph = len(sys.argv) > 3 and sys.argv[3] == "cuda_graph"
+ap = argparse.ArgumentParser()
+ap.add_argument("model")
+ap.add_argument("batch", type=int)
+ap.add_argument("--cuda-graph", action="store_true")
+ap.add_argument("--fold", default="off", help="decoder fold form (unet_export.fold)")
+ap.add_argument("--pad", action="store_true", help="channel padding (unet_export.pad)")
+args = ap.parse_args()
+path, batch, graph = args.model, args.batch, args.cuda_graph
 m = onnx.load(path)
 if is_stripped(m):
     m = refill(m)
+if args.fold != "off":
+    from unet_export.fold import fold_upsample_convs
+
+    m, _ = fold_upsample_convs(m, args.fold)
+if args.pad:
+    from unet_export.pad import pad_channels
+
+    m, _ = pad_channels(m)
 onnx.save(m, "/tmp/profiled.onnx")
 torch.zeros(1).cuda()  # CUDA context for CUPTI
 seg = Segmenter("/tmp/profiled.onnx", providers=["cuda"], strict=True, config=ProviderConfig(cuda_graph=graph))
@@ -49,7 +64,7 @@ def device_us(e):
 
 
 total = sum(device_us(e) for e in prof.key_averages()) / runs / 1e3
-print(f"model {path} batch {batch} cuda_graph={graph}: wall {wall:.3f} ms/run, GPU kernel time {total:.3f} ms/run, "
+print(f"model {path} fold={args.fold} pad={args.pad} batch {batch} cuda_graph={graph}: wall {wall:.3f} ms/run, GPU kernel time {total:.3f} ms/run, "
       f"idle/launch gap {wall - total:.3f} ms ({(wall - total) / wall:.0%})")
 rows = sorted(prof.key_averages(), key=lambda e: -device_us(e))[:25]
 print(f"{'kernel':<100} {'calls/run':>9} {'ms/run':>8} {'share':>6}")
