@@ -34,15 +34,13 @@ def _session(path: str, threads: int | None):
     return ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def _input_for(sess, x_nhwc_float: np.ndarray) -> np.ndarray:
-    """The shared test image in the model's own input layout and dtype."""
+def _input_for(sess, image: np.ndarray) -> np.ndarray:
+    """The shared test image in the model's own input layout and dtype, prepared as the runtime prepares it."""
+    from unet_runtime.images import to_model_input
+
     inp = sess.get_inputs()[0]
-    x = x_nhwc_float
-    if inp.shape[1] == 3:
-        x = x.transpose(0, 3, 1, 2)
-    if "uint8" in inp.type:
-        return np.ascontiguousarray(np.clip(x * 255.0, 0, 255).astype(np.uint8))
-    return np.ascontiguousarray(x.astype(np.float32))
+    layout = "nchw" if inp.shape[1] == 3 else "nhwc"
+    return to_model_input([image], (0, 0, 0), (1, 1, 1), layout, dtype=np.uint8 if "uint8" in inp.type else np.float32)
 
 
 def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int | None, keras_weights: str | None,
@@ -55,16 +53,18 @@ def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int 
     """
     if image is None:
         image = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    x = image[None].astype(np.float32) / 255.0  # the runtime's [0, 1] scaling, mean 0 / std 1
     calls, masks = {}, {}
     if keras_weights:
+        from unet_runtime.images import to_model_input
+
         from .peers import keras_model
 
         km = keras_model(size, weights=keras_weights)
+        x = to_model_input([image], (0, 0, 0), (1, 1, 1), "nhwc")  # mean 0 / std 1, as the exports' default
         calls["keras.predict"] = lambda: km.predict(x, verbose=0, batch_size=1)
     for path in models:
         sess = _session(path, threads)
-        feed = {sess.get_inputs()[0].name: _input_for(sess, x)}
+        feed = {sess.get_inputs()[0].name: _input_for(sess, image)}
         calls[path] = (lambda s=sess, f=feed: s.run(None, f)[0])
     for name, fn in calls.items():
         for _ in range(warmup):

@@ -131,27 +131,26 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
     want |= {(p, h, s, d, f, pad) for (p, h, d, f, pad) in _row_keys(args) for s in args.size}
     if args.models_from:
         for key in sorted(want):
+            precision, _, _, _, fold, pad = key
             src = args.models_from / _model_name(*key)
-            fold = pad = None
-            if not src.is_file() and (key[4] != "auto" or key[5] == "on") and key[0] != "int8":
-                # A fold or padding of an fp32/fp16 model is derived here from the plain one, after refilling,
-                # so all rows carry the same weights (int8 graphs are folded before calibration).
-                src, fold, pad = args.models_from / _model_name(*key[:4]), key[4], key[5] == "on"
-            if not src.is_file():
-                raise BenchError(f"--models-from: {str(args.models_from / _model_name(*key))!r} is missing; "
-                                 "export it (bench-unet --save-models) first")
-            m = onnx.load(str(src))
+            # A fold or padding of an fp32/fp16 model is derived here from the plain one, after refilling,
+            # so all rows carry the same weights (int8 graphs are folded before calibration).
+            derive = not src.is_file() and precision != "int8" and (fold != "auto" or pad == "on")
+            plain = args.models_from / _model_name(*key[:4])
+            source = plain if derive else src
+            if not source.is_file():
+                raise BenchError(f"--models-from: {str(source)!r} is missing; export it (bench-unet --save-models) first")
+            m = onnx.load(str(source))
             if is_stripped(m):
                 m = refill(m, seed=args.seed)
-            if fold and fold != "auto":
+            if derive and fold != "auto":
                 from unet_export.fold import fold_upsample_convs
 
                 m, _ = fold_upsample_convs(m, fold)
-            if pad:
+            if derive and pad == "on":
                 from unet_export.pad import pad_channels
 
                 m, _ = pad_channels(m)
-            src = args.models_from / _model_name(*key)
             dst = tmp / src.name
             onnx.save(m, str(dst))
             models[key] = dst

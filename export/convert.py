@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 
+from unet_runtime.images import normalization
 from unet_runtime.model_info import INPUT_NAME, OUTPUT_NAMES
 
 from .errors import ConversionError
@@ -115,9 +116,9 @@ def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bo
     _, height, width, channels = model.input_shape
     shape = [None, None if dynamic_size else height, None if dynamic_size else width, channels]
     spec = tf.TensorSpec(shape, tf.uint8 if input_dtype == "uint8" else tf.float32, name=INPUT_NAME)
-    # (x/255 - mean)/std == x * scale + shift: one Mul and one Add in the graph.
-    scale = [1.0 / (255.0 * s) for s in std]
-    shift = [-m / s for m, s in zip(mean, std)]
+    # (x/255 - mean)/std == x * scale + shift: one Mul and one Add in the graph, with the constants
+    # the runtime's to_model_input uses for float32-input models (bit-identical inputs either way).
+    scale, shift = normalization(mean, std)
 
     @tf.function(input_signature=[spec])
     def forward(x):

@@ -42,6 +42,7 @@ import logging
 import numpy as np
 
 from .errors import ConversionError
+from .graph import node_attr
 
 __all__ = ["FOLD_FORMS", "FOLD_CHOICES", "fold_upsample_convs"]
 
@@ -78,15 +79,6 @@ def _transpose_kernel(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(expand(expand(w, 2), 3).transpose(1, 0, 2, 3))
 
 
-def _attr(node, name, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _is_nearest_2x(node, inits) -> bool:
     """A Resize that is the seed's UpSampling2D: nearest, asymmetric, floor, constant NCHW scales (1, 1, 2, 2)."""
     from onnx import numpy_helper
@@ -94,9 +86,9 @@ def _is_nearest_2x(node, inits) -> bool:
     if node.op_type != "Resize" or len(node.input) < 3 or node.input[2] not in inits:
         return False
     scales = numpy_helper.to_array(inits[node.input[2]])
-    return (_attr(node, "mode", b"nearest") == b"nearest"
-            and _attr(node, "coordinate_transformation_mode", b"half_pixel") == b"asymmetric"
-            and _attr(node, "nearest_mode", b"round_prefer_floor") == b"floor"
+    return (node_attr(node, "mode", b"nearest") == b"nearest"
+            and node_attr(node, "coordinate_transformation_mode", b"half_pixel") == b"asymmetric"
+            and node_attr(node, "nearest_mode", b"round_prefer_floor") == b"floor"
             and scales.shape == (4,) and np.array_equal(scales, [1, 1, 2, 2]))
 
 
@@ -105,12 +97,12 @@ def _is_plain_3x3(node, inits) -> bool:
         return False
     # tf2onnx writes explicit pads for fixed sizes and SAME_UPPER for dynamic ones: for a
     # 3x3 kernel at stride 1 both mean one pixel of zeros on every side.
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
-    same = (auto_pad == b"NOTSET" and list(_attr(node, "pads", [0, 0, 0, 0])) == [1, 1, 1, 1]) or (
-        auto_pad in (b"SAME_UPPER", b"SAME_LOWER") and _attr(node, "pads") is None)
-    return (same and list(_attr(node, "strides", [1, 1])) == [1, 1]
-            and list(_attr(node, "dilations", [1, 1])) == [1, 1]
-            and _attr(node, "group", 1) == 1)
+    auto_pad = node_attr(node, "auto_pad", b"NOTSET")
+    same = (auto_pad == b"NOTSET" and list(node_attr(node, "pads", [0, 0, 0, 0])) == [1, 1, 1, 1]) or (
+        auto_pad in (b"SAME_UPPER", b"SAME_LOWER") and node_attr(node, "pads") is None)
+    return (same and list(node_attr(node, "strides", [1, 1])) == [1, 1]
+            and list(node_attr(node, "dilations", [1, 1])) == [1, 1]
+            and node_attr(node, "group", 1) == 1)
 
 
 def fold_upsample_convs(model, form: str):
@@ -151,7 +143,7 @@ def fold_upsample_convs(model, form: str):
     for conv in g.node:
         cat = producer.get(conv.input[0])
         if not (_is_plain_3x3(conv, inits) and cat is not None and cat.op_type == "Concat"
-                and _attr(cat, "axis") in (1, -3) and len(cat.input) == 2 and uses[cat.output[0]] == 1):
+                and node_attr(cat, "axis") in (1, -3) and len(cat.input) == 2 and uses[cat.output[0]] == 1):
             continue
         ups = [k for k, name in enumerate(cat.input) if name in producer and _is_nearest_2x(producer[name], inits)
                and uses[name] == 1]

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import ConversionError
 
-__all__ = ["op_histogram", "clean", "check", "FORBIDDEN_OPS"]
+__all__ = ["op_histogram", "node_attr", "clean", "check", "FORBIDDEN_OPS"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,16 @@ def op_histogram(model) -> dict[str, int]:
     """Count nodes per op type (main graph), sorted by count then name."""
     counts = collections.Counter(node.op_type for node in model.graph.node)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def node_attr(node, name: str, default=None):
+    """The value of attribute ``name`` of an ONNX node, or ``default`` when the node does not set it."""
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
 
 
 def resize_to_scales(model, factors: Sequence[tuple[int, int]]):

@@ -32,6 +32,7 @@ import logging
 import numpy as np
 
 from .errors import ConversionError
+from .graph import node_attr
 
 __all__ = ["pad_channels", "PAD_MULTIPLE", "PAD_LOGIT"]
 
@@ -41,13 +42,6 @@ log = logging.getLogger(__name__)
 PAD_MULTIPLE = 8
 #: The added classes' logit: the lowest finite fp16, so it survives fp16 conversion exactly.
 PAD_LOGIT = -65504.0
-
-
-def _conv_group(node) -> int:
-    for a in node.attribute:
-        if a.name == "group":
-            return a.i
-    return 1
 
 
 def pad_channels(model, multiple: int = PAD_MULTIPLE):
@@ -75,11 +69,11 @@ def pad_channels(model, multiple: int = PAD_MULTIPLE):
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     convs = [n for n in g.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]
-    first = [n for n in convs if inits[n.input[1]].dims[1] == 3 and _conv_group(n) == 1]
+    first = [n for n in convs if inits[n.input[1]].dims[1] == 3 and node_attr(n, "group", 1) == 1]
     if len(first) != 1:
         raise ConversionError(f"expected one Conv reading the 3 RGB channels, found {len(first)}; is this a VGG19-UNet graph?")
 
-    padded, new_nodes, new_inits = [], {}, []
+    padded, new_inits, pad = [], [], None
 
     def replace_init(name: str, arr: np.ndarray) -> None:
         # A shared initializer would change another node too: ours are per-Conv (tf2onnx), check anyway.
@@ -97,7 +91,7 @@ def pad_channels(model, multiple: int = PAD_MULTIPLE):
         # Pad's pads: begins then ends per axis (N, C, H, W): zeros appended after the 3 channels.
         new_inits.append(numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), pads))
         out = f"{base}/pad_channels"
-        new_nodes[conv.output[0]] = helper.make_node("Pad", [conv.input[0], pads], [out], name=out, mode="constant")
+        pad = helper.make_node("Pad", [conv.input[0], pads], [out], name=out, mode="constant")
         conv.input[0] = out
         padded.append(base)
 
@@ -106,9 +100,8 @@ def pad_channels(model, multiple: int = PAD_MULTIPLE):
         head = heads[0]
         argmax = [c for c in consumers[head.output[0]] if c.op_type == "ArgMax"]
         # Over the channel axis, and first index on ties (select_last_index would let a padded class win one).
-        attrs = {a.name: a.i for a in argmax[0].attribute}
-        only_argmax = (len(consumers[head.output[0]]) == 1 and attrs.get("axis", 0) in (1, -3)
-                       and not attrs.get("select_last_index", 0))
+        only_argmax = (len(consumers[head.output[0]]) == 1 and node_attr(argmax[0], "axis", 0) in (1, -3)
+                       and not node_attr(argmax[0], "select_last_index", 0))
         w = numpy_helper.to_array(inits[head.input[1]])
         extra = -w.shape[0] % multiple
         if only_argmax and extra and head.output[0] not in {o.name for o in g.output}:
@@ -124,14 +117,13 @@ def pad_channels(model, multiple: int = PAD_MULTIPLE):
                 head.input.append(bias)
             padded.append(head.name or head.output[0])
 
-    if new_nodes:
-        ordered = []
-        for n in g.node:
-            if n.output[0] in new_nodes:
-                ordered.append(new_nodes[n.output[0]])
-            ordered.append(n)
+    if pad is not None:
+        # Inserted last: rebuilding the node list copies the nodes, so edits to them must come first.
+        # Right before conv1-1 keeps the list topologically sorted, as ONNX requires.
+        nodes = list(g.node)
+        nodes.insert(next(i for i, n in enumerate(nodes) if n.output[0] == conv.output[0]), pad)
         del g.node[:]
-        g.node.extend(ordered)
+        g.node.extend(nodes)
     g.initializer.extend(new_inits)
     # Shapes recorded for the old tensors (value_info) are now wrong for the padded ones: drop them.
     touched = {n.output[0] for n in convs if (n.name or n.output[0]) in padded}

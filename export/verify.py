@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unet_runtime.images import normalization
+
 from .errors import VerificationError
 
 __all__ = [
@@ -75,8 +77,9 @@ def make_pixels(case: Case, seed: int) -> np.ndarray:
 
 
 def normalize(pixels: np.ndarray, mean, std) -> np.ndarray:
-    """``(x/255 - mean)/std`` in float32, as the Keras model is fed."""
-    return ((pixels.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)).astype(np.float32)
+    """``(x/255 - mean)/std`` in float32, as the Keras model is fed: the runtime's and the graph's constants."""
+    scale, shift = normalization(mean, std)
+    return pixels.astype(np.float32) * scale + shift
 
 
 def make_inputs(case: Case, mean, std, seed: int) -> np.ndarray:

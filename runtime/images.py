@@ -18,6 +18,7 @@ __all__ = [
     "resize_bilinear",
     "resize_nearest",
     "pad_to_multiple",
+    "normalization",
     "to_model_input",
     "softmax",
     "voc_palette",
@@ -94,6 +95,17 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(image, ((0, ph), (0, pw), (0, 0)))
 
 
+def normalization(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(scale, shift)`` per channel with ``(x/255 - mean)/std == x * scale + shift``.
+
+    One definition for both sides: export-unet writes these constants into a
+    ``--input-dtype uint8`` model's graph (a Mul and an Add), and
+    :func:`to_model_input` applies them on the host for a float32-input model.
+    """
+    mean64, std64 = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    return (1.0 / (255.0 * std64)).astype(np.float32), (-mean64 / std64).astype(np.float32)
+
+
 def to_model_input(images: Sequence[np.ndarray], mean, std, layout: str, dtype=np.float32) -> np.ndarray:
     """Stack same-size ``(H, W, 3)`` uint8 images, normalize ``(x/255 - mean)/std``, lay out as NHWC or NCHW.
 
@@ -120,9 +132,7 @@ def to_model_input(images: Sequence[np.ndarray], mean, std, layout: str, dtype=n
         out[i] = x.transpose(2, 0, 1) if nchw else x
     if dtype == np.uint8:
         return out
-    # float64 for the constants, then float32: what export-unet writes into a uint8 model's graph.
-    scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
-    shift = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
+    scale, shift = normalization(mean, std)
     if nchw:
         out *= scale[:, None, None]
         out += shift[:, None, None]
