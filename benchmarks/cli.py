@@ -33,9 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     # numpy and onnx only (fold.py imports no TensorFlow): the GPU machine has no TensorFlow.
     from unet_export.fold import FOLD_CHOICES
+    from unet_runtime import __version__
 
     p = argparse.ArgumentParser(prog="bench-unet", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     p.add_argument("--size", type=int, nargs="+", default=[512], help="square image sizes (multiples of 16)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     from .convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
     from .fold import FOLD_CHOICES
+    # unet_runtime's version is the distribution's (one number for the three packages); numpy-only import.
+    from unet_runtime import __version__
 
     p = argparse.ArgumentParser(
         prog="export-unet",
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "clean and check the graph, verify it against Keras on ONNX Runtime (CPU), then write it atomically.",
         epilog="Example: export-unet --out model.onnx --weights my_unet.keras --head argmax --precision fp16",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--out", type=Path, help="path of the .onnx file to write (its folder must exist); optional with --triton-repo")
     p.add_argument("--weights", help="trained model or weights: .keras, .weights.h5 or legacy .h5 (default: untrained)")
     p.add_argument("--encoder-weights", help="Keras Applications VGG19 'notop' weights file for the encoder (blockI_convJ -> convI-J)")

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .errors import SegmenterError
 
 __all__ = ["main", "build_parser"]
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Segment images with a VGG19-UNet ONNX model exported by export-unet.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("model", type=Path, help="the .onnx model")
     p.add_argument("images", nargs="+", type=Path, help="PNG/JPEG files")
     p.add_argument("--out", type=Path, required=True, help="folder for the masks (created if missing)")

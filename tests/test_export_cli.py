@@ -56,6 +56,16 @@ def test_help_lists_every_flag_with_defaults():
     assert "default: 17" in proc.stdout and "default: softmax" in proc.stdout
 
 
+@pytest.mark.parametrize("module, prog", [("unet_export.cli", "export-unet"), ("unet_runtime.cli", "segment-unet"),
+                                          ("unet_bench.cli", "bench-unet")])
+def test_version_is_the_installed_distribution(module, prog):
+    import importlib.metadata as md
+
+    proc = run_cli(module, "--version")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"{prog} {md.version('unet-onnx')}"
+
+
 def test_usage_error_exits_2(tmp_path):
     proc = _cli("--out", tmp_path / "m.onnx", "--head", "sigmoid")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
