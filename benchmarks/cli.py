@@ -219,25 +219,47 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, argv) -> int:
-    from unet_runtime import images as im
-
     from . import report
-    from .flops import conv_flops
-    from .runner import Row, agreement, bench_ort
-    from .timing import summarize, time_calls
 
     if args.keras == "on" and importlib.util.find_spec("tensorflow") is None:
         raise BenchError("--keras on needs TensorFlow (pip install 'unet-onnx[export]')")
     if args.keras == "auto" and args.models_from:
         args.keras = "off"
-    rows: list[Row] = []
+    meta = {
+        "command": "bench-unet " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": report.machine_info(),
+        "images": str(args.images) if args.images else "seeded uniform noise",
+        "exports": {},
+    }
+    # Rows are written as they finish: a run cut short (a GPU call's time limit) keeps what it measured.
+    results = report.Results(args.out, meta)
+    try:
+        _run_rows(args, results)
+        table = results.finish(with_plot=args.plot)
+    except OSError as exc:
+        results.discard()  # nothing half-written left behind
+        raise BenchError(f"cannot write results to {str(args.out)!r}.*: {exc.strerror or exc}; "
+                         "free space or choose another --out") from exc
+    if not args.quiet:
+        print(table, file=sys.stderr)
+    return 0
+
+
+def _run_rows(args, results) -> None:
+    """Export or load the models, then time every row, handing each to ``results`` as it finishes."""
+    from unet_runtime import images as im
+
+    from .flops import conv_flops
+    from .runner import Row, agreement, bench_ort
+    from .timing import summarize, time_calls
+
     n_ort = len(args.providers) * len(_row_keys(args)) * len(args.batch) * len(args.size) * len(args.cuda_variants)
     bar = _Bar(n_ort * args.iters * 2, args.quiet)
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmpdir:
         tmp = Path(tmpdir)
         bar.line("exporting / loading models ...")
-        exports: dict = {}
-        models, make_keras = _get_models(args, tmp, exports)
+        models, make_keras = _get_models(args, tmp, results.meta["exports"])
         rng = np.random.default_rng(args.seed)
         import onnx
 
@@ -279,7 +301,7 @@ def _run(args, argv) -> int:
                         row = Row(name=name, engine="keras", provider="cpu", precision="fp32", head="softmax",
                                   size=size, batch=batch, raw_device_s=raw, device=summarize(raw, batch, flops),
                                   numerics=agreement(ref_probs, np.asarray(fn())[0] if name != "keras.predict" else fn()[0], "softmax"))
-                        rows.append(row)
+                        results.add(row)
                         bar.line(f"{name} b{batch} {size}px: {row.device['median_ms']:.1f} ms")
                 for provider in args.providers:
                     for precision, head, input_dtype, fold, pad in _row_keys(args):
@@ -295,7 +317,7 @@ def _run(args, argv) -> int:
                                             batch=batch, images=images, ref_probs=ref_probs, warmup=args.warmup,
                                             iters=args.iters, flops=flops, name=name, progress=bar.tick)
                             row.note = f"numerics vs {ref_src}"
-                            rows.append(row)
+                            results.add(row)
                             bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, "
                                      f"host {row.host['median_ms']:.2f} ms")
                 if args.torch:
@@ -304,29 +326,8 @@ def _run(args, argv) -> int:
                     for row in torch_rows(ref_model_path=models[ref_key], images=images[:batch],
                                           size=size, batch=batch, flops=flops, warmup=args.warmup, iters=args.iters,
                                           ref_probs=ref_probs, compile_too=args.torch_compile):
-                        rows.append(row)
+                        results.add(row)
                         bar.line(f"{row.name} b{batch} {size}px: {row.device['median_ms']:.2f} ms")
-    meta = {
-        "command": "bench-unet " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": report.machine_info(),
-        "images": str(args.images) if args.images else "seeded uniform noise",
-        "exports": exports,
-    }
-    baseline = "keras.predict" if any(r.name == "keras.predict" for r in rows) else None
-    table = report.markdown(rows, meta, baseline)
-    try:
-        report.write_json(args.out.with_suffix(".json"), rows, meta)
-        args.out.with_suffix(".md").write_text(table)
-        if args.plot:
-            report.plot(args.out.with_suffix(".png"), rows)
-    except OSError as exc:
-        for suffix in (".json", ".md", ".png"):  # nothing half-written left behind
-            args.out.with_suffix(suffix).unlink(missing_ok=True)
-        raise BenchError(f"cannot write results to {str(args.out)!r}.*: {exc.strerror or exc}; free space or choose another --out") from exc
-    if not args.quiet:
-        print(table, file=sys.stderr)
-    return 0
 
 
 def _config(variant: str):

@@ -42,7 +42,7 @@ def keras_rows(model, x_nhwc: np.ndarray) -> dict[str, Callable[[], object]]:
     }
 
 
-def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True):
+def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True, device: str = "cuda"):
     """A PyTorch VGG19-UNet carrying the ONNX model's Conv weights (same network, same weights)."""
     import torch
     from onnx import numpy_helper
@@ -57,7 +57,7 @@ def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True
                 layer.bias.copy_(torch.from_numpy(numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)))
             else:
                 layer.bias.zero_()
-    net = net.eval().cuda()
+    net = net.eval().to(device)
     if dtype == "fp16":
         net = net.half()
     if channels_last:

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-__all__ = ["machine_info", "write_json", "write_text_atomic", "markdown", "plot"]
+__all__ = ["Results", "machine_info", "write_json", "write_text_atomic", "markdown", "plot"]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -56,9 +56,50 @@ def machine_info() -> dict:
 
 
 def write_json(path: Path, rows, meta: dict) -> None:
-    """All rows with their raw timings, plus machine and command."""
+    """All rows with their raw timings, plus machine and command (write-then-rename)."""
     data = {**meta, "rows": [asdict(r) for r in rows]}
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+class Results:
+    """PREFIX.json and PREFIX.md rewritten after every row; PREFIX.png when the run ends.
+
+    A run that is cut short (a GPU call's time limit kills it, Ctrl-C) keeps
+    every row it finished, in files that say so: ``"complete": false`` in the
+    JSON and a "Partial run" line in the table, until :meth:`finish`. Each
+    write is atomic, so a file is always whole. :meth:`discard` removes all
+    three (for errors: a run that failed leaves nothing).
+    """
+
+    SUFFIXES = (".json", ".md", ".png")
+
+    def __init__(self, prefix: Path, meta: dict):
+        self.prefix, self.meta, self.rows = prefix, meta, []
+
+    def add(self, row) -> None:
+        """Record one finished row and rewrite the files (OSError if they cannot be written)."""
+        self.rows.append(row)
+        self._write(complete=False)
+
+    def finish(self, with_plot: bool) -> str:
+        """Mark the run complete, write the plot if asked; returns the Markdown table."""
+        table = self._write(complete=True)
+        if with_plot:
+            plot(self.prefix.with_suffix(".png"), self.rows)
+        return table
+
+    def discard(self) -> None:
+        """Remove whatever this run wrote."""
+        for suffix in self.SUFFIXES:
+            self.prefix.with_suffix(suffix).unlink(missing_ok=True)
+
+    def _write(self, complete: bool) -> str:
+        meta = {**self.meta, "complete": complete}
+        baseline = "keras.predict" if any(r.name == "keras.predict" for r in self.rows) else None
+        table = markdown(self.rows, meta, baseline)
+        write_json(self.prefix.with_suffix(".json"), self.rows, meta)
+        write_text_atomic(self.prefix.with_suffix(".md"), table)
+        return table
 
 
 def _fmt(v, spec=".2f"):
@@ -76,6 +117,9 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         "",
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}  ",
+        *([] if meta.get("complete", True) else
+          [f"**Partial run: {len(rows)} rows so far.** The process has not finished (still running, or cut short); "
+           "the rows below are complete measurements.  "]),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()),
         "",
         "device = the session (or model call) alone on a prepared input (IO binding, device buffers on GPU); "

@@ -138,3 +138,38 @@ def test_missing_tensorflow_is_a_clear_error(tmp_path, monkeypatch, capsys, args
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("bench-unet: error:") and message in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_peer_is_the_same_network(full_width_run, tmp_path):
+    """The PyTorch peer carries the ONNX model's weights: same probabilities, and its rows come one at a time."""
+    torch = pytest.importorskip("torch", reason="the PyTorch peer is optional (installed on the GPU machine only)")
+    import numpy as np
+    import onnxruntime as ort
+
+    from unet_bench.peers import torch_from_onnx
+    from unet_bench.torch_bench import torch_rows
+    from unet_runtime import images as im
+
+    _, root = full_width_run
+    model = refill(onnx.load(str(root / "models" / "fp32-softmax-32.onnx")))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    x = im.to_model_input(images, (0, 0, 0), (1, 1, 1), "nhwc")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[1:] == [32, 32, 3]
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+    net = torch_from_onnx(model, "fp32", channels_last=False, device="cpu")
+    with torch.inference_mode():
+        probs = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), "softmax").numpy()
+    probs = probs.transpose(0, 2, 3, 1)
+    assert np.linalg.norm(probs - ref) / np.linalg.norm(ref) < 1e-5
+
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    rows = torch_rows(ref_model_path=path, images=images, size=32, batch=2, flops=10**9, warmup=0, iters=2,
+                      ref_probs=ref[0], device="cpu")
+    row = next(rows)  # handed out before any compile would start
+    assert row.name == "torch fp32 channels_last" and row.batch == 2 and row.device["n"] == 2
+    assert row.numerics["mask_agreement"] >= 0.99
+    assert next(rows, None) is None

@@ -271,6 +271,43 @@ def test_bench_output_disk_full(tmp_path, monkeypatch, model64):
     assert rc == 1 and not list(tmp_path.glob("r.*"))
 
 
+def test_bench_cut_short_keeps_finished_rows_marked_partial(tmp_path, monkeypatch, model64):
+    """A GPU call's time limit kills bench-unet mid-run: the rows already measured must survive, labelled."""
+    import json
+    import shutil
+
+    from unet_bench import cli as bench_cli
+    from unet_bench import runner
+
+    real, calls = runner.bench_ort, []
+
+    def second_row_interrupted(*a, **k):
+        calls.append(k["batch"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a kill looks like from inside: the process stops mid-row
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "bench_ort", second_row_interrupted)
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(model64.path, models / "fp32-softmax-64.onnx")
+    args = ["--out", str(tmp_path / "r"), "--size", "64", "--batch", "1", "2", "--iters", "1", "--warmup", "0",
+            "--models-from", str(models), "--plot", "-q"]
+    with pytest.raises(KeyboardInterrupt):
+        bench_cli.main(args)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["complete"] is False and [r["batch"] for r in data["rows"]] == [1]
+    assert "Partial run: 1 rows so far" in (tmp_path / "r.md").read_text()
+    assert not (tmp_path / "r.png").exists()  # the plot belongs to a finished run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "r.json", "r.md"]  # no temporary files
+
+    monkeypatch.setattr(runner, "bench_ort", real)
+    assert bench_cli.main(args) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["complete"] is True and [r["batch"] for r in data["rows"]] == [1, 2]
+    assert "Partial" not in (tmp_path / "r.md").read_text() and (tmp_path / "r.png").is_file()
+
+
 def test_tensorrt_cache_folder_unwritable(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
