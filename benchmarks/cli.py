@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CUDA option sets: default (prefer_nhwc, fuse_conv_bias for non-exact), plain (ORT defaults), "
                         "graph (+ CUDA graph), exact (fp32 without TF32)")
     p.add_argument("--keras", choices=("auto", "on", "off"), default="auto", help="Keras rows (auto: when TensorFlow is installed)")
-    p.add_argument("--torch", action="store_true", help="add PyTorch fp16 channels_last peer rows (needs torch + CUDA)")
+    p.add_argument("--torch", action="store_true",
+                   help="add PyTorch channels_last peer rows with the same weights (needs torch): fp16 on the GPU when "
+                        "--providers has cuda or tensorrt, else fp32 on the CPU")
     p.add_argument("--torch-compile", action="store_true", help="also a torch.compile(max-autotune) row (minutes to compile)")
     p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
     p.add_argument("--fold-upsample", nargs="+", default=["auto"], choices=FOLD_CHOICES,
@@ -225,6 +227,8 @@ def _run(args, argv) -> int:
         raise BenchError("--keras on needs TensorFlow (pip install 'unet-onnx[export]')")
     if args.keras == "auto" and args.models_from:
         args.keras = "off"
+    if (args.torch or args.torch_compile) and importlib.util.find_spec("torch") is None:
+        raise BenchError("--torch needs PyTorch (pip install torch); it is an optional peer, never a dependency")
     meta = {
         "command": "bench-unet " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -320,14 +324,20 @@ def _run_rows(args, results) -> None:
                             results.add(row)
                             bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, "
                                      f"host {row.host['median_ms']:.2f} ms")
-                if args.torch:
+                if args.torch or args.torch_compile:
                     from .torch_bench import torch_rows
 
                     for row in torch_rows(ref_model_path=models[ref_key], images=images[:batch],
                                           size=size, batch=batch, flops=flops, warmup=args.warmup, iters=args.iters,
-                                          ref_probs=ref_probs, compile_too=args.torch_compile):
+                                          ref_probs=ref_probs, compile_too=args.torch_compile,
+                                          device=_torch_device(args)):
                         results.add(row)
                         bar.line(f"{row.name} b{batch} {size}px: {row.device['median_ms']:.2f} ms")
+
+
+def _torch_device(args) -> str:
+    """The PyTorch peer runs where the ONNX Runtime rows run: the GPU when any row uses it."""
+    return "cuda" if {"cuda", "tensorrt"} & set(args.providers) else "cpu"
 
 
 def _config(variant: str):

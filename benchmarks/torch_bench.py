@@ -60,4 +60,5 @@ def torch_rows(*, ref_model_path, images, size: int, batch: int, flops: int, war
                   setup_s=setup, raw_device_s=raw, device=summarize(raw, batch, flops),
                   numerics=agreement(ref_probs, mask, "argmax"),
                   peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-                  note=f"torch {torch.__version__}, argmax mask out, device-resident input")
+                  note=f"torch {torch.__version__}, argmax mask out, "
+                       + ("device-resident input" if device == "cuda" else "input tensor made before timing"))

@@ -140,6 +140,17 @@ def test_missing_tensorflow_is_a_clear_error(tmp_path, monkeypatch, capsys, args
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("flag", ["--torch", "--torch-compile"])
+def test_missing_torch_is_a_clear_error_before_any_work(tmp_path, monkeypatch, capsys, flag):
+    from unet_bench import cli
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # find_spec now reports it absent
+    assert cli.main(["--out", str(tmp_path / "r"), "--size", "32", "-q", flag]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("bench-unet: error:") and "--torch needs PyTorch" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_torch_peer_is_the_same_network(full_width_run, tmp_path):
     """The PyTorch peer carries the ONNX model's weights: same probabilities, and its rows come one at a time."""
     torch = pytest.importorskip("torch", reason="the PyTorch peer is optional (installed on the GPU machine only)")
