@@ -56,7 +56,10 @@ class ProviderConfig:
         device_id: CUDA device for TensorRT and CUDA.
         exact: fp32 without TF32 (for parity checks); turns off fuse_conv_bias.
         prefer_nhwc, fuse_conv_bias, cudnn_conv_algo_search: CUDA EP options.
-        cuda_graph: capture the run in a CUDA graph (fixed shapes, IO binding).
+        cuda_graph: capture the run in a CUDA graph (fixed shapes, IO binding;
+            the Segmenter binds fixed buffers). CUDA EP: ``enable_cuda_graph``;
+            TensorRT EP: ``trt_cuda_graph_enable``, which ONNX Runtime allows
+            only when every node of the model runs on TensorRT (its PR #16081).
         trt_fp16: let TensorRT pick fp16 kernels.
         trt_cache_dir: engine and timing caches; default
             ``$XDG_CACHE_HOME/unet-onnx/tensorrt/<model sha256[:16]>``.
@@ -182,6 +185,7 @@ def provider_options(
                 "trt_profile_min_shapes": lo,
                 "trt_profile_opt_shapes": opt,
                 "trt_profile_max_shapes": hi,
+                "trt_cuda_graph_enable": config.cuda_graph,
             }
         elif name == "CUDAExecutionProvider":
             fuse = (not config.exact) if config.fuse_conv_bias is None else config.fuse_conv_bias

@@ -147,6 +147,12 @@ def test_tensorrt_options_follow_ort_docs(tmp_path, monkeypatch):
                                     input_shape=["N", 3, "H", "W"], layout="nchw")
     assert trt["trt_profile_min_shapes"] == "input:1x3x64x64" and trt["trt_profile_max_shapes"] == "input:8x3x1024x1024"
     assert trt["trt_fp16_enable"] == "0" and cuda["use_tf32"] == "0" and cuda["fuse_conv_bias"] == "0"
+    # CUDA graphs: off unless asked for, then on for both GPU providers (a TensorRT session that falls back
+    # to CUDA keeps it)
+    assert trt["trt_cuda_graph_enable"] == cuda["enable_cuda_graph"] == "0"
+    trt, cuda, _ = provider_options(names, ProviderConfig(cuda_graph=True), model=b"x", input_name="input",
+                                    input_shape=["N", 3, 64, 64], layout="nchw")
+    assert trt["trt_cuda_graph_enable"] == cuda["enable_cuda_graph"] == "1"
 
 
 def test_fallback_strict_raises_and_lenient_warns():
