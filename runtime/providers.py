@@ -54,7 +54,10 @@ class ProviderConfig:
 
     Attributes:
         device_id: CUDA device for TensorRT and CUDA.
-        exact: fp32 without TF32 (for parity checks); turns off fuse_conv_bias.
+        exact: fp32 without TF32 (for parity checks); turns off fuse_conv_bias
+            and TensorRT's fp16. TensorRT also builds fp32 layers with TF32
+            unless the process runs with ``NVIDIA_TF32_OVERRIDE=0`` (no
+            ORT option for it), so exact TensorRT parity needs that variable.
         prefer_nhwc, fuse_conv_bias, cudnn_conv_algo_search: CUDA EP options.
         cuda_graph: capture the run in a CUDA graph (fixed shapes, IO binding;
             the Segmenter binds fixed buffers). CUDA EP: ``enable_cuda_graph``;
