@@ -27,5 +27,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 $PY -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())' | tee -a "$out/gpu.txt"
 models=${MODELS:-.gpumodels}
 [ "${TESTS:-1}" = 1 ] && UNET_GPU_MODELS=.gpumodels timeout 240 $PY -m pytest -p no:cacheprovider tests/test_gpu.py -q -rs -s 2>&1 | tail -25 | tee "$out/gpu_tests.txt" || true
-$PY -m unet_bench.cli --models-from "$models" --out "$out/h100" --plot -q "$@" 2>&1 | tail -5
-cat "$out/h100.md"
+# Results are named after the card (the device tool may lend an H200 where an H100 was asked for).
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/-$//')
+# bench-unet rewrites $out/$card.json/.md after every row: a call cut short by its time limit keeps them.
+$PY -m unet_bench.cli --models-from "$models" --out "$out/${card:-gpu}" --plot -q "$@" 2>&1 | tail -5
+cat "$out/${card:-gpu}.md"
