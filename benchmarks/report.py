@@ -78,6 +78,8 @@ class Results:
 
     def add(self, row) -> None:
         """Record one finished row and rewrite the files (OSError if they cannot be written)."""
+        if not self.rows:  # a plot left by an earlier run with this prefix would pass for this run's
+            self.prefix.with_suffix(".png").unlink(missing_ok=True)
         self.rows.append(row)
         self._write(complete=False)
 

@@ -17,7 +17,9 @@ __all__ = ["torch_rows"]
 
 def torch_rows(*, ref_model_path, images, size: int, batch: int, flops: int, warmup: int, iters: int,
                ref_probs, compile_too: bool = False, device: str = "cuda") -> Iterator[Row]:
-    """Rows for PyTorch fp16 channels_last eager (and torch.compile max-autotune with ``compile_too``).
+    """Rows for the PyTorch twin, channels_last, eager (and torch.compile max-autotune with ``compile_too``).
+
+    fp16 on ``device="cuda"``, fp32 on ``"cpu"``; numerics from image 0 of the timed batch.
 
     A generator: the eager row is handed out before the compile starts
     (minutes with max-autotune), so a caller that writes rows as they come

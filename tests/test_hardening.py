@@ -293,6 +293,7 @@ def test_bench_cut_short_keeps_finished_rows_marked_partial(tmp_path, monkeypatc
     shutil.copy(model64.path, models / "fp32-softmax-64.onnx")
     args = ["--out", str(tmp_path / "r"), "--size", "64", "--batch", "1", "2", "--iters", "1", "--warmup", "0",
             "--models-from", str(models), "--plot", "-q"]
+    (tmp_path / "r.png").write_bytes(b"an earlier run's plot")
     with pytest.raises(KeyboardInterrupt):
         bench_cli.main(args)
     data = json.loads((tmp_path / "r.json").read_text())
