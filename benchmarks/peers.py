@@ -70,6 +70,12 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
 
     @staticmethod
     def build(num_classes: int = 21):
+        """The network as an ``nn.Module`` (float32, random init); ``torch_from_onnx`` loads real weights.
+
+        ``forward(x, head)`` takes NCHW input; head ``"argmax"`` (uint8 mask),
+        ``"softmax"`` or ``"logits"``. ``convs()`` lists the convolutions in
+        the order of the ONNX graph's Conv nodes (encoder, decoder, head).
+        """
         import torch
         from torch import nn
 
