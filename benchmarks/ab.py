@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import shlex
 import sys
@@ -43,13 +44,37 @@ def _input_for(sess, image: np.ndarray) -> np.ndarray:
     return to_model_input([image], (0, 0, 0), (1, 1, 1), layout, dtype=np.uint8 if "uint8" in inp.type else np.float32)
 
 
+def _torch_calls(model_path: str, image: np.ndarray, compile_too: bool) -> dict:
+    """The PyTorch twin (fp32, channels_last, the ONNX model's weights) as candidates: eager, and compiled."""
+    import onnx
+    import torch
+
+    from unet_runtime.images import to_model_input
+
+    from .peers import torch_from_onnx
+
+    net = torch_from_onnx(onnx.load(model_path), "fp32", channels_last=True, device="cpu")
+    x = torch.from_numpy(to_model_input([image], (0, 0, 0), (1, 1, 1), "nchw")).contiguous(memory_format=torch.channels_last)
+    nets = {"torch fp32 eager": net}
+    if compile_too:
+        nets["torch fp32 compile max-autotune"] = torch.compile(net, mode="max-autotune", dynamic=False)
+
+    def call(fn):
+        with torch.inference_mode():
+            return fn(x, "softmax").numpy()
+
+    return {name: (lambda fn=fn: call(fn)) for name, fn in nets.items()}
+
+
 def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int | None, keras_weights: str | None,
-        image: np.ndarray | None = None, seed: int = 0) -> dict:
+        image: np.ndarray | None = None, seed: int = 0, torch_peer: bool = False, torch_compile: bool = False) -> dict:
     """Time every candidate once per round, in turn, for `rounds` rounds; return raw times and summaries.
 
     `image` (uint8 RGB, size x size) is the input; without it seeded noise,
     on which a trained model's masks mean little (the agreement column is
-    then only a smoke check).
+    then only a smoke check). `torch_peer` adds the PyTorch twin carrying
+    the first model's weights (and `torch_compile` its compiled form) after
+    the ONNX models.
     """
     if image is None:
         image = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -66,6 +91,8 @@ def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int 
         sess = _session(path, threads)
         feed = {sess.get_inputs()[0].name: _input_for(sess, image)}
         calls[path] = (lambda s=sess, f=feed: s.run(None, f)[0])
+    if torch_peer or torch_compile:
+        calls.update(_torch_calls(models[0], image, torch_compile))
     for name, fn in calls.items():
         for _ in range(warmup):
             out = np.asarray(fn())
@@ -129,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     ap.add_argument("--image", help="input image (PNG/JPEG; resized to --size); default: seeded noise")
     ap.add_argument("--keras-weights", help="also time Keras model.predict with these weights, as the first candidate")
+    ap.add_argument("--torch", action="store_true",
+                    help="also time the PyTorch twin (fp32, CPU) with the first model's weights (needs torch and a "
+                         "plain export of the first model)")
+    ap.add_argument("--torch-compile", action="store_true", help="also time the twin under torch.compile(max-autotune)")
     args = ap.parse_args(argv)
     missing = [m for m in args.models if not Path(m).is_file()]
     if missing:
@@ -137,10 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         print(f"error: --rounds {args.rounds} must be >= 1", file=sys.stderr)
         return 1
+    if (args.torch or args.torch_compile) and importlib.util.find_spec("torch") is None:
+        print("error: --torch needs PyTorch (pip install torch); it is an optional peer, never a dependency", file=sys.stderr)
+        return 1
     from .report import machine_info, write_text_atomic
 
     result = run(args.models, rounds=args.rounds, warmup=args.warmup, size=args.size, threads=args.threads,
-                 keras_weights=args.keras_weights, image=_load_image(args.image, args.size) if args.image else None)
+                 keras_weights=args.keras_weights, image=_load_image(args.image, args.size) if args.image else None,
+                 torch_peer=args.torch, torch_compile=args.torch_compile)
     meta = {"command": "python -m unet_bench.ab " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
             "image": args.image or "seeded noise"}

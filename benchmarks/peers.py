@@ -50,6 +50,9 @@ def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True
     inits = {i.name: i for i in model_proto.graph.initializer}
     convs = [n for n in model_proto.graph.node if n.op_type == "Conv"]
     net = TorchUNet.build(num_classes=int(inits[convs[-1].input[1]].dims[0]))
+    if len(convs) != len(net.convs()):  # a folded or padded graph: its Conv weights do not map onto the twin
+        raise ValueError(f"the model has {len(convs)} Conv nodes, the seed network {len(net.convs())}; give the plain "
+                         "fp32/fp16 export (no --fold-upsample, no --pad-channels)")
     with torch.no_grad():
         for layer, node in zip(net.convs(), convs):
             layer.weight.copy_(torch.from_numpy(numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)))

@@ -184,3 +184,23 @@ def test_torch_peer_is_the_same_network(full_width_run, tmp_path):
     assert row.name == "torch fp32 channels_last" and row.batch == 2 and row.device["n"] == 2
     assert row.numerics["mask_agreement"] >= 0.99
     assert next(rows, None) is None
+
+
+def test_ab_times_the_torch_twin_beside_the_onnx_model(full_width_run, tmp_path):
+    pytest.importorskip("torch", reason="the PyTorch peer is optional (installed on the GPU machine only)")
+    from unet_bench import ab
+    from unet_export.fold import fold_upsample_convs
+
+    _, root = full_width_run
+    model = refill(onnx.load(str(root / "models" / "fp32-softmax-32.onnx")))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    res = ab.run([str(path)], rounds=2, warmup=1, size=32, threads=None, keras_weights=None, torch_peer=True)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert list(rows) == [str(path), "torch fp32 eager"] and len(rows["torch fp32 eager"]["raw_s"]) == 2
+    assert rows["torch fp32 eager"]["mask_agreement_vs_first"] >= 0.99  # same weights, same function
+    # A folded graph's Conv weights do not map onto the twin: refused, not silently mis-assigned.
+    folded, _ = fold_upsample_convs(model, "phase")
+    onnx.save(folded, str(tmp_path / "f.onnx"))
+    with pytest.raises(ValueError, match="Conv nodes, the seed network 25"):
+        ab.run([str(tmp_path / "f.onnx")], rounds=1, warmup=0, size=32, threads=None, keras_weights=None, torch_peer=True)
