@@ -101,15 +101,15 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
     session = seg._session
     on_gpu = provider != "cpu"
     if on_gpu:
-        binding, x_dev, y_dev = seg._binding_for(session, x)
-        x_dev.update_inplace(x)
+        bound = seg._binding_for(session, x)
+        bound.x_dev.update_inplace(x)
 
         def device_call():
-            session.run_with_iobinding(binding)
+            bound.run(session)
 
         def fetch():
-            session.run_with_iobinding(binding)
-            return y_dev.numpy()
+            bound.run(session)
+            return bound.y_dev.numpy()
     else:
         feed = {seg._input_name: x}
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import replace
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +41,27 @@ log = logging.getLogger(__name__)
 MAX_MODEL_SIDE = 32768
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+
+#: Input shapes whose device buffers are kept (least recently used dropped first): a size-agnostic model fed
+#: photos of many sizes must not keep a buffer pair per size forever.
+MAX_BOUND_SHAPES = 8
+#: With ``cuda_graph``, input shapes that get a captured graph each. A captured graph replays on the buffers
+#: it was captured with, so those are never dropped; shapes beyond these run uncaptured.
+MAX_GRAPH_SHAPES = 8
+
+
+@dataclass
+class _Bound:
+    """Device input/output buffers of one input shape, their IO binding, and the run options that pick its graph."""
+
+    binding: object
+    x_dev: object
+    y_dev: object
+    run_options: object = None  # onnxruntime.RunOptions naming the shape's CUDA graph (gpu_graph_id), or None
+
+    def run(self, session) -> None:
+        """Run the session on these buffers (replays the shape's CUDA graph once captured)."""
+        session.run_with_iobinding(self.binding, self.run_options)
 
 
 def _physical_cores() -> int:
@@ -107,7 +129,8 @@ class Segmenter:
         import onnxruntime as ort
 
         self._lock = threading.Lock()
-        self._bindings: dict = {}
+        self._bindings: OrderedDict = OrderedDict()
+        self._graph_ids = 0
         path = Path(model_path)
         # Before ONNX Runtime touches it: size, protobuf shape, external-data paths.
         check_model_file(path)
@@ -155,6 +178,7 @@ class Segmenter:
         self.fallback = check_fallback(requested, self.providers, strict=strict)
         self._session = session
         self._use_binding = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self._device = "cuda"  # where bound buffers live (the binding tests put them on the CPU)
         self._pipeline = Pipeline(self.info, self._input_dtype, max_pixels)
 
     # ----------------------------------------------------------------- setup
@@ -267,32 +291,54 @@ class Segmenter:
         c = self.info.num_classes
         return ((n, h, w, c) if self.info.layout == "nhwc" else (n, c, h, w)), self._output_dtype
 
-    def _binding_for(self, session, x: np.ndarray):
-        """IO binding with device input and output buffers for ``x.shape``, made once and reused.
+    def _binding_for(self, session, x: np.ndarray) -> _Bound:
+        """Device input and output buffers for ``x.shape`` with their IO binding, made once and reused.
 
-        Fixed buffers are what CUDA graphs need (ORT replays the captured
-        graph on the same addresses), and they save two allocations a call.
+        Fixed buffers save two allocations a call and are what CUDA graphs
+        need. ONNX Runtime keeps one captured graph per ``gpu_graph_id`` run
+        option and replays it on the buffers it was captured with, whatever
+        is bound later; so with ``cuda_graph`` every input shape gets its own
+        graph id (1, 2, ...: ORT reserves 0), and a shape past
+        ``MAX_GRAPH_SHAPES`` runs uncaptured (id -1) on buffers of its own.
+        Without graphs the buffers of the ``MAX_BOUND_SHAPES`` most recent
+        shapes are kept.
         """
         import onnxruntime as ort
 
         entry = self._bindings.get(x.shape)
-        if entry is None:
-            dev = ("cuda", self.config.device_id)
-            x_dev = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, x.dtype, *dev)
-            y_shape, y_dtype = self._output_spec(x.shape)
-            y_dev = ort.OrtValue.ortvalue_from_shape_and_type(y_shape, y_dtype, *dev)
-            binding = session.io_binding()
-            binding.bind_ortvalue_input(self._input_name, x_dev)
-            binding.bind_ortvalue_output(self._output_name, y_dev)
-            entry = self._bindings[x.shape] = (binding, x_dev, y_dev)
+        if entry is not None:
+            self._bindings.move_to_end(x.shape)
+            return entry
+        dev = (self._device, self.config.device_id)
+        x_dev = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, x.dtype, *dev)
+        y_shape, y_dtype = self._output_spec(x.shape)
+        y_dev = ort.OrtValue.ortvalue_from_shape_and_type(y_shape, y_dtype, *dev)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(self._input_name, x_dev)
+        binding.bind_ortvalue_output(self._output_name, y_dev)
+        entry = _Bound(binding, x_dev, y_dev)
+        if not self.config.cuda_graph:
+            self._bindings[x.shape] = entry
+            while len(self._bindings) > MAX_BOUND_SHAPES:
+                self._bindings.popitem(last=False)
+            return entry
+        entry.run_options = ort.RunOptions()
+        if self._graph_ids >= MAX_GRAPH_SHAPES:
+            entry.run_options.add_run_config_entry("gpu_graph_id", "-1")
+            log.warning("input shape %s: %d shapes already have a CUDA graph; running this one without",
+                        x.shape, MAX_GRAPH_SHAPES)
+            return entry
+        self._graph_ids += 1
+        entry.run_options.add_run_config_entry("gpu_graph_id", str(self._graph_ids))
+        self._bindings[x.shape] = entry
         return entry
 
     def _infer_bound(self, session, x: np.ndarray) -> np.ndarray:
-        """CUDA/TensorRT: copy in, run on the fixed device buffers, copy out."""
-        binding, x_dev, y_dev = self._binding_for(session, x)
-        x_dev.update_inplace(x)
-        session.run_with_iobinding(binding)
-        return y_dev.numpy()
+        """CUDA/TensorRT: copy in, run on the shape's device buffers, copy out."""
+        bound = self._binding_for(session, x)
+        bound.x_dev.update_inplace(x)
+        bound.run(session)
+        return bound.y_dev.numpy()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ", ".join(self.providers)

@@ -153,7 +153,7 @@ def test_missing_torch_is_a_clear_error_before_any_work(tmp_path, monkeypatch, c
 
 def test_torch_peer_is_the_same_network(full_width_run, tmp_path):
     """The PyTorch peer carries the ONNX model's weights: same probabilities, and its rows come one at a time."""
-    torch = pytest.importorskip("torch", reason="the PyTorch peer is optional (installed on the GPU machine only)")
+    torch = pytest.importorskip("torch", reason="torch is not installed (the PyTorch peer is optional)")
     import numpy as np
     import onnxruntime as ort
 
@@ -187,7 +187,7 @@ def test_torch_peer_is_the_same_network(full_width_run, tmp_path):
 
 
 def test_ab_times_the_torch_twin_beside_the_onnx_model(full_width_run, tmp_path):
-    pytest.importorskip("torch", reason="the PyTorch peer is optional (installed on the GPU machine only)")
+    pytest.importorskip("torch", reason="torch is not installed (the PyTorch peer is optional)")
     from unet_bench import ab
     from unet_export.fold import fold_upsample_convs
 

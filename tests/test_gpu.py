@@ -97,6 +97,28 @@ def test_tf32_and_fp16_masks_agree_on_confident_pixels(models, reference, name, 
         np.testing.assert_array_equal(m, m2)
 
 
+def test_cuda_graph_serves_every_batch_shape(models, reference):
+    """Batch 2, then 1, then 2 again on one graph-enabled Segmenter: ORT replays a captured graph on the buffers
+    it was captured with, so each input shape needs a graph of its own (gpu_graph_id); with a shared id the
+    batch-1 call would return stale buffers."""
+    from unet_runtime import ProviderConfig, Segmenter
+
+    imgs, ref = reference
+    with Segmenter(models["fp16-argmax-512.onnx"], providers=["cuda"], strict=True,
+                   config=ProviderConfig(cuda_graph=True)) as seg:
+        first = seg.predict(imgs)
+        runs = [seg.predict(imgs[1]) for _ in range(3)] + [seg.predict(imgs[0])]  # capture, replays, new input
+        last = seg.predict(imgs)
+    for r, m in zip(ref, first):
+        agree, n = _confident_agreement(r, m)
+        assert n > 0.2 * m.size and agree >= MASK_MIN
+    for m in runs[:3]:
+        np.testing.assert_array_equal(m, first[1])
+    np.testing.assert_array_equal(runs[3], first[0])  # the replayed graph reads the new input
+    for m, f in zip(last, first):
+        np.testing.assert_array_equal(m, f)
+
+
 @pytest.fixture(scope="module")
 def u8_variants(tmp_path_factory):
     """The uint8-input fp16 argmax model, plain and with the GPU rewrites (fold convtranspose + channel padding)."""

@@ -84,6 +84,35 @@ def test_batch_equals_one_by_one_with_mixed_sizes(narrow_export):
             assert np.allclose(p.sum(-1), 1, atol=1e-4)
 
 
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_bound_buffers_per_shape_bounded_and_exact(narrow_export, cuda_graph):
+    """The IO-binding path (CUDA/TensorRT), run with CPU buffers: one buffer pair per input shape, kept for a
+    bounded number of shapes; with CUDA graphs each shape gets its own graph id (ORT replays a captured graph
+    on the buffers it captured, so a shared id would return another shape's output)."""
+    from unet_runtime import ProviderConfig
+    from unet_runtime.segmenter import MAX_BOUND_SHAPES, MAX_GRAPH_SHAPES
+
+    path = narrow_export(dynamic_size=True, head="argmax").path
+    plain = Segmenter(path, providers=["cpu"])
+    seg = Segmenter(path, providers=["cpu"], config=ProviderConfig(cuda_graph=cuda_graph))
+    seg._use_binding, seg._device = True, "cpu"
+    rng = np.random.default_rng(3)
+    sizes = [16 * (i + 1) for i in range(max(MAX_BOUND_SHAPES, MAX_GRAPH_SHAPES) + 2)]
+    for side in sizes + sizes[:2]:  # every shape, then two of the first ones again
+        img = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        assert np.array_equal(seg.predict(img), plain.predict(img)), side
+    keys = [k[1] for k in seg._bindings]  # NHWC input: (1, H, W, 3)
+    if not cuda_graph:
+        # the most recent shapes, least recently used first: 16 and 32 came back last
+        assert keys == sizes[-MAX_BOUND_SHAPES + 2:] + sizes[:2]
+    else:
+        # the first shapes own graph ids 1..N and are never dropped; later ones ran uncaptured (id -1)
+        ids = {k[1]: b.run_options.get_run_config_entry("gpu_graph_id") for k, b in seg._bindings.items()}
+        assert ids == {side: str(i) for i, side in enumerate(sizes[:MAX_GRAPH_SHAPES], start=1)}
+        late = seg._binding_for(seg._session, np.zeros((1, 512, 512, 3), np.uint8))
+        assert late.run_options.get_run_config_entry("gpu_graph_id") == "-1" and len(seg._bindings) == MAX_GRAPH_SHAPES
+
+
 def test_threads_give_serial_results(narrow_export):
     imgs = _images(4, [(32, 32)] * 8)
     with Segmenter(narrow_export(input_size=(32, 32)).path, providers="cpu") as seg:

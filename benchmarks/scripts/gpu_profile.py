@@ -45,15 +45,15 @@ torch.zeros(1).cuda()  # CUDA context for CUPTI
 seg = Segmenter("/tmp/profiled.onnx", providers=["cuda"], strict=True, config=ProviderConfig(cuda_graph=graph))
 imgs = [np.random.default_rng(i).integers(0, 256, (512, 512, 3), dtype=np.uint8) for i in range(batch)]
 x = im.to_model_input(imgs, seg.info.mean, seg.info.std, seg.info.layout, dtype=seg._input_dtype)
-binding, x_dev, _ = seg._binding_for(seg._session, x)
-x_dev.update_inplace(x)
+bound = seg._binding_for(seg._session, x)
+bound.x_dev.update_inplace(x)
 for _ in range(10):
-    seg._session.run_with_iobinding(binding)
+    bound.run(seg._session)
 runs = 20
 with profile(activities=[ProfilerActivity.CUDA]) as prof:
     t0 = time.perf_counter()
     for _ in range(runs):
-        seg._session.run_with_iobinding(binding)
+        bound.run(seg._session)
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / runs * 1e3
 
