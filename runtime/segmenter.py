@@ -131,6 +131,7 @@ class Segmenter:
         self._lock = threading.Lock()
         self._bindings: OrderedDict = OrderedDict()
         self._graph_ids = 0
+        self._graphs_full_warned = False
         path = Path(model_path)
         # Before ONNX Runtime touches it: size, protobuf shape, external-data paths.
         check_model_file(path)
@@ -325,8 +326,10 @@ class Segmenter:
         entry.run_options = ort.RunOptions()
         if self._graph_ids >= MAX_GRAPH_SHAPES:
             entry.run_options.add_run_config_entry("gpu_graph_id", "-1")
-            log.warning("input shape %s: %d shapes already have a CUDA graph; running this one without",
-                        x.shape, MAX_GRAPH_SHAPES)
+            if not self._graphs_full_warned:
+                self._graphs_full_warned = True
+                log.warning("input shape %s: %d shapes already have a CUDA graph; this one and later new shapes "
+                            "run without", x.shape, MAX_GRAPH_SHAPES)
             return entry
         self._graph_ids += 1
         entry.run_options.add_run_config_entry("gpu_graph_id", str(self._graph_ids))
