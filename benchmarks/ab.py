@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import shlex
 import sys
@@ -45,19 +44,15 @@ def _input_for(sess, image: np.ndarray) -> np.ndarray:
 
 
 def _torch_calls(model_path: str, image: np.ndarray, compile_too: bool) -> dict:
-    """The PyTorch twin (fp32, channels_last, the ONNX model's weights) as candidates: eager, and compiled."""
-    import onnx
+    """The PyTorch twin (fp32 on the CPU, the ONNX model's weights) as candidates: eager, and compiled."""
     import torch
 
-    from unet_runtime.images import to_model_input
+    from .torch_bench import compile_max_autotune, torch_twin
 
-    from .peers import torch_from_onnx
-
-    net = torch_from_onnx(onnx.load(model_path), "fp32", channels_last=True, device="cpu")
-    x = torch.from_numpy(to_model_input([image], (0, 0, 0), (1, 1, 1), "nchw")).contiguous(memory_format=torch.channels_last)
+    net, x, _ = torch_twin(model_path, [image], "cpu")
     nets = {"torch fp32 eager": net}
     if compile_too:
-        nets["torch fp32 compile max-autotune"] = torch.compile(net, mode="max-autotune", dynamic=False)
+        nets["torch fp32 compile max-autotune"] = compile_max_autotune(net)
 
     def call(fn):
         with torch.inference_mode():
@@ -168,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         print(f"error: --rounds {args.rounds} must be >= 1", file=sys.stderr)
         return 1
-    if (args.torch or args.torch_compile) and importlib.util.find_spec("torch") is None:
-        print("error: --torch needs PyTorch (pip install torch); it is an optional peer, never a dependency", file=sys.stderr)
+    from .torch_bench import torch_missing
+
+    if (args.torch or args.torch_compile) and torch_missing():
+        print(f"error: {torch_missing()}", file=sys.stderr)
         return 1
     from .report import machine_info, write_text_atomic
 

@@ -227,8 +227,10 @@ def _run(args, argv) -> int:
         raise BenchError("--keras on needs TensorFlow (pip install 'unet-onnx[export]')")
     if args.keras == "auto" and args.models_from:
         args.keras = "off"
-    if (args.torch or args.torch_compile) and importlib.util.find_spec("torch") is None:
-        raise BenchError("--torch needs PyTorch (pip install torch); it is an optional peer, never a dependency")
+    from .torch_bench import torch_missing
+
+    if (args.torch or args.torch_compile) and torch_missing():
+        raise BenchError(torch_missing())
     meta = {
         "command": "bench-unet " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -1,4 +1,4 @@
-"""PyTorch peer rows (GPU): the same network and weights, fp16 channels_last.
+"""PyTorch peer rows: the same network and weights, channels_last; fp16 on the GPU, fp32 on the CPU.
 
 Optional: torch is present on the GPU machine and is never a dependency of
 unet-onnx. The rows answer "what would a user get by writing this network in
@@ -7,26 +7,28 @@ PyTorch instead", measured in the same process as the ORT rows.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Iterator
 
 from .runner import Row, agreement
 from .timing import summarize, time_calls
 
-__all__ = ["torch_rows"]
+__all__ = ["torch_rows", "torch_twin", "compile_max_autotune", "torch_missing"]
 
 
-def torch_rows(*, ref_model_path, images, size: int, batch: int, flops: int, warmup: int, iters: int,
-               ref_probs, compile_too: bool = False, device: str = "cuda") -> Iterator[Row]:
-    """Rows for the PyTorch twin, channels_last, eager (and torch.compile max-autotune with ``compile_too``).
+def torch_missing() -> str | None:
+    """The error for a PyTorch request when torch is not installed; None when it is."""
+    if importlib.util.find_spec("torch") is None:
+        return "--torch needs PyTorch (pip install torch); it is an optional peer, never a dependency"
+    return None
 
-    fp16 on ``device="cuda"``, fp32 on ``"cpu"``; numerics from image 0 of the timed batch.
 
-    A generator: the eager row is handed out before the compile starts
-    (minutes with max-autotune), so a caller that writes rows as they come
-    keeps it if the compile runs past a time limit.
+def torch_twin(model_path, images, device: str):
+    """``(net, x, dtype)``: the PyTorch twin with the ONNX model's weights, and ``images`` as its NCHW input.
+
+    fp16 on ``"cuda"``, fp32 on ``"cpu"`` (CPU convolutions in fp16 are not
+    a peer anyone would run); channels_last, as a tuned deployment would.
     """
-    import time
-
     import onnx
     import torch
 
@@ -34,18 +36,41 @@ def torch_rows(*, ref_model_path, images, size: int, batch: int, flops: int, war
 
     from .peers import torch_from_onnx
 
-    model = onnx.load(str(ref_model_path))
-    dtype = "fp16" if device == "cuda" else "fp32"  # CPU convolutions in fp16 are not a peer anyone would run
-    net = torch_from_onnx(model, dtype, channels_last=True, device=device)
+    dtype = "fp16" if device == "cuda" else "fp32"
+    net = torch_from_onnx(onnx.load(str(model_path)), dtype, channels_last=True, device=device)
     x = torch.from_numpy(im.to_model_input(images, (0, 0, 0), (1, 1, 1), "nchw")).to(device)
     x = (x.half() if dtype == "fp16" else x).contiguous(memory_format=torch.channels_last)
+    return net, x, dtype
+
+
+def compile_max_autotune(net):
+    """``torch.compile`` as the peer is measured (ANCHORS' row): max-autotune, one static graph per input shape.
+
+    dynamic=False: autotuned for each shape, as a deployment would; without
+    it, a second shape in the process makes dynamo recompile with symbolic sizes.
+    """
+    import torch
+
+    return torch.compile(net, mode="max-autotune", dynamic=False)
+
+
+def torch_rows(*, ref_model_path, images, size: int, batch: int, flops: int, warmup: int, iters: int,
+               ref_probs, compile_too: bool = False, device: str = "cuda") -> Iterator[Row]:
+    """Rows for the PyTorch twin, eager (and compiled with ``compile_too``); numerics from image 0 of the batch.
+
+    A generator: the eager row is handed out before the compile starts
+    (minutes with max-autotune), so a caller that writes rows as they come
+    keeps it if the compile runs past a time limit.
+    """
+    import time
+
+    import torch
+
+    net, x, dtype = torch_twin(ref_model_path, images, device)
     sync = torch.cuda.synchronize if device == "cuda" else None
     variants = [(f"torch {dtype} channels_last", lambda: net)]
     if compile_too:
-        # dynamic=False: one static graph per batch size, autotuned for that shape (as a deployment would);
-        # without it, a second shape in the process makes dynamo recompile with symbolic sizes.
-        variants.append((f"torch {dtype} compile max-autotune",
-                         lambda: torch.compile(net, mode="max-autotune", dynamic=False)))
+        variants.append((f"torch {dtype} compile max-autotune", lambda: compile_max_autotune(net)))
     for name, make in variants:
         fn = make()
         t0 = time.perf_counter()

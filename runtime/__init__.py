@@ -7,18 +7,29 @@ Needs only numpy and onnxruntime (or onnxruntime-gpu); never TensorFlow.
         mask = seg.predict(image)  # (H, W, 3) uint8 RGB in, (H, W) uint8 classes out
 """
 
-import importlib.metadata as _md
-
 from .errors import InputImageError, ModelFileError, ProviderError, SegmenterClosedError, SegmenterError
 from .model_info import VOC_CLASSES, ModelInfo
 from .providers import ProviderConfig
 from .segmenter import Segmenter
 
-try:
-    #: The installed unet-onnx distribution's version (one number for all three packages).
-    __version__ = _md.version("unet-onnx")
-except _md.PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+
+
+def __getattr__(name: str):
+    """``__version__``: the installed unet-onnx distribution's (one number for all three packages).
+
+    Looked up on first use, not at import: importlib.metadata costs ~20 ms
+    of import time that an embedding application should not pay.
+    """
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib.metadata as md
+
+    try:
+        version = md.version("unet-onnx")
+    except md.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "0+unknown"
+    globals()["__version__"] = version  # later lookups skip this function
+    return version
 
 __all__ = [
     "__version__",

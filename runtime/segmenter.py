@@ -111,6 +111,9 @@ class Segmenter:
             mask = seg.predict(rgb_uint8_image)   # (H, W) uint8 class ids
     """
 
+    #: Where IO-bound buffers live (the binding tests put them on the CPU to run the same code path).
+    _device = "cuda"
+
     def __init__(
         self,
         model_path: str | os.PathLike,
@@ -130,7 +133,6 @@ class Segmenter:
 
         self._lock = threading.Lock()
         self._bindings: OrderedDict = OrderedDict()
-        self._graph_ids = 0
         self._graphs_full_warned = False
         path = Path(model_path)
         # Before ONNX Runtime touches it: size, protobuf shape, external-data paths.
@@ -179,7 +181,6 @@ class Segmenter:
         self.fallback = check_fallback(requested, self.providers, strict=strict)
         self._session = session
         self._use_binding = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-        self._device = "cuda"  # where bound buffers live (the binding tests put them on the CPU)
         self._pipeline = Pipeline(self.info, self._input_dtype, max_pixels)
 
     # ----------------------------------------------------------------- setup
@@ -324,15 +325,16 @@ class Segmenter:
                 self._bindings.popitem(last=False)
             return entry
         entry.run_options = ort.RunOptions()
-        if self._graph_ids >= MAX_GRAPH_SHAPES:
+        # Graph entries are never dropped, so the cache holds exactly the shapes that own a graph id.
+        graph_id = len(self._bindings) + 1
+        if graph_id > MAX_GRAPH_SHAPES:
             entry.run_options.add_run_config_entry("gpu_graph_id", "-1")
             if not self._graphs_full_warned:
                 self._graphs_full_warned = True
                 log.warning("input shape %s: %d shapes already have a CUDA graph; this one and later new shapes "
                             "run without", x.shape, MAX_GRAPH_SHAPES)
             return entry
-        self._graph_ids += 1
-        entry.run_options.add_run_config_entry("gpu_graph_id", str(self._graph_ids))
+        entry.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
         self._bindings[x.shape] = entry
         return entry
 
