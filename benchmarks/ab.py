@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_runtime._help import DefaultsHelpFormatter
+
 
 def _session(path: str, threads: int | None):
     import onnxruntime as ort
@@ -142,7 +144,7 @@ def to_markdown(result: dict, meta: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command line; returns the exit code."""
     ap = argparse.ArgumentParser(prog="python -m unet_bench.ab", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelpFormatter)
     ap.add_argument("models", nargs="+", help="ONNX files (the first is the baseline unless --keras-weights)")
     ap.add_argument("--out", required=True, type=Path, help="output prefix: PREFIX.json and PREFIX.md")
     ap.add_argument("--rounds", type=int, default=12, help="timed rounds")

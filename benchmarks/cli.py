@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     # numpy and onnx only (fold.py imports no TensorFlow): the GPU machine has no TensorFlow.
     from unet_export.fold import FOLD_CHOICES
     from unet_runtime import __version__
+    from unet_runtime._help import DefaultsHelpFormatter
 
-    p = argparse.ArgumentParser(prog="bench-unet", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser(prog="bench-unet", formatter_class=DefaultsHelpFormatter,
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")

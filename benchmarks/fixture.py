@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_runtime._help import DefaultsHelpFormatter
+
 __all__ = ["shapes_sample", "train_fixture", "main"]
 
 NUM_CLASSES = 21
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     """Entry point: train and write the fixture folder."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     p = argparse.ArgumentParser(prog="python -m unet_bench.fixture", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     p.add_argument("--steps", type=int, default=150, help="training steps")
     p.add_argument("--batch", type=int, default=4, help="images per step")

@@ -12,12 +12,14 @@ import os
 import sys
 from pathlib import Path
 
+from unet_runtime._help import DefaultsHelpFormatter
+
 from .errors import ExportError
 
 __all__ = ["main", "build_parser"]
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class _Formatter(DefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
 
@@ -45,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fixed input height and width, multiples of 16")
     size.add_argument("--dynamic-size", action="store_true",
                       help="size-agnostic model: H and W symbolic (multiples of 16 at run time)")
-    p.add_argument("--num-classes", type=int, default=21, help="classes of the head (21 = Pascal VOC)")
-    p.add_argument("--class-names", type=Path, help="text file, one class name per line (default: the 21 Pascal VOC names)")
+    p.add_argument("--num-classes", type=int,
+                   help="classes of the head (default: the --weights file's, else 21 = Pascal VOC)")
+    p.add_argument("--class-names", type=Path, help="text file, one class name per line (default: the Pascal VOC names for 21 classes, else class_0, class_1, ...)")
     p.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
                    help="input layout; softmax/logits outputs use it too (an argmax mask is N,H,W)")
     p.add_argument("--head", choices=("softmax", "logits", "argmax"), default="softmax",
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             verify=not args.no_verify, mean=tuple(args.mean), std=tuple(args.std),
             calibration_images=str(args.calibration_images) if args.calibration_images else None,
             calibration_count=args.calibration_count, calibration_method=args.calibration_method,
-        )
+        ).resolved()
         config.validate()
         if not (args.weights or args.encoder_weights):
             progress(f"WARNING: no --weights given: exporting an UNTRAINED model (random init, seed {args.seed}); "

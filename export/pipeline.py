@@ -11,7 +11,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +34,8 @@ class ExportConfig:
 
     input_size: tuple[int, int] = (512, 512)
     dynamic_size: bool = False
-    num_classes: int = 21
+    #: None: the head width stored in ``weights`` (see :meth:`resolved`), else 21 (Pascal VOC).
+    num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
     layout: str = "nhwc"
     head: str = "softmax"
@@ -75,6 +76,27 @@ class ExportConfig:
             return self.fold_upsample
         return "phase_nhwc" if self.precision == "int8" else "off"
 
+    def resolved(self) -> "ExportConfig":
+        """This config with ``num_classes`` settled (raises ConfigError).
+
+        Left as None, it is the class count of the head stored in
+        ``weights`` (read with h5py, before any model is built), or 21 when
+        there is no weights file or the count cannot be read from it. Given
+        explicitly, it must match the file's, so a wrong flag fails here, not
+        after the model was built.
+        """
+        from .weights import stored_num_classes
+
+        stored = stored_num_classes(self.weights) if self.weights and Path(self.weights).is_file() else None
+        if self.num_classes is None:
+            return replace(self, num_classes=stored or 21)
+        if stored is not None and stored != self.num_classes:
+            raise ConfigError(
+                f"--num-classes {self.num_classes} does not match {self.weights!r}, whose head has {stored} classes; "
+                f"pass --num-classes {stored}, or leave it out to use the file's"
+            )
+        return self
+
     def validate(self) -> None:
         """Check every value before any slow work starts (raises ConfigError)."""
         from .convert import MAX_OPSET, MIN_OPSET
@@ -90,9 +112,11 @@ class ExportConfig:
                                      ("--input-dtype", self.input_dtype, INPUT_DTYPES)):
             if value not in allowed:
                 raise ConfigError(f"{name} {value!r} is not supported; choose one of {', '.join(allowed)}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ConfigError(f"--num-classes {self.num_classes!r} must be an integer >= 1 (21 for Pascal VOC)")
-        if self.head == "argmax" and self.num_classes > 256:
+        # None is settled by resolved() (export_model calls it); every other value must be a count.
+        classes = self.num_classes
+        if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+            raise ConfigError(f"--num-classes {classes!r} must be an integer >= 1 (21 for Pascal VOC)")
+        if self.head == "argmax" and (classes or 0) > 256:
             raise ConfigError(f"--head argmax writes a uint8 mask, which holds at most 256 classes, not {self.num_classes}; use --head logits")
         from .precision import CALIBRATION_METHODS
 
@@ -109,7 +133,7 @@ class ExportConfig:
             raise ConfigError(f"--calibration-count {self.calibration_count} is too small; INT8 calibration needs at least {MIN_CALIBRATION_IMAGES}")
         if self.opset is not None and not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise ConfigError(f"--opset {self.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET} (default {self._default_opset()})")
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
+        if self.class_names is not None and classes is not None and len(self.class_names) != classes:
             raise ConfigError(
                 f"{len(self.class_names)} class names for --num-classes {self.num_classes}; give one name per line, one per class"
             )
@@ -172,6 +196,7 @@ def export_model(
         ExportError: a subclass naming what failed; nothing is written.
     """
     say = progress or (lambda line: log.info(line))
+    config = config.resolved()
     config.validate()
     if out is None and triton is None:
         raise ConfigError("nothing to write: give --out FILE and/or --triton-repo DIR")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import WeightsError
 
-__all__ = ["load_weights", "load_encoder_weights", "sha256_file", "WEIGHT_SUFFIXES"]
+__all__ = ["load_weights", "load_encoder_weights", "stored_num_classes", "sha256_file", "WEIGHT_SUFFIXES"]
 
 WEIGHT_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5")
 
@@ -92,6 +92,42 @@ def load_weights(model, path: str | os.PathLike) -> str:
             "it is corrupt, truncated, or not a VGG19-UNet with these --num-classes"
         ) from exc
     return sha256_file(path)
+
+
+def stored_num_classes(path: str | os.PathLike) -> int | None:
+    """The class count of the head stored in a weights file, or None if it cannot be told.
+
+    Read with h5py alone (no Keras model is built, so it is cheap enough to
+    run before any slow step). The head is the seed's only 1x1 convolution:
+    every 4-D weight of shape ``(1, 1, C_in, N)`` in the file (the kernel, and
+    any optimizer slots a ``.keras`` archive saved for it) names the same N.
+    Other layouts, several candidate widths, or an unreadable file give None,
+    and the layer-by-layer check of :func:`load_weights` has the last word.
+    """
+    import io
+    import zipfile
+
+    import h5py
+
+    path = Path(path)
+    widths: set[int] = set()
+
+    def visit(_name, obj):
+        if isinstance(obj, h5py.Dataset) and len(obj.shape) == 4 and obj.shape[:2] == (1, 1):
+            widths.add(int(obj.shape[3]))
+
+    try:
+        if str(path).endswith(".keras"):
+            # A .keras file is a zip archive holding model.weights.h5.
+            with zipfile.ZipFile(path) as archive:
+                source = io.BytesIO(archive.read("model.weights.h5"))
+        else:
+            source = path
+        with h5py.File(source, "r") as fh:
+            fh.visititems(visit)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return widths.pop() if len(widths) == 1 else None
 
 
 def _is_full_h5_model(path: Path) -> bool:

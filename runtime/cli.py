@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from ._help import DefaultsHelpFormatter
 from .errors import SegmenterError
 
 __all__ = ["main", "build_parser"]
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(
         prog="segment-unet",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         description="Segment images with a VGG19-UNet ONNX model exported by export-unet.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -56,6 +56,17 @@ def test_help_lists_every_flag_with_defaults():
     assert "default: 17" in proc.stdout and "default: softmax" in proc.stdout
 
 
+@pytest.mark.parametrize("module", ["unet_export.cli", "unet_runtime.cli", "unet_bench.cli", "unet_bench.ab",
+                                    "unet_bench.fixture"])
+def test_help_shows_only_defaults_that_say_something(module):
+    proc = run_cli(module, "--help")
+    assert proc.returncode == 0 and "usage:" in proc.stdout
+    # argparse would print these for every unset flag and every switch.
+    assert "(default: None)" not in proc.stdout and "(default: False)" not in proc.stdout
+    # ...while a flag with a real default keeps it.
+    assert "default: " in proc.stdout
+
+
 @pytest.mark.parametrize("module, prog", [("unet_export.cli", "export-unet"), ("unet_runtime.cli", "segment-unet"),
                                           ("unet_bench.cli", "bench-unet")])
 def test_version_is_the_installed_distribution(module, prog):
@@ -101,10 +112,24 @@ def test_weights_of_another_class_count_fail_before_writing(tmp_path):
 
     w = tmp_path / "five.weights.h5"
     build_vgg19_unet((32, 32, 3), 5).save_weights(w)
-    proc = _cli("--out", tmp_path / "m.onnx", "--input-size", "32", "32", "--weights", w)
+    proc = _cli("--out", tmp_path / "m.onnx", "--input-size", "32", "32", "--weights", w, "--num-classes", "21")
     assert proc.returncode == 1
-    assert "conv2d_8" in proc.stderr.splitlines()[-1]
+    last = proc.stderr.splitlines()[-1]
+    assert "--num-classes 21" in last and "has 5 classes" in last and "pass --num-classes 5" in last, last
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_class_count_comes_from_the_weights_file(tmp_path, confident_weights):
+    import onnx
+
+    from unet_runtime.model_info import ModelInfo
+
+    cfg = ExportConfig(input_size=(32, 32), width_multiplier=0.125, weights=str(confident_weights))
+    assert cfg.num_classes is None and cfg.resolved().num_classes == 5
+    assert ExportConfig().resolved().num_classes == 21  # no weights file: Pascal VOC
+    result = export_model(cfg, tmp_path / "m.onnx")
+    props = {p.key: p.value for p in onnx.load(result.path, load_external_data=False).metadata_props}
+    assert ModelInfo.from_metadata(props).num_classes == 5 and result.report["config"]["num_classes"] == 5
 
 
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch, confident_weights):

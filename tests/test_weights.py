@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unet_export import WeightsError, build_vgg19_unet
-from unet_export.weights import load_encoder_weights, load_weights, sha256_file
+from unet_export.weights import load_encoder_weights, load_weights, sha256_file, stored_num_classes
 
 NARROW = 0.125
 
@@ -51,6 +51,37 @@ def test_other_class_count_names_the_layer(trained):
     for fmt in ("keras", "weights.h5"):
         with pytest.raises(WeightsError, match="conv2d_8|num-classes"):
             load_weights(fresh, paths[fmt])
+
+
+@pytest.mark.parametrize("fmt", ["keras", "weights.h5", "h5"])
+def test_stored_class_count_is_read_from_every_format(trained, fmt):
+    _, paths = trained
+    assert stored_num_classes(paths[fmt]) == 4
+
+
+def test_stored_class_count_ignores_optimizer_slots(tmp_path):
+    # A .keras saved after training also holds Adam's moments of the head's
+    # kernel: same 1x1 shape, same class count, still one answer.
+    model = build_vgg19_unet((32, 32, 3), 3, seed=2, width_multiplier=NARROW)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    model.fit(x, np.zeros((1, 32, 32), np.int32), epochs=1, verbose=0)
+    model.save(tmp_path / "trained.keras")
+    assert stored_num_classes(tmp_path / "trained.keras") == 3
+
+
+def test_stored_class_count_unknown_is_none(tmp_path):
+    import keras
+
+    # No 1x1 kernel, two different 1x1 widths, and bytes that are no HDF5/zip at all.
+    no_head = keras.Sequential([keras.layers.Input((8, 8, 3)), keras.layers.Conv2D(2, 3)])
+    no_head.save(tmp_path / "no_head.keras")
+    two_heads = keras.Sequential([keras.layers.Input((8, 8, 3)), keras.layers.Conv2D(4, 1), keras.layers.Conv2D(6, 1)])
+    two_heads.save_weights(tmp_path / "two.weights.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5" * 100)
+    (tmp_path / "junk.keras").write_bytes(b"not a zip" * 100)
+    for name in ("no_head.keras", "two.weights.h5", "junk.h5", "junk.keras"):
+        assert stored_num_classes(tmp_path / name) is None, name
 
 
 def test_other_architecture_is_refused(tmp_path):
