@@ -46,6 +46,8 @@ def validate_image(image, index: int | None = None, max_pixels: int = DEFAULT_MA
     if image.ndim != 3 or image.shape[2] != 3:
         hint = {2: "grayscale: stack it to 3 channels", 4: "RGBA: drop the alpha channel (image[..., :3])"}
         extra = hint.get(image.ndim if image.ndim != 3 else image.shape[2], "convert it to RGB")
+        if image.ndim == 3 and image.shape[0] == 3:
+            extra = "it looks channels-first (C, H, W): pass image.transpose(1, 2, 0)"
         raise InputImageError(f"{where} has shape {image.shape}; only (H, W, 3) RGB is allowed; {extra}")
     h, w = image.shape[:2]
     if h == 0 or w == 0:

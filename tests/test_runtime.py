@@ -281,6 +281,7 @@ def test_model_without_metadata_needs_and_takes_explicit_args(narrow_export, tmp
         (np.zeros((8, 8, 3), np.float32), "dtype float32; only uint8 RGB"),
         (np.zeros((8, 8), np.uint8), "grayscale"),
         (np.zeros((8, 8, 4), np.uint8), "RGBA"),
+        (np.zeros((3, 8, 9), np.uint8), "channels-first .* image.transpose\\(1, 2, 0\\)"),
         (np.zeros((0, 8, 3), np.uint8), "empty"),
         (np.zeros((2, 2, 2, 3, 1), np.uint8), "only \\(H, W, 3\\) RGB"),
         ("not an image", "pass an \\(H, W, 3\\) uint8 array"),
