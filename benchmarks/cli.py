@@ -327,13 +327,17 @@ def _run_rows(args, results) -> None:
                             results.add(row)
                             bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, "
                                      f"host {row.host['median_ms']:.2f} ms")
-                if args.torch or args.torch_compile:
-                    from .torch_bench import torch_rows
+            # The PyTorch peer after every ONNX Runtime row of this size: a torch.compile max-autotune
+            # takes minutes per batch size, and on a time-limited GPU call it is the row to lose, not
+            # the ORT rows of the next batch size (every row is saved as it finishes).
+            if args.torch or args.torch_compile:
+                from . import torch_bench
 
-                    for row in torch_rows(ref_model_path=models[ref_key], images=images[:batch],
-                                          size=size, batch=batch, flops=flops, warmup=args.warmup, iters=args.iters,
-                                          ref_probs=ref_probs, compile_too=args.torch_compile,
-                                          device=_torch_device(args)):
+                for batch in args.batch:
+                    for row in torch_bench.torch_rows(ref_model_path=models[ref_key], images=images[:batch],
+                                                      size=size, batch=batch, flops=flops_1 * batch,
+                                                      warmup=args.warmup, iters=args.iters, ref_probs=ref_probs,
+                                                      compile_too=args.torch_compile, device=_torch_device(args)):
                         results.add(row)
                         bar.line(f"{row.name} b{batch} {size}px: {row.device['median_ms']:.2f} ms")
 

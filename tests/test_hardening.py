@@ -309,6 +309,33 @@ def test_bench_cut_short_keeps_finished_rows_marked_partial(tmp_path, monkeypatc
     assert "Partial" not in (tmp_path / "r.md").read_text() and (tmp_path / "r.png").is_file()
 
 
+def test_bench_runs_the_torch_peer_after_every_ort_row(tmp_path, monkeypatch, model64):
+    """torch.compile takes minutes per batch size: on a time-limited GPU call it must not stand between ORT rows."""
+    import json
+    import shutil
+
+    from unet_bench import cli as bench_cli
+    from unet_bench import torch_bench
+    from unet_bench.runner import Row
+    from unet_bench.timing import summarize
+
+    def fake_torch_rows(*, batch, size, flops, **_):
+        # Stands in for torch (not a dependency); yields rows as the real generator does.
+        for name in ("torch fp32 channels_last", "torch fp32 torch.compile"):
+            yield Row(name=name, engine="torch", provider="cpu", precision="fp32", head="argmax", size=size,
+                      batch=batch, raw_device_s=[0.1], device=summarize([0.1], batch, flops))
+
+    monkeypatch.setattr(torch_bench, "torch_missing", lambda: None)
+    monkeypatch.setattr(torch_bench, "torch_rows", fake_torch_rows)
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(model64.path, models / "fp32-softmax-64.onnx")
+    assert bench_cli.main(["--out", str(tmp_path / "r"), "--size", "64", "--batch", "1", "2", "--iters", "1",
+                           "--warmup", "0", "--models-from", str(models), "--torch", "--torch-compile", "-q"]) == 0
+    rows = [(r["engine"], r["batch"]) for r in json.loads((tmp_path / "r.json").read_text())["rows"]]
+    assert rows == [("onnxruntime", 1), ("onnxruntime", 2), ("torch", 1), ("torch", 1), ("torch", 2), ("torch", 2)]
+
+
 def test_tensorrt_cache_folder_unwritable(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
