@@ -4,7 +4,7 @@
 # and the H100 benchmark. Usage: benchmarks/scripts/gpu_run.sh OUTDIR [bench-unet args...]
 # Expects /tmp/ortparts/part* (carried earlier), .gpumodels/ (weight-stripped
 # models from bench-unet --save-models; MODELS=DIR for another folder) and
-# .gpuwheels/ (pytest wheels). TESTS=0 skips the GPU tests.
+# .gpuwheels/ (pytest wheels). TESTS=0 skips the GPU tests; TEST_TIMEOUT=S bounds them (default 240).
 set -euo pipefail
 out=${1:?usage: gpu_run.sh OUTDIR [bench args]}; shift
 mkdir -p "$out"
@@ -26,7 +26,7 @@ export PYTHONPATH=/tmp/site:/tmp/src:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 $PY -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())' | tee -a "$out/gpu.txt"
 models=${MODELS:-.gpumodels}
-[ "${TESTS:-1}" = 1 ] && UNET_GPU_MODELS=.gpumodels timeout 240 $PY -m pytest -p no:cacheprovider tests/test_gpu.py -q -rs -s 2>&1 | tail -25 | tee "$out/gpu_tests.txt" || true
+[ "${TESTS:-1}" = 1 ] && UNET_GPU_MODELS=.gpumodels timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -p no:cacheprovider tests/test_gpu.py -q -rs -s 2>&1 | tail -25 | tee "$out/gpu_tests.txt" || true
 # Results are named after the card (the device tool may lend an H200 where an H100 was asked for).
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/-$//')
 # bench-unet rewrites $out/$card.json/.md after every row: a call cut short by its time limit keeps them.
