@@ -149,9 +149,9 @@ class ExportConfig:
 
 @dataclass
 class ExportResult:
-    """What :func:`export_model` produced: the path and the full report."""
+    """What :func:`export_model` produced: the path (None for a Triton-only export) and the full report."""
 
-    path: Path
+    path: Path | None
     report: dict = field(default_factory=dict)
 
 
@@ -228,6 +228,7 @@ def export_model(
     from .weights import load_encoder_weights, load_weights
 
     h, w = (None, None) if config.dynamic_size else config.input_size
+    assert config.num_classes is not None  # settled by resolved() above
     model = build_vgg19_unet((h, w, 3), config.num_classes, seed=config.seed, width_multiplier=config.width_multiplier)
     sources = {}
     if config.encoder_weights:
@@ -344,6 +345,7 @@ def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool, v
 
     from unet_runtime.model_info import VOC_CLASSES, ModelInfo
 
+    assert config.num_classes is not None  # export_model resolved the config
     names = config.class_names or (VOC_CLASSES if config.num_classes == len(VOC_CLASSES) else tuple(f"class_{i}" for i in range(config.num_classes)))
     h, w = (None, None) if config.dynamic_size else config.input_size
     extra = {

@@ -111,6 +111,7 @@ def stored_num_classes(path: str | os.PathLike) -> int | None:
 
     path = Path(path)
     widths: set[int] = set()
+    source: io.BytesIO | Path
 
     def visit(_name, obj):
         if isinstance(obj, h5py.Dataset) and len(obj.shape) == 4 and obj.shape[:2] == (1, 1):

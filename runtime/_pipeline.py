@@ -75,12 +75,13 @@ class Pipeline:
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple]:
         """Resize (fixed-size model) or pad (size-agnostic); returns the network image and how to undo it."""
         h, w = image.shape[:2]
-        if self.info.fixed_size and (h, w) != (self.info.height, self.info.width):
+        th, tw = self.info.height, self.info.width
+        if th is not None and tw is not None:  # a fixed-size model
+            if (h, w) == (th, tw):  # already the model's size: no copy at all
+                return image, (h, w, 0, 0)
             # Back to uint8 after resizing, as PIL/OpenCV do for uint8 images.
-            resized = im.resize_bilinear(image, self.info.height, self.info.width)
+            resized = im.resize_bilinear(image, th, tw)
             return np.clip(np.rint(resized), 0, 255).astype(np.uint8), (h, w, 0, 0)
-        if self.info.fixed_size:  # already the model's size: no copy at all
-            return image, (h, w, 0, 0)
         padded = im.pad_to_multiple(image, self.info.size_multiple)
         return padded, (h, w, h, w)
 

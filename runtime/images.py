@@ -44,8 +44,8 @@ def validate_image(image, index: int | None = None, max_pixels: int = DEFAULT_MA
         hint = " (scale floats to 0..255 and use .astype(np.uint8))" if image.dtype.kind == "f" else ""
         raise InputImageError(f"{where} has dtype {image.dtype}; only uint8 RGB is allowed{hint}")
     if image.ndim != 3 or image.shape[2] != 3:
-        hint = {2: "grayscale: stack it to 3 channels", 4: "RGBA: drop the alpha channel (image[..., :3])"}
-        extra = hint.get(image.ndim if image.ndim != 3 else image.shape[2], "convert it to RGB")
+        hints = {2: "grayscale: stack it to 3 channels", 4: "RGBA: drop the alpha channel (image[..., :3])"}
+        extra = hints.get(image.ndim if image.ndim != 3 else image.shape[2], "convert it to RGB")
         if image.ndim == 3 and image.shape[0] == 3:
             extra = "it looks channels-first (C, H, W): pass image.transpose(1, 2, 0)"
         raise InputImageError(f"{where} has shape {image.shape}; only (H, W, 3) RGB is allowed; {extra}")

@@ -46,6 +46,7 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
 def _fields(buf: memoryview):
     """Yield (field number, wire type, value) of one message; bytes fields as memoryviews."""
     pos = 0
+    value: int | memoryview | None
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         field, wire = key >> 3, key & 7

@@ -148,18 +148,19 @@ def trt_profile(input_name: str, input_shape: Sequence, layout: str, config: Pro
     Size-agnostic models: 64x64 / 512x512 / 1024x1024 (override with
     ``trt_profile``), batch as above.
     """
+    shapes: Sequence[Sequence[int]]
     if config.trt_profile is not None:
         shapes = config.trt_profile
     else:
         hw_axes = (1, 2) if layout == "nhwc" else (2, 3)
         fixed = all(isinstance(input_shape[a], int) for a in hw_axes)
         sizes = [tuple(input_shape[a] for a in hw_axes)] * 3 if fixed else [(64, 64), (512, 512), (1024, 1024)]
-        shapes = []
-        for batch, (h, w) in zip((1, 1, config.trt_max_batch), sizes):
-            shapes.append((batch, h, w, 3) if layout == "nhwc" else (batch, 3, h, w))
+        shapes = [(batch, h, w, 3) if layout == "nhwc" else (batch, 3, h, w)
+                  for batch, (h, w) in zip((1, 1, config.trt_max_batch), sizes)]
     if len(shapes) != 3:
         raise ProviderError(f"trt_profile {shapes!r} must be (min, opt, max) shapes")
-    return tuple(_shape_str(input_name, s) for s in shapes)
+    low, opt, high = (_shape_str(input_name, s) for s in shapes)
+    return low, opt, high
 
 
 def provider_options(

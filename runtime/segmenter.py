@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -54,10 +54,11 @@ MAX_GRAPH_SHAPES = 8
 class _Bound:
     """Device input/output buffers of one input shape, their IO binding, and the run options that pick its graph."""
 
-    binding: object
-    x_dev: object
-    y_dev: object
-    run_options: object = None  # onnxruntime.RunOptions naming the shape's CUDA graph (gpu_graph_id), or None
+    # onnxruntime objects (IOBinding, OrtValue, RunOptions), typed Any: onnxruntime is imported lazily.
+    binding: Any
+    x_dev: Any
+    y_dev: Any
+    run_options: Any = None  # onnxruntime.RunOptions naming the shape's CUDA graph (gpu_graph_id), or None
 
     def run(self, session) -> None:
         """Run the session on these buffers (replays the shape's CUDA graph once captured)."""

@@ -68,8 +68,10 @@ def test_help_shows_only_defaults_that_say_something(module):
 
 
 @pytest.mark.parametrize("module, prog", [("unet_export.cli", "export-unet"), ("unet_runtime.cli", "segment-unet"),
-                                          ("unet_bench.cli", "bench-unet")])
+                                          ("unet_bench.cli", "bench-unet"), ("unet_export", "export-unet"),
+                                          ("unet_runtime", "segment-unet"), ("unet_bench", "bench-unet")])
 def test_version_is_the_installed_distribution(module, prog):
+    # `python -m PACKAGE` is the console script too (a venv whose bin/ is not on PATH).
     import importlib.metadata as md
 
     proc = run_cli(module, "--version")
