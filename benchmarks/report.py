@@ -15,7 +15,7 @@ __all__ = ["Results", "machine_info", "write_json", "write_text_atomic", "markdo
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` with the exporter's write-then-rename: no half-written result file."""
-    from unet_export._atomic import atomic_write_bytes
+    from unet_runtime._atomic import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from unet_runtime._atomic import atomic_write_bytes, check_writable_target
 from unet_runtime.model_info import HEADS, LAYOUTS
 
-from ._atomic import atomic_write_bytes, check_writable_target
 from .errors import ConfigError, ExportError
 from .model import SIZE_MULTIPLE, validate_spatial_size
 

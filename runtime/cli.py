@@ -1,19 +1,23 @@
 """``segment-unet``: segment PNG/JPEG images with an exported model.
 
 Writes one palette PNG per image (Pascal VOC colours; pixel values are the
-class ids) and, with ``--overlay``, a blended preview. An unreadable image
-is skipped with a message and the exit code is 1 at the end. Needs Pillow
-(``pip install unet-onnx[images]``).
+class ids) and, with ``--overlay``, a blended preview. A folder stands for
+the image files in it. An unreadable image is skipped with a message and
+the exit code is 1 at the end; two inputs that would write the same mask
+file, or a mask that cannot be written, stop the run with an error. Masks
+are written atomically. Needs Pillow (``pip install unet-onnx[images]``).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
+from ._atomic import atomic_write_bytes
 from ._help import DefaultsHelpFormatter
 from .errors import SegmenterError
 
@@ -29,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("model", type=Path, help="the .onnx model")
-    p.add_argument("images", nargs="+", type=Path, help="PNG/JPEG files")
+    p.add_argument("images", nargs="+", type=Path,
+                   help=f"image files, or folders (their {'/'.join(IMAGE_SUFFIXES)} files, not recursive)")
     p.add_argument("--out", type=Path, required=True, help="folder for the masks (created if missing)")
     p.add_argument("--overlay", action="store_true", help="also write NAME.overlay.png: colours blended over the image")
     p.add_argument("--providers", default="auto", help="'auto' or a comma list: tensorrt,cuda,cpu")
@@ -37,6 +42,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="images per session call")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return p
+
+
+#: What a folder argument contributes (case-insensitive); files named explicitly may have any suffix.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class _UsageError(Exception):
+    """Bad arguments found before any image is segmented."""
+
+
+def _outputs(path: Path, overlay: bool) -> list[str]:
+    """The file names an input image is written as."""
+    return [f"{path.stem}.png"] + ([f"{path.stem}.overlay.png"] if overlay else [])
+
+
+def _collect(paths: list[Path], overlay: bool) -> list[Path]:
+    """Expand folders, drop repeats of one file, refuse two inputs that would write the same file name."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise _UsageError(f"folder {str(path)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files; "
+                                  "pass image files or a folder of them")
+            files.extend(found)
+        else:
+            files.append(path)  # a missing or unreadable file is skipped later, with the others still done
+    writer: dict[str, Path] = {}  # output file name -> the input that writes it
+    unique: list[Path] = []
+    for path in files:
+        names = _outputs(path, overlay)
+        if any(name in writer and writer[name].resolve() == path.resolve() for name in names):
+            continue  # the same file named twice: segmented once
+        for name in names:
+            if name in writer:
+                raise _UsageError(f"{str(writer[name])!r} and {str(path)!r} would both be written as {name}; "
+                                  "rename one, or segment them into separate --out folders")
+            writer[name] = path
+        unique.append(path)
+    return unique
+
+
+def _save_png(image, path: Path) -> None:
+    """Encode in memory, then write-and-rename: an interrupted run leaves no half-written mask."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _progress(done: int, total: int, quiet: bool) -> None:
@@ -65,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
 
     providers = "auto" if args.providers == "auto" else [p.strip() for p in args.providers.split(",") if p.strip()]
     try:
+        paths = _collect(args.images, args.overlay)
+    except _UsageError as exc:
+        print(f"segment-unet: error: {exc}", file=sys.stderr)
+        return 1
+    try:
         args.out.mkdir(parents=True, exist_ok=True)
         segmenter = Segmenter(args.model, providers=providers, strict=args.strict)
     except (SegmenterError, OSError) as exc:
@@ -73,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
     palette = im.voc_palette().flatten().tolist()
     failures, done, start = 0, 0, time.perf_counter()
-    total = len(args.images)
+    total = len(paths)
     with segmenter:
         for first in range(0, total, args.batch):
             chunk, arrays = [], []
-            for path in args.images[first:first + args.batch]:
+            for path in paths[first:first + args.batch]:
                 try:
                     with Image.open(path) as img:
                         arrays.append(np.asarray(img.convert("RGB")))
@@ -95,9 +152,17 @@ def main(argv: list[str] | None = None) -> int:
                 for path, image, mask in zip(chunk, arrays, masks):
                     out = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
                     out.putpalette(palette)
-                    out.save(args.out / f"{path.stem}.png")
-                    if args.overlay:
-                        Image.fromarray(im.overlay(image, mask)).save(args.out / f"{path.stem}.overlay.png")
+                    target = args.out / f"{path.stem}.png"
+                    try:
+                        _save_png(out, target)
+                        if args.overlay:
+                            target = args.out / f"{path.stem}.overlay.png"
+                            _save_png(Image.fromarray(im.overlay(image, mask)), target)
+                    except OSError as exc:
+                        # Disk full or permissions: every later image would fail the same way.
+                        print(f"\nsegment-unet: error: cannot write {str(target)!r} ({exc.strerror or exc}); "
+                              "free disk space or choose another --out", file=sys.stderr)
+                        return 1
             done = min(total, first + args.batch)
             _progress(done, total, args.quiet)
     elapsed = time.perf_counter() - start

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import run_cli
 from unet_export import ExportConfig, VerificationError, export_model
 from unet_export import verify as verify_mod
-from unet_export._atomic import atomic_write_bytes
+from unet_runtime._atomic import atomic_write_bytes
 from unet_export.graph import FORBIDDEN_OPS, op_histogram
 
 KERNEL_WEIGHTS = 30_194_688  # the seed's 30,202,133 parameters minus 7,445 biases

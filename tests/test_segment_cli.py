@@ -39,3 +39,60 @@ def test_bad_model_and_bad_batch(tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("segment-unet: error: model file")
     proc = run_cli("unet_runtime.cli", str(tmp_path / "nope.onnx"), str(img), "--out", str(tmp_path / "o"), "--batch", "0")
     assert proc.returncode == 1 and "--batch 0 must be >= 1" in proc.stderr
+
+
+def _write_images(folder, names, rng, size=(24, 30)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / name)
+    return [folder / n for n in names]
+
+
+def test_a_folder_stands_for_its_images(narrow_export, tmp_path):
+    model = narrow_export(input_size=(32, 32), head="argmax").path
+    a, b = _write_images(tmp_path / "photos", ["a.png", "b.JPG"], np.random.default_rng(1))
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    (tmp_path / "photos" / "sub").mkdir()  # not recursed into
+    _write_images(tmp_path / "photos" / "sub", ["c.png"], np.random.default_rng(2))
+    out = tmp_path / "out"
+    # The folder, plus one of its files again under another spelling: each image is segmented once.
+    proc = run_cli("unet_runtime.cli", str(model), str(tmp_path / "photos"), str(tmp_path / "photos" / ".." / "photos" / "a.png"),
+                   "--out", str(out), "--providers", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "segmented 2/2 images" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+
+
+def test_inputs_that_would_overwrite_each_other_stop_before_any_work(narrow_export, tmp_path):
+    model = narrow_export(input_size=(32, 32), head="argmax").path
+    rng = np.random.default_rng(3)
+    (x_png,) = _write_images(tmp_path / "a", ["x.png"], rng)
+    (x_jpg,) = _write_images(tmp_path / "b", ["x.jpg"], rng)
+    (x_overlay,) = _write_images(tmp_path / "b", ["x.overlay.png"], rng)
+    out = tmp_path / "out"
+    for inputs, clash in (([x_png, x_jpg], "x.png"), ([x_png, x_overlay, "--overlay"], "x.overlay.png")):
+        proc = run_cli("unet_runtime.cli", str(model), *map(str, inputs), "--out", str(out), "--providers", "cpu")
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 1 and f"would both be written as {clash}" in last and "separate --out" in last, last
+        assert not out.exists()  # nothing segmented, nothing written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("unet_runtime.cli", str(model), str(empty), "--out", str(out))
+    assert proc.returncode == 1 and "holds no .png/.jpg" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_mask_that_cannot_be_written_stops_the_run_and_leaves_nothing(narrow_export, tmp_path, monkeypatch, capsys):
+    from unet_runtime import cli
+
+    model = narrow_export(input_size=(32, 32), head="argmax").path
+    images = _write_images(tmp_path / "in", ["a.png", "b.png"], np.random.default_rng(4))
+    out = tmp_path / "out"
+
+    def disk_full(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", disk_full)  # the rename step of the atomic write
+    assert cli.main([str(model), *map(str, images), "--out", str(out), "--providers", "cpu", "-q"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot write" in last and "a.png" in last and "No space left on device" in last and "--out" in last
+    assert list(out.iterdir()) == []  # no mask, no temporary file
