@@ -204,10 +204,9 @@ def export_model(
         if not config.verify:
             raise ConfigError("--triton-repo needs verification (it checks every batch size Triton may send); drop --no-verify")
         triton.validate(MAX_TRITON_BATCH)
-    if out is not None:
-        out = check_writable_target(out, "--out", ConfigError)
-    if report_path is not None:
-        report_path = check_writable_target(report_path, "--report", ConfigError)
+    # Checked (and made Path) before any slow work.
+    out_path = check_writable_target(out, "--out", ConfigError) if out is not None else None
+    report_file = check_writable_target(report_path, "--report", ConfigError) if report_path is not None else None
 
     from .convert import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES
 
@@ -315,18 +314,18 @@ def export_model(
         step("verify", "SKIPPED")
 
     # 7. write
-    report["output"] = str(out) if out else None
+    report["output"] = str(out_path) if out_path else None
     written = []
-    if out is not None:
-        _write(out, data, "--out")
-        written.append(str(out))
+    if out_path is not None:
+        _write(out_path, data, "--out")
+        written.append(str(out_path))
     if triton is not None:
         report["triton"] = str(_write_triton(proto, triton, config))
         written.append(report["triton"])
     step("write", ", ".join(written))
-    if report_path is not None:
-        _write(report_path, (json.dumps(report, indent=2, default=str) + "\n").encode(), "--report")
-    return ExportResult(path=out, report=report)
+    if report_file is not None:
+        _write(report_file, (json.dumps(report, indent=2, default=str) + "\n").encode(), "--report")
+    return ExportResult(path=out_path, report=report)
 
 
 def _write(path: Path, data: bytes, what: str) -> None:
