@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             verify=not args.no_verify, mean=tuple(args.mean), std=tuple(args.std),
             calibration_images=str(args.calibration_images) if args.calibration_images else None,
             calibration_count=args.calibration_count, calibration_method=args.calibration_method,
-        ).resolved()
-        config.validate()
+        )
+        config.validate()  # export_model also settles num_classes from --weights (and checks it) before the build
         if not (args.weights or args.encoder_weights):
             progress(f"WARNING: no --weights given: exporting an UNTRAINED model (random init, seed {args.seed}); "
                      "its masks are meaningless until you export your trained weights")
