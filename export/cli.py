@@ -7,9 +7,13 @@ nothing written); 2 usage error (argparse).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from unet_runtime._help import DefaultsHelpFormatter
@@ -106,6 +110,36 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
+#: Imported up front with Ctrl-C held back (see _sigint_deferred); the pipeline imports them lazily otherwise.
+NATIVE_MODULES = ("tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "onnxslim", "h5py")
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C until the block ends, then raise KeyboardInterrupt.
+
+    A KeyboardInterrupt raised while a native extension module initializes
+    aborts the whole process instead of unwinding (onnx's nanobind module:
+    "terminate called after throwing an instance of 'nanobind::python_error'",
+    seen here as exit -6 in 1 of 15 interrupted exports), so the cleanup
+    message and exit code 130 never came.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        # Handlers can only be set from the main thread; and an ignored SIGINT (nohup, a background job)
+        # or an application's own handler stays as it is.
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``export-unet``; returns the process exit code."""
     # TensorFlow's C++ logging must be quieted before it is imported.
@@ -147,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                                    instances=args.instances, accelerator=args.accelerator,
                                    preferred_batch_sizes=tuple(args.preferred_batch_sizes),
                                    max_queue_delay_us=args.max_queue_delay_us, force=args.force)
+        with _sigint_deferred():  # after the quick checks, so that a bad flag still fails at once
+            for name in NATIVE_MODULES:
+                importlib.import_module(name)
         result = export_model(config, args.out, report_path=args.report, progress=progress, triton=triton)
     except ExportError as exc:
         print(f"export-unet: error: {exc}", file=sys.stderr, flush=True)

@@ -221,6 +221,19 @@ def test_export_interrupted_at_each_step_leaves_nothing(tmp_path, monkeypatch, c
     assert list(out_dir.iterdir()) == []
 
 
+def test_ctrl_c_during_native_imports_waits_for_them():
+    """A KeyboardInterrupt inside a native module's init aborts the process (onnx/nanobind); it must come after."""
+    from unet_export.cli import _sigint_deferred
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C "during the import"
+            finished.append(True)  # ...which still runs to the end
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works normally again
+
+
 def test_sigint_during_export_cli(tmp_path):
     out = tmp_path / "m.onnx"
     proc = subprocess.Popen([sys.executable, "-m", "unet_export.cli", "--out", str(out), "--input-size", "32", "32"],
