@@ -53,7 +53,7 @@ class _UsageError(Exception):
 
 
 def _outputs(path: Path, overlay: bool) -> list[str]:
-    """The file names an input image is written as."""
+    """The file names an input image is written as: its mask, then (with --overlay) its overlay."""
     return [f"{path.stem}.png"] + ([f"{path.stem}.overlay.png"] if overlay else [])
 
 
@@ -70,12 +70,13 @@ def _collect(paths: list[Path], overlay: bool) -> list[Path]:
         else:
             files.append(path)  # a missing or unreadable file is skipped later, with the others still done
     writer: dict[str, Path] = {}  # output file name -> the input that writes it
+    seen: set[Path] = set()
     unique: list[Path] = []
     for path in files:
-        names = _outputs(path, overlay)
-        if any(name in writer and writer[name].resolve() == path.resolve() for name in names):
+        if path.resolve() in seen:
             continue  # the same file named twice: segmented once
-        for name in names:
+        seen.add(path.resolve())
+        for name in _outputs(path, overlay):
             if name in writer:
                 raise _UsageError(f"{str(writer[name])!r} and {str(path)!r} would both be written as {name}; "
                                   "rename one, or segment them into separate --out folders")
@@ -152,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
                 for path, image, mask in zip(chunk, arrays, masks):
                     out = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
                     out.putpalette(palette)
-                    target = args.out / f"{path.stem}.png"
+                    names = _outputs(path, args.overlay)
+                    target = args.out / names[0]
                     try:
                         _save_png(out, target)
                         if args.overlay:
-                            target = args.out / f"{path.stem}.overlay.png"
+                            target = args.out / names[1]
                             _save_png(Image.fromarray(im.overlay(image, mask)), target)
                     except OSError as exc:
                         # Disk full or permissions: every later image would fail the same way.
