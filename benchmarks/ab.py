@@ -91,7 +91,7 @@ def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int 
     if torch_peer or torch_compile:
         calls.update(_torch_calls(models[0], image, torch_compile))
     for name, fn in calls.items():
-        for _ in range(warmup):
+        for _ in range(max(warmup, 1)):  # one untimed run at least: its output is the candidate's mask
             out = np.asarray(fn())
         p = out[0]  # (H, W) mask, (H, W, C) or (C, H, W) scores: the class axis is the short one
         masks[name] = p if p.ndim == 2 else p.argmax(-1 if p.shape[-1] <= p.shape[0] else 0)
@@ -141,6 +141,27 @@ def to_markdown(result: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _bad_arguments(args) -> str | None:
+    """The first flag or path that cannot work, as a message with its fix; None when all can."""
+    missing = [m for m in args.models if not Path(m).is_file()]
+    if missing:
+        return f"model {missing[0]!r} does not exist; pass exported .onnx files"
+    for flag, value, low in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0), ("--size", args.size, 16)):
+        if value < low:
+            return f"{flag} {value} is not allowed: it must be >= {low}"
+    if args.size % 16:
+        return f"--size {args.size} is not allowed: sizes must be multiples of 16 (e.g. {args.size // 16 * 16})"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads {args.threads} is not allowed: it must be >= 1 (or left out for the physical cores)"
+    if args.image and not Path(args.image).is_file():
+        return f"--image {args.image!r} does not exist; pass a PNG or JPEG file, or leave it out for seeded noise"
+    from .torch_bench import torch_missing
+
+    if (args.torch or args.torch_compile) and torch_missing():
+        return torch_missing()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line; returns the exit code."""
     ap = argparse.ArgumentParser(prog="python -m unet_bench.ab", description=__doc__.split("\n\n")[0],
@@ -148,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("models", nargs="+", help="ONNX files (the first is the baseline unless --keras-weights)")
     ap.add_argument("--out", required=True, type=Path, help="output prefix: PREFIX.json and PREFIX.md")
     ap.add_argument("--rounds", type=int, default=12, help="timed rounds")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed runs per candidate first")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed runs per candidate first (at least one is made: its output gives the mask)")
     ap.add_argument("--size", type=int, default=512, help="input size for models with dynamic H, W")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     ap.add_argument("--image", help="input image (PNG/JPEG; resized to --size); default: seeded noise")
@@ -158,17 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                          "plain export of the first model)")
     ap.add_argument("--torch-compile", action="store_true", help="also time the twin under torch.compile(max-autotune)")
     args = ap.parse_args(argv)
-    missing = [m for m in args.models if not Path(m).is_file()]
-    if missing:
-        print(f"error: model {missing[0]!r} does not exist; pass exported .onnx files", file=sys.stderr)
-        return 1
-    if args.rounds < 1:
-        print(f"error: --rounds {args.rounds} must be >= 1", file=sys.stderr)
-        return 1
-    from .torch_bench import torch_missing
-
-    if (args.torch or args.torch_compile) and torch_missing():
-        print(f"error: {torch_missing()}", file=sys.stderr)
+    problem = _bad_arguments(args)
+    if problem:
+        print(f"{ap.prog}: error: {problem}", file=sys.stderr)
         return 1
     from .report import machine_info, write_text_atomic
 

@@ -138,21 +138,38 @@ def to_markdown(p: Profile, title: str, top: int = 15) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: profile one or more models and print (or write) the Markdown summary."""
-    ap = argparse.ArgumentParser(prog="python -m unet_bench.profile", description=__doc__.split("\n\n")[0])
-    ap.add_argument("models", nargs="+", help="ONNX files to profile (CPU provider)")
-    ap.add_argument("--runs", type=int, default=5, help="profiled runs after warm-up (default 5)")
-    ap.add_argument("--warmup", type=int, default=2, help="warm-up runs, not profiled (default 2)")
-    ap.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dim (default 1)")
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
-    ap.add_argument("--top", type=int, default=15, help="slowest nodes to list (default 15)")
-    ap.add_argument("--out", help="write the Markdown here as well as to stdout")
-    args = ap.parse_args(argv)
+def _bad_arguments(args) -> str | None:
+    """The first flag or path that cannot work, as a message with its fix; None when all can."""
     for m in args.models:
         if not os.path.isfile(m):
-            print(f"error: model {m!r} does not exist; pass the path of an exported .onnx file", file=sys.stderr)
-            return 1
+            return f"model {m!r} does not exist; pass the path of an exported .onnx file"
+    for flag, value, low in (("--runs", args.runs, 1), ("--warmup", args.warmup, 0), ("--batch", args.batch, 1),
+                             ("--top", args.top, 1)):
+        if value < low:
+            return f"{flag} {value} is not allowed: it must be >= {low}"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads {args.threads} is not allowed: it must be >= 1 (or left out for the physical cores)"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: profile one or more models and print (or write) the Markdown summary."""
+    from unet_runtime._help import DefaultsHelpFormatter
+
+    ap = argparse.ArgumentParser(prog="python -m unet_bench.profile", description=__doc__.split("\n\n")[0],
+                                 formatter_class=DefaultsHelpFormatter)
+    ap.add_argument("models", nargs="+", help="ONNX files to profile (CPU provider)")
+    ap.add_argument("--runs", type=int, default=5, help="profiled runs after warm-up")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up runs, not profiled")
+    ap.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dim")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    ap.add_argument("--top", type=int, default=15, help="slowest nodes to list")
+    ap.add_argument("--out", help="write the Markdown here as well as to stdout")
+    args = ap.parse_args(argv)
+    problem = _bad_arguments(args)
+    if problem:
+        print(f"{ap.prog}: error: {problem}", file=sys.stderr)
+        return 1
     parts = []
     for m in args.models:
         p = profile_model(m, runs=args.runs, warmup=args.warmup, batch=args.batch, threads=args.threads)

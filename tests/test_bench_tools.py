@@ -35,8 +35,8 @@ def test_profile_of_a_real_model(narrow_export):
 
 def test_ab_interleaves_and_writes_both_files(narrow_export, tmp_path):
     a, b = narrow_export().path, narrow_export(fold_upsample="phase").path
-    proc = run_cli("unet_bench.ab", "--out", str(tmp_path / "ab"), "--rounds", "3", "--warmup", "1", "--size", "32",
-                   str(a), str(b))
+    proc = run_cli("unet_bench.ab", "--out", str(tmp_path / "ab"), "--rounds", "3", "--warmup", "0", "--size", "32",
+                   str(a), str(b))  # no warm-up asked: the mask still comes from one untimed run
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "ab.json").read_text())
     assert data["first"] == str(a) and [len(r["raw_s"]) for r in data["rows"]] == [3, 3]
@@ -51,6 +51,30 @@ def test_ab_and_profile_refuse_missing_models(tmp_path):
         proc = run_cli(module, *args, str(tmp_path / "nope.onnx"))
         assert proc.returncode == 1 and "does not exist" in proc.stderr.strip().splitlines()[-1]
         assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("tool, flags, message", [
+    ("profile", ["--runs", "0"], "--runs 0 is not allowed: it must be >= 1"),
+    ("profile", ["--warmup", "-1"], "--warmup -1 is not allowed: it must be >= 0"),
+    ("profile", ["--top", "0"], "--top 0 is not allowed"),
+    ("profile", ["--threads", "0"], "--threads 0 is not allowed"),
+    ("ab", ["--rounds", "0"], "--rounds 0 is not allowed: it must be >= 1"),
+    ("ab", ["--warmup", "-2"], "--warmup -2 is not allowed: it must be >= 0"),
+    ("ab", ["--size", "40"], "--size 40 is not allowed: sizes must be multiples of 16 (e.g. 32)"),
+    ("ab", ["--image", "no.png"], "--image 'no.png' does not exist"),
+])
+def test_ab_and_profile_refuse_bad_flags_before_any_work(tool, flags, message, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    module = importlib.import_module(f"unet_bench.{tool}")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read: the flags are checked first")
+    monkeypatch.chdir(tmp_path)
+    args = ["--out", str(tmp_path / "x")] if tool == "ab" else []
+    assert module.main([*args, *flags, str(model)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"python -m unet_bench.{tool}: error: ") and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 def test_ab_keras_candidate_on_an_image_file(tmp_path):
