@@ -286,7 +286,9 @@ def test_model_without_metadata_needs_and_takes_explicit_args(narrow_export, tmp
         (np.zeros((2, 2, 2, 3, 1), np.uint8), "only \\(H, W, 3\\) RGB"),
         ("not an image", "pass an \\(H, W, 3\\) uint8 array"),
         ([], "the batch is empty"),
-        ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.int16)], "image 1 has dtype int16"),
+        ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.int16)], "image 1 has dtype int16.*clip to 0..255"),
+        (np.zeros((8, 8, 3), np.uint16), "dtype uint16; only uint8 RGB is allowed \\(keep the top 8 bits: \\(image >> 8\\)"),
+        (np.zeros((8, 8, 3), bool), "dtype bool.*not an image"),
     ],
 )
 def test_bad_images(narrow_export, image, message):
