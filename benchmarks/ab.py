@@ -146,6 +146,11 @@ def _bad_arguments(args) -> str | None:
     missing = [m for m in args.models if not Path(m).is_file()]
     if missing:
         return f"model {missing[0]!r} does not exist; pass exported .onnx files"
+    from .report import out_prefix_problem
+
+    problem = out_prefix_problem(args.out)
+    if problem:
+        return problem
     for flag, value, low in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0), ("--size", args.size, 16)):
         if value < low:
             return f"{flag} {value} is not allowed: it must be >= {low}"

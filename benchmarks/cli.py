@@ -89,9 +89,11 @@ def _validate(args) -> None:
         raise BenchError(f"--iters {args.iters} must be >= 1 and --warmup {args.warmup} >= 0")
     if args.models_from and not args.models_from.is_dir():
         raise BenchError(f"--models-from {str(args.models_from)!r} is not a folder")
-    parent = args.out.parent if str(args.out.parent) else Path(".")
-    if not parent.is_dir():
-        raise BenchError(f"--out folder {str(parent)!r} does not exist; create it first")
+    from .report import out_prefix_problem
+
+    problem = out_prefix_problem(args.out)
+    if problem:
+        raise BenchError(problem)
 
 
 class _Bar:

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -149,6 +150,10 @@ def _bad_arguments(args) -> str | None:
             return f"{flag} {value} is not allowed: it must be >= {low}"
     if args.threads is not None and args.threads < 1:
         return f"--threads {args.threads} is not allowed: it must be >= 1 (or left out for the physical cores)"
+    if args.out:
+        from .report import out_prefix_problem
+
+        return out_prefix_problem(Path(args.out))
     return None
 
 

@@ -14,10 +14,36 @@ __all__ = ["Results", "machine_info", "write_json", "write_text_atomic", "markdo
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` with the exporter's write-then-rename: no half-written result file."""
+    """Write `text` to `path` with the exporter's write-then-rename: no half-written result file.
+
+    A missing results folder is created here, at the first write, not when
+    the command starts: a run that fails before it has measured anything
+    leaves no empty folder behind.
+    """
     from unet_runtime._atomic import atomic_write_bytes
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode())
+
+
+def out_prefix_problem(prefix: Path, flag: str = "--out") -> str | None:
+    """Why results cannot be written at `prefix` (PREFIX.json, PREFIX.md ...), with the fix; None if they can.
+
+    Checked before any work, so that an hour of measurements never ends in
+    'cannot write'. A missing folder is fine if it can be created: the
+    nearest existing folder above it must be writable.
+    """
+    prefix = Path(prefix)
+    if prefix.is_dir():
+        return f"{flag} {str(prefix)!r} is a folder; name a file inside it, such as {str(prefix / 'run')!r}"
+    parent = prefix.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{flag} {str(prefix)!r} cannot be created: {str(parent)!r} is a file; choose another {flag}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{flag} folder {str(parent)!r} is not writable; choose another {flag} or fix its permissions"
+    return None
 
 
 def machine_info() -> dict:
@@ -75,6 +101,8 @@ class Results:
 
     def __init__(self, prefix: Path, meta: dict):
         self.prefix, self.meta, self.rows = prefix, meta, []
+        # Folders the first write will create (deepest first): discard() removes them again if they stay empty.
+        self._new_folders = [p for p in Path(prefix).parents if not p.exists()]
 
     def add(self, row) -> None:
         """Record one finished row and rewrite the files (OSError if they cannot be written)."""
@@ -94,6 +122,11 @@ class Results:
         """Remove whatever this run wrote."""
         for suffix in self.SUFFIXES:
             self.prefix.with_suffix(suffix).unlink(missing_ok=True)
+        for folder in self._new_folders:
+            try:
+                folder.rmdir()
+            except OSError:  # never created, or something else was put there since
+                break
 
     def _write(self, complete: bool) -> str:
         meta = {**self.meta, "complete": complete}

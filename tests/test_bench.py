@@ -68,10 +68,11 @@ def test_models_from_folder_with_refill(full_width_run, tmp_path):
     _, root = full_width_run
     models = tmp_path / "m"
     shutil.copytree(root / "models", models)
-    proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "x"), "--size", "32", "--iters", "2", "--warmup", "0",
+    out = tmp_path / "results" / "cpu" / "x"  # folders that do not exist yet: created at the first write
+    proc = run_cli("unet_bench.cli", "--out", str(out), "--size", "32", "--iters", "2", "--warmup", "0",
                    "--models-from", str(models), "-q")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads((tmp_path / "x.json").read_text())["rows"]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["engine"] for r in rows] == ["onnxruntime"]  # no Keras without exporting
 
 
@@ -103,6 +104,30 @@ def test_bad_flags_exit_1_with_one_line(tmp_path, args, message):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("bench-unet: error:") and message in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_out_prefix_is_checked_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    for out, message in ((tmp_path / "afile" / "sub" / "r", "cannot be created: '{}' is a file".format(tmp_path / "afile")),
+                         (tmp_path / "adir", "is a folder; name a file inside it")):
+        proc = run_cli("unet_bench.cli", "--out", str(out), "--size", "32")
+        assert proc.returncode == 1 and message in proc.stderr.strip().splitlines()[-1], proc.stderr[-500:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"] and not any((tmp_path / "adir").iterdir())
+
+
+def test_a_discarded_run_removes_the_folders_it_created(tmp_path):
+    from unet_bench.report import Results
+
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "other.txt").write_text("not ours")
+    for prefix in (tmp_path / "new" / "deeper" / "r", tmp_path / "kept" / "r"):
+        results = Results(prefix, {"command": "t", "date": "d", "machine": {"cpu": "c", "versions": {}}})
+        results._write(complete=False)  # the first row's write creates the folders
+        assert prefix.with_suffix(".json").is_file()
+        results.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # "new" went; "kept" and its file stayed
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["other.txt"]
 
 
 def test_bad_choice_is_a_usage_error(tmp_path):
