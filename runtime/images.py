@@ -41,13 +41,14 @@ def validate_image(image, index: int | None = None, max_pixels: int = DEFAULT_MA
     if not isinstance(image, np.ndarray):
         raise InputImageError(f"{where} is a {type(image).__name__}, not a numpy array; pass np.asarray(pil_image.convert('RGB'))")
     if image.dtype != np.uint8:
-        hints = {
+        conversions = {
             "f": "scale floats to 0..255 and use .astype(np.uint8)",
             "u": f"keep the top 8 bits: (image >> {8 * image.dtype.itemsize - 8}).astype(np.uint8)",
             "i": "clip to 0..255 and use .astype(np.uint8)",
             "b": "a boolean mask is not an image; pass (mask * 255).astype(np.uint8) stacked to 3 channels",
         }
-        hint = f" ({hints[image.dtype.kind]})" if image.dtype.kind in hints else ""
+        kind = image.dtype.kind
+        hint = f" ({conversions[kind]})" if kind in conversions else ""
         raise InputImageError(f"{where} has dtype {image.dtype}; only uint8 RGB is allowed{hint}")
     if image.ndim != 3 or image.shape[2] != 3:
         hints = {2: "grayscale: stack it to 3 channels", 4: "RGBA: drop the alpha channel (image[..., :3])"}
