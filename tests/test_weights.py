@@ -31,6 +31,17 @@ def test_round_trip(trained, fmt):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("fmt", ["keras", "weights.h5", "h5"])
+@pytest.mark.parametrize("shape", [(64, 48, 3), (None, None, 3)])
+def test_weights_trained_at_another_size_load(trained, fmt, shape):
+    """Users train on crops (here 32x32) and export at 512, or size-agnostic: convolution weights do not depend on H, W."""
+    model, paths = trained
+    other = build_vgg19_unet(shape, 4, seed=99, width_multiplier=NARROW)
+    load_weights(other, paths[fmt])
+    for a, b in zip(model.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_encoder_weights_map_block_names(tmp_path):
     import keras
 
