@@ -1,7 +1,8 @@
 """``segment-unet``: segment PNG/JPEG images with an exported model.
 
 Writes one palette PNG per image (Pascal VOC colours; pixel values are the
-class ids) and, with ``--overlay``, a blended preview. A folder stands for
+class ids) and, with ``--overlay``, a blended preview; with
+``--probabilities``, the class probabilities as a NumPy ``.npy`` file. A folder stands for
 the image files in it. An unreadable image is skipped with a message and
 the exit code is 1 at the end; two inputs that would write the same mask
 file, or a mask that cannot be written, stop the run with an error. Masks
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"image files, or folders (their {'/'.join(IMAGE_SUFFIXES)} files, not recursive)")
     p.add_argument("--out", type=Path, required=True, help="folder for the masks (created if missing)")
     p.add_argument("--overlay", action="store_true", help="also write NAME.overlay.png: colours blended over the image")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write NAME.probs.npy: float32 (H, W, classes) class probabilities from the same run "
+                        "(22 MB for a 512x512 image with 21 classes; np.load reads it); not for --head argmax models")
     p.add_argument("--providers", default="auto", help="'auto' or a comma list: tensorrt,cuda,cpu")
     p.add_argument("--strict", action="store_true", help="fail instead of warning when a requested provider does not run")
     p.add_argument("--batch", type=int, default=1, help="images per session call")
@@ -52,12 +56,13 @@ class _UsageError(Exception):
     """Bad arguments found before any image is segmented."""
 
 
-def _outputs(path: Path, overlay: bool) -> list[str]:
-    """The file names an input image is written as: its mask, then (with --overlay) its overlay."""
-    return [f"{path.stem}.png"] + ([f"{path.stem}.overlay.png"] if overlay else [])
+def _outputs(path: Path, overlay: bool = False, probabilities: bool = False) -> list[str]:
+    """The file names an input image is written as: its mask, then its overlay and probabilities if asked."""
+    return ([f"{path.stem}.png"] + ([f"{path.stem}.overlay.png"] if overlay else [])
+            + ([f"{path.stem}.probs.npy"] if probabilities else []))
 
 
-def _collect(paths: list[Path], overlay: bool) -> list[Path]:
+def _collect(paths: list[Path], overlay: bool = False, probabilities: bool = False) -> list[Path]:
     """Expand folders, drop repeats of one file, refuse two inputs that would write the same file name."""
     files: list[Path] = []
     for path in paths:
@@ -76,7 +81,7 @@ def _collect(paths: list[Path], overlay: bool) -> list[Path]:
         if path.resolve() in seen:
             continue  # the same file named twice: segmented once
         seen.add(path.resolve())
-        for name in _outputs(path, overlay):
+        for name in _outputs(path, overlay, probabilities):
             if name in writer:
                 raise _UsageError(f"{str(writer[name])!r} and {str(path)!r} would both be written as {name}; "
                                   "rename one, or segment them into separate --out folders")
@@ -89,6 +94,15 @@ def _save_png(image, path: Path) -> None:
     """Encode in memory, then write-and-rename: an interrupted run leaves no half-written mask."""
     buf = io.BytesIO()
     image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _save_npy(array, path: Path) -> None:
+    """np.save in memory, then write-and-rename, as for the masks."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -118,15 +132,27 @@ def main(argv: list[str] | None = None) -> int:
 
     providers = "auto" if args.providers == "auto" else [p.strip() for p in args.providers.split(",") if p.strip()]
     try:
-        paths = _collect(args.images, args.overlay)
+        paths = _collect(args.images, args.overlay, args.probabilities)
     except _UsageError as exc:
         print(f"segment-unet: error: {exc}", file=sys.stderr)
         return 1
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
         segmenter = Segmenter(args.model, providers=providers, strict=args.strict)
-    except (SegmenterError, OSError) as exc:
+    except SegmenterError as exc:
         print(f"segment-unet: error: {exc}", file=sys.stderr)
+        return 1
+    problem = None
+    if args.probabilities and segmenter.info.head == "argmax":
+        problem = (f"--probabilities: {str(args.model)!r} was exported with --head argmax and outputs masks only; "
+                   "re-export it with --head softmax (or logits), or drop --probabilities")
+    else:
+        try:  # only once the model is known to fit the flags: a refused run leaves no empty folder
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = f"cannot create --out folder {str(args.out)!r} ({exc.strerror or exc}); choose another --out"
+    if problem:
+        segmenter.close()
+        print(f"segment-unet: error: {problem}", file=sys.stderr)
         return 1
 
     palette = im.voc_palette().flatten().tolist()
@@ -145,21 +171,27 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"\nsegment-unet: skipped {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             if arrays:
                 try:
-                    masks = segmenter.predict(arrays)
+                    if args.probabilities:  # one run gives both
+                        masks, probs = map(list, zip(*segmenter.predict_with_proba(arrays)))
+                    else:
+                        masks, probs = segmenter.predict(arrays), [None] * len(arrays)
                 except SegmenterError as exc:
                     failures += len(arrays)
                     print(f"\nsegment-unet: skipped {', '.join(map(str, chunk))}: {exc}", file=sys.stderr)
-                    masks = []
-                for path, image, mask in zip(chunk, arrays, masks):
+                    masks, probs = [], []
+                for path, image, mask, prob in zip(chunk, arrays, masks, probs):
                     out = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
                     out.putpalette(palette)
-                    names = _outputs(path, args.overlay)
-                    target = args.out / names[0]
+                    names = iter(_outputs(path, args.overlay, args.probabilities))
+                    target = args.out / next(names)
                     try:
                         _save_png(out, target)
                         if args.overlay:
-                            target = args.out / names[1]
+                            target = args.out / next(names)
                             _save_png(Image.fromarray(im.overlay(image, mask)), target)
+                        if args.probabilities:
+                            target = args.out / next(names)
+                            _save_npy(prob, target)
                     except OSError as exc:
                         # Disk full or permissions: every later image would fail the same way.
                         print(f"\nsegment-unet: error: cannot write {str(target)!r} ({exc.strerror or exc}); "

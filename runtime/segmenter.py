@@ -274,6 +274,15 @@ class Segmenter:
         """
         return self._pipeline.predict_proba(images, self._infer)
 
+    def predict_with_proba(self, images):
+        """``(mask, probabilities)`` per image from one model run: :meth:`predict` and
+        :meth:`predict_proba` together at the cost of one.
+
+        Raises:
+            SegmenterError: for a model exported with ``--head argmax``.
+        """
+        return self._pipeline.predict_with_proba(images, self._infer)
+
     def _infer(self, x: np.ndarray) -> np.ndarray:
         session = self._session
         if session is None:

@@ -96,6 +96,10 @@ class TritonSegmenter:
         """Probabilities, exactly as :meth:`Segmenter.predict_proba`."""
         return self._pipeline.predict_proba(images, self._infer)
 
+    def predict_with_proba(self, images):
+        """Masks and probabilities from one request, exactly as :meth:`Segmenter.predict_with_proba`."""
+        return self._pipeline.predict_with_proba(images, self._infer)
+
     def close(self) -> None:
         """Close the connection."""
         self._client.close()

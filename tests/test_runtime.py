@@ -84,6 +84,24 @@ def test_batch_equals_one_by_one_with_mixed_sizes(narrow_export):
             assert np.allclose(p.sum(-1), 1, atol=1e-4)
 
 
+@pytest.mark.parametrize("cfg", [dict(input_size=(32, 32)), dict(dynamic_size=True, head="logits")])
+def test_predict_with_proba_is_predict_and_predict_proba_in_one_run(narrow_export, cfg):
+    imgs = _images(5, [(40, 40), (64, 96), (17, 33)])
+    with Segmenter(narrow_export(**cfg).path, providers="cpu") as seg:
+        runs = []
+        seg._infer = (lambda infer: lambda x: runs.append(x.shape) or infer(x))(seg._infer)
+        pairs = seg.predict_with_proba(imgs)
+        assert len(runs) == (1 if "input_size" in cfg else 3)  # one session call per network size, as predict
+        masks, probs = seg.predict(imgs), seg.predict_proba(imgs)
+        single = seg.predict_with_proba(imgs[1])
+    assert isinstance(single, tuple) and len(pairs) == 3
+    np.testing.assert_array_equal(single[0], masks[1])
+    np.testing.assert_array_equal(single[1], probs[1])
+    for (m, p), mask, prob in zip(pairs, masks, probs):
+        np.testing.assert_array_equal(m, mask)
+        np.testing.assert_array_equal(p, prob)
+
+
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_bound_buffers_per_shape_bounded_and_exact(narrow_export, cuda_graph):
     """The IO-binding path (CUDA/TensorRT), run with CPU buffers: one buffer pair per input shape, kept for a
@@ -301,5 +319,6 @@ def test_pixel_limit_and_argmax_has_no_probabilities(narrow_export):
     with Segmenter(narrow_export(input_size=(32, 32), head="argmax").path, providers="cpu", max_pixels=100) as seg:
         with pytest.raises(InputImageError, match="more than the limit of 100"):
             seg.predict(np.zeros((11, 10, 3), np.uint8))
-        with pytest.raises(SegmenterError, match="--head argmax"):
-            seg.predict_proba(np.zeros((8, 8, 3), np.uint8))
+        for method in (seg.predict_proba, seg.predict_with_proba):
+            with pytest.raises(SegmenterError, match="--head argmax"):
+                method(np.zeros((8, 8, 3), np.uint8))

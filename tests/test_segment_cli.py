@@ -96,3 +96,41 @@ def test_a_mask_that_cannot_be_written_stops_the_run_and_leaves_nothing(narrow_e
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "cannot write" in last and "a.png" in last and "No space left on device" in last and "--out" in last
     assert list(out.iterdir()) == []  # no mask, no temporary file
+
+
+def test_probabilities_are_written_beside_the_masks(narrow_export, tmp_path):
+    from unet_runtime import Segmenter
+
+    model = narrow_export(input_size=(32, 32), head="softmax").path
+    paths = _write_images(tmp_path / "in", ["a.png", "b.png"], np.random.default_rng(4), size=(40, 50))
+    out = tmp_path / "out"
+    proc = run_cli("unet_runtime.cli", str(model), *map(str, paths), "--out", str(out), "--probabilities",
+                   "--batch", "2", "--providers", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with Segmenter(model, providers="cpu") as seg:
+        for p in paths:
+            image = np.asarray(Image.open(p).convert("RGB"))
+            probs = np.load(out / f"{p.stem}.probs.npy")
+            assert probs.dtype == np.float32 and probs.shape == (40, 50, 5)
+            np.testing.assert_allclose(probs, seg.predict_proba(image), atol=1e-6)
+            np.testing.assert_array_equal(np.asarray(Image.open(out / f"{p.stem}.png")), seg.predict(image))
+    assert sorted(f.name for f in out.iterdir()) == ["a.png", "a.probs.npy", "b.png", "b.probs.npy"]
+
+
+def test_probabilities_of_an_argmax_model_are_refused_before_any_work(narrow_export, tmp_path):
+    model = narrow_export(input_size=(32, 32), head="argmax").path
+    (img,) = _write_images(tmp_path / "in", ["a.png"], np.random.default_rng(5))
+    proc = run_cli("unet_runtime.cli", str(model), str(img), "--out", str(tmp_path / "out"), "--probabilities")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "--head argmax" in last and "drop --probabilities" in last, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_error_line(narrow_export, tmp_path):
+    model = narrow_export(input_size=(32, 32), head="argmax").path
+    (img,) = _write_images(tmp_path / "in", ["a.png"], np.random.default_rng(6))
+    (tmp_path / "afile").write_text("x")
+    proc = run_cli("unet_runtime.cli", str(model), str(img), "--out", str(tmp_path / "afile" / "masks"))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("segment-unet: error: cannot create --out folder") \
+        and "choose another --out" in last, proc.stderr

@@ -134,13 +134,19 @@ def test_client_requests_against_a_kserve_v2_stub(repos, acc):
         rng = np.random.default_rng(0)
         imgs = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((32, 32, 3), (50, 40, 3), (32, 32, 3))]
         remote = client.predict(imgs)
+        remote_pairs = client.predict_with_proba(imgs) if acc == "tensorrt" else None  # the softmax-head repo
         client.close()
     finally:
         server.shutdown()
     with Segmenter(model_file, providers="cpu") as seg:
         local = seg.predict(imgs)
+        local_pairs = seg.predict_with_proba(imgs) if remote_pairs else None
     for r, lo in zip(remote, local):
         np.testing.assert_array_equal(r, lo)
+    assert acc != "tensorrt" or len(remote_pairs) == len(local_pairs) == 3
+    for (rm, rp), (lm, lp) in zip(remote_pairs or [], local_pairs or []):
+        np.testing.assert_array_equal(rm, lm)
+        np.testing.assert_allclose(rp, lp, atol=1e-6)
     path, name, dtype, shape = _KServeStub.seen[0]
     assert path == "/v2/models/vgg19_unet/infer" and name == "input" and shape == [3, 3, 32, 32]
     assert dtype == ("UINT8" if acc == "cuda" else "FP32")
