@@ -19,4 +19,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False or "default:" in (action.help or ""):
             return action.help
+        if isinstance(action.default, (list, tuple)) and action.option_strings:
+            # As it would be typed ("--input-size 512 512"), not Python's "[512, 512]" or "['cpu']".
+            shown = " ".join(str(v) for v in action.default).replace("%", "%%")
+            return f"{action.help} (default: {shown})"
         return super()._get_help_string(action)

@@ -54,6 +54,8 @@ def test_help_lists_every_flag_with_defaults():
                  "--head", "--precision", "--opset", "--no-verify", "--report", "--class-names", "--seed"):
         assert flag in proc.stdout
     assert "default: 17" in proc.stdout and "default: softmax" in proc.stdout
+    flat = " ".join(proc.stdout.split())  # argparse wraps lines anywhere
+    assert "(default: 512 512)" in flat and "(default: 0.0 0.0 0.0)" in flat
 
 
 @pytest.mark.parametrize("module", ["unet_export.cli", "unet_runtime.cli", "unet_bench.cli", "unet_bench.ab",
@@ -63,6 +65,8 @@ def test_help_shows_only_defaults_that_say_something(module):
     assert proc.returncode == 0 and "usage:" in proc.stdout
     # argparse would print these for every unset flag and every switch.
     assert "(default: None)" not in proc.stdout and "(default: False)" not in proc.stdout
+    # Several values are shown as typed on the command line, not as a Python list.
+    assert "(default: [" not in " ".join(proc.stdout.split())
     # ...while a flag with a real default keeps it.
     assert "default: " in proc.stdout
 
