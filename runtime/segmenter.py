@@ -275,8 +275,8 @@ class Segmenter:
         return self._pipeline.predict_proba(images, self._infer)
 
     def predict_with_proba(self, images):
-        """``(mask, probabilities)`` per image from one model run: :meth:`predict` and
-        :meth:`predict_proba` together at the cost of one.
+        """``(mask, probabilities)`` per image from one model run: what :meth:`predict` and
+        :meth:`predict_proba` give, with one model run instead of two.
 
         Raises:
             SegmenterError: for a model exported with ``--head argmax``.
