@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write NAME.overlay.png: colours blended over the image")
     p.add_argument("--probabilities", action="store_true",
                    help="also write NAME.probs.npy: float32 (H, W, classes) class probabilities from the same run "
-                        "(22 MB for a 512x512 image with 21 classes; np.load reads it); not for --head argmax models")
+                        "(H x W x classes x 4 bytes: 22 MB for a 512x512 image with 21 classes; np.load reads it); "
+                        "not for --head argmax models")
     p.add_argument("--providers", default="auto", help="'auto' or a comma list: tensorrt,cuda,cpu")
     p.add_argument("--strict", action="store_true", help="fail instead of warning when a requested provider does not run")
     p.add_argument("--batch", type=int, default=1, help="images per session call")
