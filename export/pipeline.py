@@ -155,6 +155,23 @@ class ExportResult:
     report: dict = field(default_factory=dict)
 
 
+def _with_keras_model_classes(config: ExportConfig, keras_model) -> ExportConfig:
+    """``config`` with the in-memory model's head width as its class count (raises ConfigError on a conflict)."""
+    if config.weights or config.encoder_weights:
+        raise ConfigError("keras_model= and a weights file were both given; pass one source of weights "
+                          "(drop config.weights / config.encoder_weights, or keras_model)")
+    shape = getattr(keras_model, "output_shape", None)
+    width = shape[-1] if isinstance(shape, tuple) and shape and isinstance(shape[-1], int) else None
+    if width is None:  # not a one-output Keras model: copy_weights will say what it is
+        return config
+    if config.num_classes is None:
+        return replace(config, num_classes=width)
+    if config.num_classes != width:
+        raise ConfigError(f"num_classes {config.num_classes} does not match keras_model, whose head has {width} "
+                          f"classes; pass num_classes={width}, or leave it None to use the model's")
+    return config
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -179,12 +196,19 @@ def export_model(
     report_path: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     triton=None,
+    keras_model=None,
 ) -> ExportResult:
     """Export the seed's VGG19-UNet to a verified ONNX file at ``out``.
 
     Args:
         config: what to export (see :class:`ExportConfig`).
         out: the ``.onnx`` path; written only if every step passes.
+        keras_model: a trained ``keras.Model`` of the seed's architecture, in
+            memory (e.g. at the end of a training script), instead of
+            ``config.weights``: its weights are copied layer by layer into
+            the model built for ``config`` (any input size it was trained
+            at), and its head width is the class count unless
+            ``config.num_classes`` says otherwise (then they must agree).
         report_path: optional JSON report (errors, op histograms, sizes,
             times, versions), written atomically too.
         progress: called with one line per step (the CLI prints them).
@@ -196,6 +220,8 @@ def export_model(
         ExportError: a subclass naming what failed; nothing is written.
     """
     say = progress or (lambda line: log.info(line))
+    if keras_model is not None:
+        config = _with_keras_model_classes(config, keras_model)
     config = config.resolved()
     config.validate()
     if out is None and triton is None:
@@ -224,7 +250,7 @@ def export_model(
 
     # 1. build (and load weights)
     from .model import build_vgg19_unet
-    from .weights import load_encoder_weights, load_weights
+    from .weights import copy_weights, load_encoder_weights, load_weights
 
     h, w = (None, None) if config.dynamic_size else config.input_size
     assert config.num_classes is not None  # settled by resolved() above
@@ -234,11 +260,15 @@ def export_model(
         sources["encoder_weights_sha256"] = load_encoder_weights(model, config.encoder_weights)
     if config.weights:
         sources["weights_sha256"] = load_weights(model, config.weights)
-    trained = bool(config.weights or config.encoder_weights)
+    if keras_model is not None:
+        sources["weights_sha256"] = copy_weights(model, keras_model)
+        sources["weights_source"] = f"in-memory Keras model {keras_model.name!r}"
+    trained = bool(config.weights or config.encoder_weights or keras_model is not None)
     report["params"] = int(model.count_params())
     report["trained"] = trained
+    origin = [config.weights, config.encoder_weights, sources.get("weights_source")]
     step("build", f"{report['params']:,} parameters, " + (
-        "weights from " + ", ".join(filter(None, [config.weights, config.encoder_weights])) if trained
+        "weights from " + ", ".join(filter(None, origin)) if trained
         else f"UNTRAINED (random init, seed {config.seed})"))
 
     # 2. convert

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import WeightsError
 
-__all__ = ["load_weights", "load_encoder_weights", "stored_num_classes", "sha256_file", "WEIGHT_SUFFIXES"]
+__all__ = ["load_weights", "load_encoder_weights", "copy_weights", "stored_num_classes", "sha256_file",
+           "WEIGHT_SUFFIXES"]
 
 WEIGHT_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5")
 
@@ -92,6 +93,33 @@ def load_weights(model, path: str | os.PathLike) -> str:
             "it is corrupt, truncated, or not a VGG19-UNet with these --num-classes"
         ) from exc
     return sha256_file(path)
+
+
+def copy_weights(model, source) -> str:
+    """Copy an in-memory Keras model's weights into ``model``; return a sha256 of them.
+
+    ``source`` is the user's trained model (built at any input size: the
+    weights do not depend on it). It is checked layer by layer like a
+    weights file, and ``model`` is untouched if any layer does not fit. The
+    digest covers every weight's shape, dtype and bytes in layer order, so
+    two exports of the same weights carry the same fingerprint.
+
+    Raises:
+        WeightsError: ``source`` is not a Keras model of this architecture
+            and class count.
+    """
+    import numpy as np
+
+    if not hasattr(source, "layers") or not hasattr(source, "get_weights"):
+        raise WeightsError(f"keras_model is a {type(source).__name__}, not a Keras model; pass the trained "
+                           "keras.Model (or save it and pass the file as weights)")
+    _assign(model, source.layers, "keras_model")
+    digest = hashlib.sha256()
+    for array in source.get_weights():
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def stored_num_classes(path: str | os.PathLike) -> int | None:

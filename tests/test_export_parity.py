@@ -125,3 +125,47 @@ def test_uint8_input_normalizes_inside_the_graph(layout, fold, narrow_export, co
     ref = keras_logits_model(confident_keras)(normalize(pixels, mean, std), training=False).numpy()
     err = compare(ref, out)
     assert err["rel_l2"] <= FP32_REL_L2, err
+
+
+def test_export_from_an_in_memory_keras_model(confident_keras, tmp_path):
+    """The end of a training script: export_model(config, out, keras_model=model), no weights file in between."""
+    from unet_export import ExportConfig, export_model
+
+    # confident_keras is size-agnostic with 5 classes; the export is fixed at 64x48 and takes its class count.
+    res = export_model(ExportConfig(input_size=(64, 48), width_multiplier=0.125), tmp_path / "m.onnx",
+                       keras_model=confident_keras)
+    assert res.report["trained"] and res.report["verification"]["cases"]
+    meta = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
+    assert meta["unet.num_classes"] == "5" and "in-memory Keras model" in meta["unet.weights_source"]
+    x = np.random.default_rng(8).random((2, 64, 48, 3), dtype=np.float32)
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    ours = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    ref = confident_keras(x, training=False).numpy()
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) <= FP32_REL_L2
+    # The fingerprint is of the weights, so the same weights give the same one again.
+    again = export_model(ExportConfig(input_size=(32, 32), width_multiplier=0.125, verify=False), tmp_path / "n.onnx",
+                         keras_model=confident_keras)
+    meta_again = {p.key: p.value for p in onnx.load(str(again.path)).metadata_props}
+    assert meta_again["unet.weights_sha256"] == meta["unet.weights_sha256"]
+    assert len(meta["unet.weights_sha256"]) == 64
+
+
+def test_in_memory_keras_model_errors_write_nothing(confident_keras, confident_weights, tmp_path):
+    import keras
+
+    from unet_export import ConfigError, ExportConfig, WeightsError, export_model
+
+    narrow = dict(input_size=(32, 32), width_multiplier=0.125)
+    cases = [
+        (ExportConfig(num_classes=21, **narrow), confident_keras, ConfigError,
+         "num_classes 21 does not match keras_model, whose head has 5 classes; pass num_classes=5"),
+        (ExportConfig(weights=str(confident_weights), **narrow), confident_keras, ConfigError,
+         "keras_model= and a weights file were both given"),
+        (ExportConfig(**narrow), "model.keras", WeightsError, "keras_model is a str, not a Keras model"),
+        (ExportConfig(**narrow), keras.applications.VGG19(weights=None, include_top=False),
+         WeightsError, "it is not this architecture"),
+    ]
+    for config, model, error, message in cases:
+        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+            export_model(config, tmp_path / "m.onnx", keras_model=model)
+    assert list(tmp_path.iterdir()) == []
