@@ -175,6 +175,8 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         agree = ""
         if num.get("confident_agreement") is not None:
             agree = f"{num['confident_agreement'] * 100:.2f}% ({num['confident_pixels']:,})"
+        elif num.get("mask_agreement") is not None:  # no confident pixel: say so, with the all-pixel figure
+            agree = f"{num['mask_agreement'] * 100:.2f}% of all (0 confident)"
         lines.append(
             f"| {r.name} | {r.size} | {r.batch} | {d['median_ms']:.2f} | {d['p90_ms']:.2f} | {d['ms_per_image']:.2f} | "
             f"{d['images_per_s']:.1f} | {_fmt(d.get('tflops'), '.1f')} | {_fmt(h and h['median_ms'])} | {over} | {speed} | "
@@ -182,6 +184,10 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
             f"{_fmt(r.peak_gpu_mb, '.0f')} | {d['n']} |"
         )
     notes = [f"- {r.name}: {r.note}" for r in rows if r.note]
+    if any((r.numerics or {}).get("confident_pixels") == 0 for r in rows):
+        notes.append("- '0 confident': the reference has no pixel with a top-1/top-2 margin >= 0.05 (untrained "
+                     "weights give a flat softmax), so agreement is over all pixels, where near-ties flip freely; "
+                     "pass --weights with a trained model (or python -m unet_bench.fixture) for a meaningful figure")
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"

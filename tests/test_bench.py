@@ -41,6 +41,8 @@ def test_json_table_and_plot(full_width_run):
     assert all(r["host"]["n"] == len(r["raw_host_s"]) >= 3 and r["setup_s"] > 0 for r in ort_rows)
     table = (root / "r.md").read_text()
     assert "| keras.predict | 32 | 1 |" in table and "vs keras.predict" in table
+    # Seeded random weights: no confident pixel, and the table says so instead of leaving the column blank.
+    assert "% of all (0 confident) |" in table and "'0 confident': the reference has no pixel" in table
     assert (root / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
