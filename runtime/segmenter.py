@@ -275,8 +275,10 @@ class Segmenter:
         return self._pipeline.predict_proba(images, self._infer)
 
     def predict_with_proba(self, images):
-        """``(mask, probabilities)`` per image from one model run: what :meth:`predict` and
-        :meth:`predict_proba` give, with one model run instead of two.
+        """``(mask, probabilities)`` per image from one model run.
+
+        What :meth:`predict` and :meth:`predict_proba` give, with one model
+        run instead of two (a pair for one image, a list of pairs for a list).
 
         Raises:
             SegmenterError: for a model exported with ``--head argmax``.
