@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("models", nargs="+", help="ONNX files (the first is the baseline unless --keras-weights)")
     ap.add_argument("--out", required=True, type=Path, help="output prefix: PREFIX.json and PREFIX.md")
     ap.add_argument("--rounds", type=int, default=12, help="timed rounds")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed runs per candidate first (at least one is made: its output gives the mask)")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed runs per candidate first (at least one is made: its output gives the mask)")
     ap.add_argument("--size", type=int, default=512, help="input size for models with dynamic H, W")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     ap.add_argument("--image", help="input image (PNG/JPEG; resized to --size); default: seeded noise")
