@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 
 from ._pipeline import Pipeline
 from .images import DEFAULT_MAX_PIXELS
-from .errors import ModelFileError, SegmenterClosedError, SegmenterError
+from .errors import InputImageError, ModelFileError, SegmenterClosedError, SegmenterError
 from .model_file import check_model_file
 from .model_info import HEADS, LAYOUTS, ModelInfo
 from .providers import (
@@ -284,6 +285,54 @@ class Segmenter:
             SegmenterError: for a model exported with ``--head argmax``.
         """
         return self._pipeline.predict_with_proba(images, self._infer)
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,), size: tuple[int, int] | None = None,
+               runs: int = 3) -> dict[int, list[float]]:
+        """Make the slow first calls now, before requests arrive; returns the seconds of each run per batch size.
+
+        The first run of a new input shape pays for cuDNN's algorithm search
+        (exhaustive by default: seconds), a TensorRT engine build (minutes,
+        unless cached), and the device buffers of that shape. With
+        ``ProviderConfig(cuda_graph=True)``, ONNX Runtime's CUDA EP captures a
+        shape's graph on its third run (after two regular ones), hence
+        ``runs=3``. The search, engine and buffers serve every thread; a CUDA
+        graph belongs to the thread that captured it (ONNX Runtime keeps it
+        in a per-thread context), so call this from the thread that will
+        serve, or expect a new thread's first calls of a shape to be slower.
+
+        Args:
+            batch_sizes: the batch sizes that will be sent (each is a shape of its own).
+            size: ``(H, W)`` of the images a size-agnostic model will get
+                (required there: each size is a shape of its own); a
+                fixed-size model always runs at its own size, so leave it None.
+            runs: calls per batch size.
+
+        Raises:
+            InputImageError: a bad batch size, run count or size, naming it.
+        """
+        if runs < 1 or not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                                               for b in batch_sizes):
+            raise InputImageError(f"warmup(batch_sizes={tuple(batch_sizes)!r}, runs={runs!r}): batch sizes must be "
+                                  "integers >= 1 (at least one) and runs >= 1")
+        if self.info.height is not None and self.info.width is not None:  # a fixed-size model
+            h, w = self.info.height, self.info.width
+            if size is not None and tuple(size) != (h, w):
+                raise InputImageError(f"warmup(size={tuple(size)!r}): this model always runs at {h}x{w} (images are "
+                                      "resized to it); leave size=None")
+        elif size is None or len(size) != 2 or min(size) < 1:
+            raise InputImageError(f"warmup(size={size!r}): this model is size-agnostic, so each image size is a "
+                                  "shape of its own; pass size=(H, W) of the images you will send")
+        else:
+            h, w = size
+        image = np.zeros((h, w, 3), np.uint8)
+        timings: dict[int, list[float]] = {}
+        for batch in batch_sizes:
+            timings[batch] = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                self.predict([image] * batch)
+                timings[batch].append(time.perf_counter() - t0)
+        return timings
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         session = self._session

@@ -102,6 +102,45 @@ def test_predict_with_proba_is_predict_and_predict_proba_in_one_run(narrow_expor
         np.testing.assert_array_equal(p, prob)
 
 
+def test_warmup_runs_each_batch_shape_and_leaves_results_unchanged(narrow_export):
+    from unet_runtime import ProviderConfig
+
+    path = narrow_export(input_size=(32, 32), head="argmax").path
+    imgs = _images(6, [(40, 50), (32, 32)])
+    with Segmenter(path, providers="cpu") as plain:
+        expected = plain.predict(imgs)
+    # The CUDA path (IO binding, a graph id per shape) run with CPU buffers, as in the binding tests below.
+    seg = Segmenter(path, providers=["cpu"], config=ProviderConfig(cuda_graph=True))
+    seg._use_binding, seg._device = True, "cpu"
+    seen = []
+    seg._infer = (lambda infer: lambda x: seen.append(x.shape) or infer(x))(seg._infer)
+    timings = seg.warmup(batch_sizes=(1, 2), runs=3)
+    assert sorted(timings) == [1, 2] and all(len(t) == 3 and min(t) > 0 for t in timings.values())
+    assert seen == [(1, 32, 32, 3)] * 3 + [(2, 32, 32, 3)] * 3  # the network's shapes, each run 3 times
+    assert list(seg._bindings) == [(1, 32, 32, 3), (2, 32, 32, 3)]  # buffers and graph ids made by the warm-up
+    for got, want in zip(seg.predict(imgs), expected):
+        np.testing.assert_array_equal(got, want)
+    seg.close()
+
+
+def test_warmup_arguments_are_checked(narrow_export):
+    fixed = Segmenter(narrow_export(input_size=(32, 32)).path, providers="cpu")
+    agnostic = Segmenter(narrow_export(dynamic_size=True).path, providers="cpu")
+    assert sorted(agnostic.warmup((1,), size=(48, 64), runs=1)) == [1]
+    assert list(fixed.warmup(runs=1)) == [1]
+    for seg, kwargs, message in [
+        (agnostic, {}, "size-agnostic.*pass size=\\(H, W\\)"),
+        (fixed, {"size": (64, 64)}, "always runs at 32x32.*leave size=None"),
+        (fixed, {"batch_sizes": (0,)}, "batch sizes must be integers >= 1"),
+        (fixed, {"batch_sizes": ()}, "at least one"),
+        (fixed, {"runs": 0}, "runs >= 1"),
+    ]:
+        with pytest.raises(InputImageError, match=message):
+            seg.warmup(**kwargs)
+    fixed.close()
+    agnostic.close()
+
+
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_bound_buffers_per_shape_bounded_and_exact(narrow_export, cuda_graph):
     """The IO-binding path (CUDA/TensorRT), run with CPU buffers: one buffer pair per input shape, kept for a
