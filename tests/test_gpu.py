@@ -119,6 +119,35 @@ def test_cuda_graph_serves_every_batch_shape(models, reference):
         np.testing.assert_array_equal(m, f)
 
 
+def test_warmup_then_another_thread_gets_the_same_masks(models, reference):
+    """warmup() on this thread captures its graphs; ORT keeps CUDA graphs per calling thread, so a second
+    thread runs its first calls uncaptured and captures its own on the same device buffers: every mask must
+    still be the one this thread got."""
+    import threading
+
+    from unet_runtime import ProviderConfig, Segmenter
+
+    imgs, ref = reference
+    with Segmenter(models["fp16-argmax-512.onnx"], providers=["cuda"], strict=True,
+                   config=ProviderConfig(cuda_graph=True)) as seg:
+        timings = seg.warmup(batch_sizes=(1, 2))
+        print("warmup seconds per run:", {b: [round(t, 4) for t in ts] for b, ts in timings.items()})
+        here = [seg.predict(imgs[i % 2]) for i in range(4)] + [seg.predict(imgs)]
+        there: list = []
+        worker = threading.Thread(target=lambda: there.extend(
+            [seg.predict(imgs[i % 2]) for i in range(4)] + [seg.predict(imgs)]))
+        worker.start()
+        worker.join(timeout=300)
+    assert not worker.is_alive() and len(there) == 5
+    for r, m in zip(ref, here[4]):
+        agree, n = _confident_agreement(r, m)
+        assert n > 0.2 * m.size and agree >= MASK_MIN
+    for a, b in zip(here[:4], there[:4]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(here[4], there[4]):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def u8_variants(tmp_path_factory):
     """The uint8-input fp16 argmax model, plain and with the GPU rewrites (fold convtranspose + channel padding)."""
