@@ -119,6 +119,11 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
         def fetch():
             return session.run([seg._output_name], feed)[0]
 
+    if getattr(config, "cuda_graph", False):
+        from unet_runtime.segmenter import CUDA_GRAPH_CAPTURE_RUNS
+
+        # A smaller --warmup would put the capture run (and the two before it) among the timed runs.
+        warmup = max(warmup, CUDA_GRAPH_CAPTURE_RUNS)
     row.raw_device_s = time_calls(device_call, warmup=warmup, iters=iters, on_iter=progress)
     row.device = summarize(row.raw_device_s, batch, flops)
     out = fetch()[0]

@@ -49,6 +49,9 @@ MAX_BOUND_SHAPES = 8
 #: With ``cuda_graph``, input shapes that get a captured graph each. A captured graph replays on the buffers
 #: it was captured with, so those are never dropped; shapes beyond these run uncaptured.
 MAX_GRAPH_SHAPES = 8
+#: Runs of a shape until its CUDA graph exists: ONNX Runtime's CUDA EP makes two regular runs first
+#: (``min_num_runs_before_cuda_graph_capture_``, for its memory arena) and captures on the third.
+CUDA_GRAPH_CAPTURE_RUNS = 3
 
 
 @dataclass
@@ -287,7 +290,7 @@ class Segmenter:
         return self._pipeline.predict_with_proba(images, self._infer)
 
     def warmup(self, batch_sizes: Sequence[int] = (1,), size: tuple[int, int] | None = None,
-               runs: int = 3) -> dict[int, list[float]]:
+               runs: int = CUDA_GRAPH_CAPTURE_RUNS) -> dict[int, list[float]]:
         """Make the slow first calls now, before requests arrive; returns the seconds of each run per batch size.
 
         The first run of a new input shape pays for cuDNN's algorithm search
@@ -295,7 +298,7 @@ class Segmenter:
         unless cached), and the device buffers of that shape. With
         ``ProviderConfig(cuda_graph=True)``, ONNX Runtime's CUDA EP captures a
         shape's graph on its third run (after two regular ones), hence
-        ``runs=3``. The search, engine and buffers serve every thread; a CUDA
+        ``runs=3`` (``CUDA_GRAPH_CAPTURE_RUNS``). The search, engine and buffers serve every thread; a CUDA
         graph belongs to the thread that captured it (ONNX Runtime keeps it
         in a per-thread context), so call this from the thread that will
         serve, or expect a new thread's first calls of a shape to be slower.

@@ -4,6 +4,7 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import onnx
 import pytest
 
@@ -231,3 +232,24 @@ def test_ab_times_the_torch_twin_beside_the_onnx_model(full_width_run, tmp_path)
     onnx.save(folded, str(tmp_path / "f.onnx"))
     with pytest.raises(ValueError, match="Conv nodes, the seed network 25"):
         ab.run([str(tmp_path / "f.onnx")], rounds=1, warmup=0, size=32, threads=None, keras_weights=None, torch_peer=True)
+
+
+def test_cuda_graph_rows_warm_up_past_the_capture(narrow_export, monkeypatch):
+    """ORT captures a CUDA graph on a shape's third run: a graph row's timed runs must start after it."""
+    from unet_bench import runner
+    from unet_runtime import ProviderConfig
+    from unet_runtime.segmenter import CUDA_GRAPH_CAPTURE_RUNS
+
+    warmups = []
+    real = runner.time_calls
+    monkeypatch.setattr(runner, "time_calls", lambda fn, warmup, iters, **kw: warmups.append(warmup)
+                        or real(fn, warmup=warmup, iters=iters, **kw))
+    model = narrow_export(input_size=(32, 32), head="argmax").path
+    images = [np.zeros((32, 32, 3), np.uint8)]
+    device_warmups = []
+    for config in (ProviderConfig(cuda_graph=True), ProviderConfig()):
+        warmups.clear()
+        runner.bench_ort(model, provider="cpu", config=config, head="argmax", precision="fp32", size=32, batch=1,
+                         images=images, ref_probs=None, warmup=0, iters=1, flops=None)
+        device_warmups.append(warmups[0])  # the device timing comes first in a row
+    assert device_warmups == [CUDA_GRAPH_CAPTURE_RUNS, 0] and CUDA_GRAPH_CAPTURE_RUNS == 3
