@@ -34,9 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("model", type=Path, help="the .onnx model")
-    p.add_argument("images", nargs="+", type=Path,
+    p.add_argument("images", nargs="*", type=Path,
                    help=f"image files, or folders (their {'/'.join(IMAGE_SUFFIXES)} files, not recursive)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the masks (created if missing)")
+    p.add_argument("--out", type=Path, help="folder for the masks (created if missing); required with images")
+    p.add_argument("--info", action="store_true",
+                   help="print what the model file holds (input, output, head, precision, classes, normalization, "
+                        "weights, export versions) and exit; no images needed")
     p.add_argument("--overlay", action="store_true", help="also write NAME.overlay.png: colours blended over the image")
     p.add_argument("--probabilities", action="store_true",
                    help="also write NAME.probs.npy: float32 (H, W, classes) class probabilities from the same run "
@@ -116,9 +119,64 @@ def _progress(done: int, total: int, quiet: bool) -> None:
           file=sys.stderr, flush=True)
 
 
+def _shape(dims) -> str:
+    """An ONNX Runtime shape as a reader writes it: symbolic dimensions (the batch) as N, H, W."""
+    names = iter(("N", "H", "W"))
+    return "(" + ", ".join(str(d) if isinstance(d, int) else next(names, "?") for d in dims) + ")"
+
+
+def describe(segmenter) -> str:
+    """A few lines saying what a model file holds, as ``segment-unet --info`` prints them."""
+    import json
+
+    info, session = segmenter.info, segmenter._session
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    size = f"{info.height}x{info.width}" if info.fixed_size else f"any size (multiples of {info.size_multiple})"
+    normalize = "inside the graph" if "uint8" in inp.type else "by the runtime"
+    names = ", ".join(info.class_names[:8]) + (", ..." if len(info.class_names) > 8 else "")
+    lines = [
+        f"{segmenter.model_path} ({segmenter.model_path.stat().st_size / 1e6:.1f} MB)",
+        f"  input      {inp.name}: {inp.type[7:-1]} {_shape(inp.shape)} {info.layout.upper()}, {size}",
+        f"  output     {out.name}: {out.type[7:-1]} {_shape(out.shape)}, {info.head} head",
+        f"  precision  {info.precision}",
+        f"  normalize  (pixel/255 - mean) / std, mean {' '.join(map(str, info.mean))}, "
+        f"std {' '.join(map(str, info.std))}, {normalize}",
+        f"  classes    {info.num_classes}: {names}",
+    ]
+    extra = dict(info.extra)
+    if extra:
+        weights = extra.pop("weights", "?")
+        source = extra.pop("weights_source", None)
+        digest = extra.pop("weights_sha256", None)
+        lines.append(f"  weights    {weights}" + (f" ({source})" if source else "")
+                     + (f", sha256 {digest[:16]}..." if digest else ""))
+        try:
+            versions = json.loads(extra.pop("versions", "{}"))
+            lines.append("  exported   with " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        except json.JSONDecodeError:
+            pass
+        lines += [f"  {key:<10} {value}" for key, value in sorted(extra.items())]
+    else:
+        lines.append("  (no export-unet metadata: layout, head and classes were inferred from the graph)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``segment-unet``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.info:
+        from .segmenter import Segmenter
+
+        try:
+            with Segmenter(args.model, providers="cpu") as segmenter:
+                print(describe(segmenter))
+        except SegmenterError as exc:
+            print(f"segment-unet: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.images or args.out is None:
+        parser.error("the following arguments are required: images, --out (or --info MODEL alone)")
     if args.batch < 1:
         print(f"segment-unet: error: --batch {args.batch} must be >= 1", file=sys.stderr)
         return 1

@@ -134,3 +134,31 @@ def test_an_out_folder_that_cannot_be_made_is_one_error_line(narrow_export, tmp_
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and last.startswith("segment-unet: error: cannot create --out folder") \
         and "choose another --out" in last, proc.stderr
+
+
+def test_info_describes_the_model_without_images(narrow_export, tmp_path):
+    import onnx
+
+    result = narrow_export(input_size=(32, 48), head="argmax", input_dtype="uint8")
+    proc = run_cli("unet_runtime.cli", "--info", str(result.path))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "input      input: uint8 (N, 32, 48, 3) NHWC, 32x48" in out
+    assert "output     mask: uint8 (N, 32, 48), argmax head" in out and "precision  fp32" in out
+    assert "inside the graph" in out and "classes    5: class_0, class_1" in out
+    digest = onnx.load(str(result.path)).metadata_props
+    sha = {p.key: p.value for p in digest}["unet.weights_sha256"]
+    assert f"weights    trained, sha256 {sha[:16]}..." in out and "exported   with python" in out
+    # A model without export-unet metadata is described from its graph, and says so.
+    bare = onnx.load(str(narrow_export(input_size=(32, 32)).path))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    proc = run_cli("unet_runtime.cli", "--info", str(tmp_path / "bare.onnx"))
+    assert proc.returncode == 0 and "no export-unet metadata" in proc.stdout and "softmax head" in proc.stdout
+
+
+def test_images_and_out_are_required_without_info(tmp_path):
+    proc = run_cli("unet_runtime.cli", str(tmp_path / "m.onnx"))
+    assert proc.returncode == 2 and "required: images, --out (or --info MODEL alone)" in proc.stderr
+    proc = run_cli("unet_runtime.cli", "--info", str(tmp_path / "m.onnx"))
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("segment-unet: error: model file")
