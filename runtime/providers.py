@@ -63,6 +63,9 @@ class ProviderConfig:
             the Segmenter binds fixed buffers). CUDA EP: ``enable_cuda_graph``;
             TensorRT EP: ``trt_cuda_graph_enable``, which ONNX Runtime allows
             only when every node of the model runs on TensorRT (its PR #16081).
+            A shape's graph is captured on its third run and belongs to the
+            calling thread (the CUDA EP keeps it per thread):
+            ``Segmenter.warmup`` from the serving thread.
         trt_fp16: let TensorRT pick fp16 kernels.
         trt_cache_dir: engine and timing caches; default
             ``$XDG_CACHE_HOME/unet-onnx/tensorrt/<model sha256[:16]>``.
