@@ -21,6 +21,28 @@ def test_resize_bilinear_matches_pillow():
     assert np.abs(ours - ref).max() <= 1.0
 
 
+def _bilinear_by_definition(a, height, width):
+    """Each output pixel blends its four source neighbours at once (the textbook form, no separable passes)."""
+    y0, y1, fy = im._source_coords(height, a.shape[0])
+    x0, x1, fx = im._source_coords(width, a.shape[1])
+    a = a.astype(np.float64)
+    fy, fx = fy[:, None, None].astype(np.float64), fx[None, :, None].astype(np.float64)
+    return ((1 - fy) * ((1 - fx) * a[y0][:, x0] + fx * a[y0][:, x1])
+            + fy * ((1 - fx) * a[y1][:, x0] + fx * a[y1][:, x1]))
+
+
+@pytest.mark.parametrize("src, dst", [((37, 53), (64, 96)), ((64, 96), (37, 53)), ((20, 300), (300, 20)),
+                                      ((1, 1), (5, 7)), ((9, 4), (9, 11)), ((512, 512), (480, 640))])
+@pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.float32, 21)])
+def test_resize_bilinear_is_the_four_neighbour_blend(src, dst, dtype, channels):
+    # Both pass orders (rows first when that leaves the smaller intermediate, else columns first) occur above.
+    rng = np.random.default_rng(sum(src) + sum(dst))
+    a = (rng.integers(0, 256, (*src, channels)) if dtype == np.uint8 else rng.random((*src, channels))).astype(dtype)
+    ours = im.resize_bilinear(a, *dst)
+    assert ours.dtype == np.float32 and ours.shape == (*dst, channels) and ours.flags.c_contiguous
+    np.testing.assert_allclose(ours, _bilinear_by_definition(a, *dst), rtol=0, atol=1e-6 * float(a.max()))
+
+
 def test_normalization_and_layout():
     img = np.full((4, 6, 3), 255, np.uint8)
     x = im.to_model_input([img, img], mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 1.0), layout="nchw")
