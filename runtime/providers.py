@@ -16,6 +16,7 @@ fp32 (TF32 off) twice as slow at batch 8, so it is off when ``exact``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -32,6 +33,7 @@ __all__ = [
     "provider_options",
     "check_fallback",
     "default_cache_dir",
+    "tensorrt_loadable",
     "ALIASES",
     "AUTO_ORDER",
 ]
@@ -94,17 +96,55 @@ class ProviderConfig:
     extra: dict = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=None)
+def tensorrt_loadable(capi_dir: str | None = None) -> bool:
+    """Whether ONNX Runtime's TensorRT provider library loads here, TensorRT's own libraries included.
+
+    onnxruntime-gpu lists TensorrtExecutionProvider as available whether or
+    not TensorRT is installed; a session asked for it then logs a load error
+    and falls back to CUDA (seen on an H100 without TensorRT). The provider
+    library carries no RUNPATH, so loading it here resolves libnvinfer,
+    libcudart ... exactly as ONNX Runtime's own load would (same process,
+    same library path, same libraries already loaded, e.g. by
+    ``onnxruntime.preload_dlls()``). ``capi_dir``: where to look (tests);
+    default, the installed onnxruntime's.
+    """
+    import ctypes
+
+    if capi_dir is None:
+        import onnxruntime
+
+        capi_dir = str(Path(onnxruntime.__file__).parent / "capi")
+    libs = sorted(Path(capi_dir).glob("*onnxruntime_providers_tensorrt*"))
+    if not libs:
+        return False
+    try:
+        ctypes.CDLL(str(libs[0]))
+    except OSError as exc:
+        log.info("TensorRT is listed by ONNX Runtime but cannot load (%s); 'auto' uses CUDA", exc)
+        return False
+    return True
+
+
 def resolve_providers(request: str | Sequence[str], available: Iterable[str]) -> list[str]:
     """Turn ``"auto"`` or a list of names/aliases into ORT provider names.
 
-    ``"auto"`` is TensorRT, then CUDA, then CPU, as available. An explicit
-    request keeps its order and always ends with CPU (ORT needs it for
-    unsupported nodes); names ORT does not know raise :class:`ProviderError`.
+    ``"auto"`` is TensorRT, then CUDA, then CPU, as available, TensorRT only
+    where its libraries load (:func:`tensorrt_loadable`): otherwise every
+    default session would log a load error and a fallback warning for a
+    provider the user never asked for. An explicit request keeps its order
+    and always ends with CPU (ORT needs it for unsupported nodes); a
+    provider asked for by name that does not run is reported by
+    :func:`check_fallback`; names ORT does not know raise
+    :class:`ProviderError`.
     """
     available = list(available)
     if isinstance(request, str):
         if request == "auto":
-            return [p for p in AUTO_ORDER if p in available] or ["CPUExecutionProvider"]
+            auto = [p for p in AUTO_ORDER if p in available]
+            if "TensorrtExecutionProvider" in auto and not tensorrt_loadable():
+                auto.remove("TensorrtExecutionProvider")
+            return auto or ["CPUExecutionProvider"]
         request = [request]
     if not request:
         raise ProviderError("providers is empty; use 'auto' or a list such as ['cuda', 'cpu']")

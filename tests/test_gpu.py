@@ -204,3 +204,24 @@ def test_tensorrt_request_without_tensorrt_is_noticed(models):
     assert "TensorrtExecutionProvider" not in seg.providers and seg.fallback == ["TensorrtExecutionProvider"]
     with pytest.raises(ProviderError):
         Segmenter(models["fp16-argmax-512.onnx"], providers=["tensorrt"], strict=True)
+
+
+def test_auto_leaves_out_a_tensorrt_that_cannot_load(models):
+    """onnxruntime-gpu lists TensorRT without TensorRT installed; 'auto' must then run CUDA without a warning
+    (before: every default session logged a load error and warned about a provider nobody asked for)."""
+    import warnings
+
+    import onnxruntime as ort
+
+    from unet_runtime import Segmenter
+    from unet_runtime.providers import tensorrt_loadable
+
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build does not list TensorRT at all")
+    if tensorrt_loadable():
+        pytest.skip("TensorRT loads here: 'auto' rightly asks for it")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with Segmenter(models["fp16-argmax-512.onnx"], providers="auto") as seg:
+            assert seg.providers[0] == "CUDAExecutionProvider" and seg.fallback == []
+            assert "TensorrtExecutionProvider" not in seg.requested_providers

@@ -201,16 +201,40 @@ def test_closed_segmenter_raises(narrow_export):
 
 
 # ---------------------------------------------------------------- providers
-def test_resolve_auto_and_explicit():
+def test_resolve_auto_and_explicit(monkeypatch):
+    from unet_runtime import providers
+
     assert resolve_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     avail = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(providers, "tensorrt_loadable", lambda: True)
     assert resolve_providers("auto", avail) == avail
+    # onnxruntime-gpu lists TensorRT without TensorRT installed: 'auto' then leaves it out, quietly...
+    monkeypatch.setattr(providers, "tensorrt_loadable", lambda: False)
+    assert resolve_providers("auto", avail) == avail[1:]
+    # ...while a request by name keeps it, so that check_fallback reports it (or strict=True raises).
+    assert resolve_providers(["tensorrt", "cuda"], avail) == avail
     assert resolve_providers(["cuda"], ["CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert resolve_providers(["cpu", "cpu"], avail) == ["CPUExecutionProvider"]
     with pytest.raises(ProviderError, match="unknown provider 'tpu'"):
         resolve_providers(["tpu"], avail)
     with pytest.raises(ProviderError, match="empty"):
         resolve_providers([], avail)
+
+
+def test_tensorrt_loadable_tries_the_provider_library(tmp_path):
+    import _ctypes
+    import shutil
+
+    from unet_runtime.providers import tensorrt_loadable
+
+    empty, broken, loadable = (tmp_path / n for n in ("empty", "broken", "loadable"))
+    for folder in (empty, broken, loadable):
+        folder.mkdir()
+    (broken / "libonnxruntime_providers_tensorrt.so").write_bytes(b"\x7fELF but not really")
+    # Any shared object the loader accepts stands for a provider library whose TensorRT libraries resolve.
+    shutil.copy(_ctypes.__file__, loadable / "libonnxruntime_providers_tensorrt.so")
+    assert [tensorrt_loadable(str(f)) for f in (empty, broken, loadable)] == [False, False, True]
+    assert tensorrt_loadable() is False  # this CPU build of onnxruntime has no TensorRT provider library
 
 
 def test_tensorrt_options_follow_ort_docs(tmp_path, monkeypatch):
