@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
+from unet_runtime._atomic import new_folders, remove_empty
+
 __all__ = ["Results", "machine_info", "write_json", "write_text_atomic", "markdown", "plot"]
 
 
@@ -33,17 +35,12 @@ def out_prefix_problem(prefix: Path, flag: str = "--out") -> str | None:
     'cannot write'. A missing folder is fine if it can be created: the
     nearest existing folder above it must be writable.
     """
+    from unet_runtime._atomic import folder_problem
+
     prefix = Path(prefix)
     if prefix.is_dir():
         return f"{flag} {str(prefix)!r} is a folder; name a file inside it, such as {str(prefix / 'run')!r}"
-    parent = prefix.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{flag} {str(prefix)!r} cannot be created: {str(parent)!r} is a file; choose another {flag}"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{flag} folder {str(parent)!r} is not writable; choose another {flag} or fix its permissions"
-    return None
+    return folder_problem(prefix.parent, flag)
 
 
 def machine_info() -> dict:
@@ -101,8 +98,8 @@ class Results:
 
     def __init__(self, prefix: Path, meta: dict):
         self.prefix, self.meta, self.rows = prefix, meta, []
-        # Folders the first write will create (deepest first): discard() removes them again if they stay empty.
-        self._new_folders = [p for p in Path(prefix).parents if not p.exists()]
+        # Folders the first write will create (nearest first): discard() removes them again if they stay empty.
+        self._new_folders = new_folders(prefix)
 
     def add(self, row) -> None:
         """Record one finished row and rewrite the files (OSError if they cannot be written)."""
@@ -122,11 +119,7 @@ class Results:
         """Remove whatever this run wrote."""
         for suffix in self.SUFFIXES:
             self.prefix.with_suffix(suffix).unlink(missing_ok=True)
-        for folder in self._new_folders:
-            try:
-                folder.rmdir()
-            except OSError:  # never created, or something else was put there since
-                break
+        remove_empty(self._new_folders)
 
     def _write(self, complete: bool) -> str:
         meta = {**self.meta, "complete": complete}

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: export-unet --out model.onnx --weights my_unet.keras --head argmax --precision fp16",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--out", type=Path, help="path of the .onnx file to write (its folder must exist); optional with --triton-repo")
+    p.add_argument("--out", type=Path, help="path of the .onnx file to write (missing folders are created once the model is verified); "
+                        "optional with --triton-repo")
     p.add_argument("--weights", help="trained model or weights: .keras, .weights.h5 or legacy .h5 (default: untrained)")
     p.add_argument("--encoder-weights", help="Keras Applications VGG19 'notop' weights file for the encoder (blockI_convJ -> convI-J)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init of layers no weights file sets")

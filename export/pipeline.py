@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from unet_runtime._atomic import atomic_write_bytes, check_writable_target
+from unet_runtime._atomic import atomic_write_bytes, check_writable_target, new_folders, remove_empty
 from unet_runtime.model_info import HEADS, LAYOUTS
 
 from .errors import ConfigError, ExportError
@@ -359,10 +359,16 @@ def export_model(
 
 
 def _write(path: Path, data: bytes, what: str) -> None:
-    """Atomic write; a disk-full or permission error becomes one clear ExportError."""
+    """Atomic write, creating missing folders only now (after verification); a disk-full or permission error
+    becomes one clear ExportError, and the folders this write made are removed again."""
+    created = new_folders(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
-    except OSError as exc:
+    except BaseException as exc:
+        remove_empty(created)
+        if not isinstance(exc, OSError):
+            raise
         raise ExportError(
             f"{what} {str(path)!r} could not be written ({exc.strerror or exc}); nothing was left there. "
             "Free disk space or choose another folder"

@@ -7,23 +7,50 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "check_writable_target"]
+__all__ = ["atomic_write_bytes", "check_writable_target", "folder_problem", "new_folders", "remove_empty"]
+
+
+def folder_problem(folder: str | os.PathLike, what: str) -> str | None:
+    """Why files cannot be written into ``folder`` (created if missing), with the fix; None if they can.
+
+    A missing folder is fine when it can be created: the nearest existing
+    folder above it must be a writable folder, not a file.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{what} folder {str(folder)!r} cannot be created: {str(existing)!r} is a file; choose another {what}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{what} folder {str(existing)!r} is not writable; choose another {what} or fix its permissions"
+    return None
 
 
 def check_writable_target(path: str | os.PathLike, what: str, error_type: type[Exception]) -> Path:
-    """Fail early (before minutes of work) if ``path`` cannot be written.
+    """Fail early (before minutes of work) if ``path`` cannot be written (its folder may be missing).
 
     Raises ``error_type`` naming the path, the problem and the fix.
     """
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise error_type(f"{what} {str(path)!r} is a directory; give a file path such as {str(path / 'model.onnx')!r}")
-    if not parent.is_dir():
-        raise error_type(f"{what} folder {str(parent)!r} does not exist; create it first (mkdir -p {parent})")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise error_type(f"{what} folder {str(parent)!r} is not writable; choose another folder or fix its permissions")
+    problem = folder_problem(path.parent, what)
+    if problem:
+        raise error_type(problem)
     return path
+
+
+def new_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, nearest first (what a write there would create)."""
+    return [p for p in Path(path).parents if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (nearest first), each only if still empty: undo what a failed write created."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

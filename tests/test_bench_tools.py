@@ -62,7 +62,7 @@ def test_ab_and_profile_refuse_missing_models(tmp_path):
     ("ab", ["--warmup", "-2"], "--warmup -2 is not allowed: it must be >= 0"),
     ("ab", ["--size", "40"], "--size 40 is not allowed: sizes must be multiples of 16 (e.g. 32)"),
     ("ab", ["--image", "no.png"], "--image 'no.png' does not exist"),
-    ("ab", ["--out", "m.onnx/x"], "--out 'm.onnx/x' cannot be created: 'm.onnx' is a file"),
+    ("ab", ["--out", "m.onnx/x"], "--out folder 'm.onnx' cannot be created: 'm.onnx' is a file"),
     ("profile", ["--out", "."], "--out '.' is a folder; name a file inside it"),
 ])
 def test_ab_and_profile_refuse_bad_flags_before_any_work(tool, flags, message, tmp_path, capsys, monkeypatch):

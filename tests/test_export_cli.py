@@ -108,9 +108,33 @@ def test_bad_input_one_line_exit_1_nothing_written(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_output_folder(tmp_path):
-    proc = _cli("--out", tmp_path / "no" / "such" / "m.onnx")
-    assert proc.returncode == 1 and "does not exist; create it first" in proc.stderr.splitlines()[-1]
+def test_missing_output_folders_are_made_only_for_a_verified_model(tmp_path, confident_weights):
+    cfg = dict(input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights))
+    out, report = tmp_path / "models" / "v1" / "m.onnx", tmp_path / "reports" / "m.json"
+    export_model(ExportConfig(**cfg), out, report_path=report)
+    assert out.is_file() and json.loads(report.read_text())["output"] == str(out)
+    # An export that fails (here: weights of another class count) leaves no folder behind.
+    bad = tmp_path / "bad" / "m.onnx"
+    proc = _cli("--out", bad, "--weights", str(confident_weights), "--num-classes", "21", "--input-size", "32", "32")
+    assert proc.returncode == 1 and not (tmp_path / "bad").exists(), proc.stderr[-1000:]
+    # A folder that cannot be made is refused before any work.
+    (tmp_path / "afile").write_text("x")
+    proc = _cli("--out", tmp_path / "afile" / "sub" / "m.onnx")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and f"cannot be created: '{tmp_path / 'afile'}' is a file" in last, last
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path, monkeypatch):
+    from unet_export import ExportError
+    from unet_export import pipeline
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "atomic_write_bytes", disk_full)
+    with pytest.raises(ExportError, match="No space left on device"):
+        pipeline._write(tmp_path / "a" / "b" / "m.onnx", b"x", "--out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_weights_of_another_class_count_fail_before_writing(tmp_path):
