@@ -75,7 +75,7 @@ def _source_coords(out_size: int, in_size: int):
 
 
 def _lerp(array: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: np.ndarray, axis: int) -> np.ndarray:
-    """``array[lo] + (array[hi] - array[lo]) * frac`` along ``axis``, float32, with one new full-size array."""
+    """``array[lo] + (array[hi] - array[lo]) * frac`` along ``axis``, float32, in two arrays of the output's size."""
     shape = [1] * array.ndim
     shape[axis] = -1
     out = np.take(array, hi, axis=axis).astype(np.float32, copy=False)  # a fresh array: safe to update in place
