@@ -2,11 +2,12 @@
 
 Writes one palette PNG per image (Pascal VOC colours; pixel values are the
 class ids) and, with ``--overlay``, a blended preview; with
-``--probabilities``, the class probabilities as a NumPy ``.npy`` file. A
-folder stands for the image files in it. An unreadable image is skipped
-with a message and the exit code is 1 at the end; two inputs that would write the same mask
-file, or a mask that cannot be written, stop the run with an error. Masks
-are written atomically. Needs Pillow (``pip install unet-onnx[images]``).
+``--probabilities``, the class probabilities as a NumPy ``.npy`` file;
+``--info MODEL`` describes a model file. A folder stands for the image
+files in it. An unreadable image is skipped with a message and the exit
+code is 1 at the end; two inputs that would write the same mask file, or a
+mask that cannot be written, stop the run with an error. Masks are written
+atomically. Needs Pillow (``pip install unet-onnx[images]``).
 """
 
 from __future__ import annotations
