@@ -319,6 +319,9 @@ def export_model(
                                             if config.precision == "int8" else ""))
 
     # 5. metadata + check
+    if "calibration" in report:  # what an int8 model was calibrated on travels with it (segment-unet --info)
+        c = report["calibration"]
+        sources["calibration"] = f"{c['source']}, {c['method']}, {c['format']} per-channel"
     _write_metadata(proto, config, sources, trained, report["versions"])
     check(proto)
     data = proto.SerializeToString()

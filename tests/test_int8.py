@@ -68,6 +68,8 @@ def test_int8_relus_fold_into_the_convs(int8_export, tmp_path):
 def test_runtime_runs_int8(int8_export):
     with Segmenter(int8_export.path, providers="cpu") as seg:
         assert seg.info.precision == "int8"
+        # What it was calibrated on travels with the model (segment-unet --info prints it).
+        assert seg.info.extra["calibration"] == "12 synthetic shape images, minmax, QDQ U8S8 per-channel"
         mask = seg.predict(np.zeros((70, 50, 3), np.uint8))
     assert mask.shape == (70, 50) and mask.max() < 5
 
