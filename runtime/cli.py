@@ -151,6 +151,8 @@ def describe(segmenter) -> str:
         digest = extra.pop("weights_sha256", None)
         lines.append(f"  weights    {weights}" + (f" ({source})" if source else "")
                      + (f", sha256 {digest[:16]}..." if digest else ""))
+        if "calibration" in extra:  # int8 exports
+            lines.append(f"  calibrated {extra.pop('calibration')}")
         try:
             versions = json.loads(extra.pop("versions", "{}"))
             lines.append("  exported   with " + ", ".join(f"{k} {v}" for k, v in versions.items()))

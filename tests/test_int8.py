@@ -70,6 +70,9 @@ def test_runtime_runs_int8(int8_export):
         assert seg.info.precision == "int8"
         # What it was calibrated on travels with the model (segment-unet --info prints it).
         assert seg.info.extra["calibration"] == "12 synthetic shape images, minmax, QDQ U8S8 per-channel"
+        from unet_runtime.cli import describe
+
+        assert "\n  calibrated 12 synthetic shape images, minmax" in describe(seg)
         mask = seg.predict(np.zeros((70, 50, 3), np.uint8))
     assert mask.shape == (70, 50) and mask.max() < 5
 
