@@ -16,7 +16,6 @@ fp32 (TF32 off) twice as slow at batch 8, so it is off when ``exact``.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -96,7 +95,6 @@ class ProviderConfig:
     extra: dict = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=None)
 def tensorrt_loadable(capi_dir: str | None = None) -> bool:
     """Whether ONNX Runtime's TensorRT provider library loads here, TensorRT's own libraries included.
 
@@ -106,7 +104,9 @@ def tensorrt_loadable(capi_dir: str | None = None) -> bool:
     library carries no RUNPATH, so loading it here resolves libnvinfer,
     libcudart ... exactly as ONNX Runtime's own load would (same process,
     same library path, same libraries already loaded, e.g. by
-    ``onnxruntime.preload_dlls()``). ``capi_dir``: where to look (tests);
+    ``onnxruntime.preload_dlls()``). Not cached: like ONNX Runtime, each
+    session tries again, so a later ``preload_dlls()`` counts (a failed load
+    costs about a millisecond). ``capi_dir``: where to look (tests);
     default, the installed onnxruntime's.
     """
     import ctypes
