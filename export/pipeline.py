@@ -76,25 +76,33 @@ class ExportConfig:
             return self.fold_upsample
         return "phase_nhwc" if self.precision == "int8" else "off"
 
-    def resolved(self) -> "ExportConfig":
+    def resolved(self, keras_model=None) -> "ExportConfig":
         """This config with ``num_classes`` settled (raises ConfigError).
 
-        Left as None, it is the class count of the head stored in
-        ``weights`` (read with h5py, before any model is built), or 21 when
-        there is no weights file or the count cannot be read from it. Given
-        explicitly, it must match the file's, so a wrong flag fails here, not
-        after the model was built.
+        Left as None, it is the class count of the head in the weights'
+        source: ``keras_model`` (an in-memory model, see :func:`export_model`)
+        or the ``weights`` file (read with h5py, before any model is built);
+        21 when there is neither or the count cannot be told. Given
+        explicitly, it must match the source's, so a wrong value fails here,
+        not after the model was built.
         """
         from .weights import stored_num_classes
 
-        stored = stored_num_classes(self.weights) if self.weights and Path(self.weights).is_file() else None
+        if keras_model is not None:
+            if self.weights or self.encoder_weights:
+                raise ConfigError("keras_model= and a weights file were both given; pass one source of weights "
+                                  "(drop config.weights / config.encoder_weights, or keras_model)")
+            shape = getattr(keras_model, "output_shape", None)  # not a Keras model: copy_weights says so later
+            stored = shape[-1] if isinstance(shape, tuple) and shape and isinstance(shape[-1], int) else None
+            source, flag, fix = "keras_model", "num_classes", "num_classes={n}, or leave it None to use the model's"
+        else:
+            stored = stored_num_classes(self.weights) if self.weights and Path(self.weights).is_file() else None
+            source, flag, fix = repr(self.weights), "--num-classes", "--num-classes {n}, or leave it out to use the file's"
         if self.num_classes is None:
             return replace(self, num_classes=stored or 21)
         if stored is not None and stored != self.num_classes:
-            raise ConfigError(
-                f"--num-classes {self.num_classes} does not match {self.weights!r}, whose head has {stored} classes; "
-                f"pass --num-classes {stored}, or leave it out to use the file's"
-            )
+            raise ConfigError(f"{flag} {self.num_classes} does not match {source}, whose head has {stored} classes; "
+                              f"pass {fix.format(n=stored)}")
         return self
 
     def validate(self) -> None:
@@ -155,23 +163,6 @@ class ExportResult:
     report: dict = field(default_factory=dict)
 
 
-def _with_keras_model_classes(config: ExportConfig, keras_model) -> ExportConfig:
-    """``config`` with the in-memory model's head width as its class count (raises ConfigError on a conflict)."""
-    if config.weights or config.encoder_weights:
-        raise ConfigError("keras_model= and a weights file were both given; pass one source of weights "
-                          "(drop config.weights / config.encoder_weights, or keras_model)")
-    shape = getattr(keras_model, "output_shape", None)
-    width = shape[-1] if isinstance(shape, tuple) and shape and isinstance(shape[-1], int) else None
-    if width is None:  # not a one-output Keras model: copy_weights will say what it is
-        return config
-    if config.num_classes is None:
-        return replace(config, num_classes=width)
-    if config.num_classes != width:
-        raise ConfigError(f"num_classes {config.num_classes} does not match keras_model, whose head has {width} "
-                          f"classes; pass num_classes={width}, or leave it None to use the model's")
-    return config
-
-
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -220,9 +211,7 @@ def export_model(
         ExportError: a subclass naming what failed; nothing is written.
     """
     say = progress or (lambda line: log.info(line))
-    if keras_model is not None:
-        config = _with_keras_model_classes(config, keras_model)
-    config = config.resolved()
+    config = config.resolved(keras_model)
     config.validate()
     if out is None and triton is None:
         raise ConfigError("nothing to write: give --out FILE and/or --triton-repo DIR")
