@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from unet_runtime._atomic import new_folders, remove_empty
+from unet_runtime._atomic import atomic_write_bytes, folder_problem, new_folders, remove_empty
 
 __all__ = ["Results", "machine_info", "write_json", "write_text_atomic", "markdown", "plot"]
 
@@ -22,8 +22,6 @@ def write_text_atomic(path: Path, text: str) -> None:
     the command starts: a run that fails before it has measured anything
     leaves no empty folder behind.
     """
-    from unet_runtime._atomic import atomic_write_bytes
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode())
 
@@ -35,8 +33,6 @@ def out_prefix_problem(prefix: Path, flag: str = "--out") -> str | None:
     'cannot write'. A missing folder is fine if it can be created: the
     nearest existing folder above it must be writable.
     """
-    from unet_runtime._atomic import folder_problem
-
     prefix = Path(prefix)
     if prefix.is_dir():
         return f"{flag} {str(prefix)!r} is a folder; name a file inside it, such as {str(prefix / 'run')!r}"
