@@ -13,7 +13,6 @@ from .providers import ProviderConfig
 from .segmenter import Segmenter
 
 
-
 def __getattr__(name: str):
     """``__version__``: the installed unet-onnx distribution's (one number for all three packages).
 

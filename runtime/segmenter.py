@@ -298,10 +298,11 @@ class Segmenter:
         unless cached), and the device buffers of that shape. With
         ``ProviderConfig(cuda_graph=True)``, ONNX Runtime's CUDA EP captures a
         shape's graph on its third run (after two regular ones), hence
-        ``runs=3`` (``CUDA_GRAPH_CAPTURE_RUNS``). The search, engine and buffers serve every thread; a CUDA
-        graph belongs to the thread that captured it (ONNX Runtime keeps it
-        in a per-thread context), so call this from the thread that will
-        serve, or expect a new thread's first calls of a shape to be slower.
+        ``runs=3`` (``CUDA_GRAPH_CAPTURE_RUNS``). The search, engine and
+        buffers serve every thread; a CUDA graph belongs to the thread that
+        captured it (ONNX Runtime keeps it in a per-thread context), so call
+        this from the thread that will serve, or expect a new thread's first
+        calls of a shape to be slower.
 
         Args:
             batch_sizes: the batch sizes that will be sent (each is a shape of its own).
