@@ -100,7 +100,11 @@ def test_tf32_and_fp16_masks_agree_on_confident_pixels(models, reference, name, 
 def test_cuda_graph_serves_every_batch_shape(models, reference):
     """Batch 2, then 1, then 2 again on one graph-enabled Segmenter: ORT replays a captured graph on the buffers
     it was captured with, so each input shape needs a graph of its own (gpu_graph_id); with a shared id the
-    batch-1 call would return stale buffers."""
+    batch-1 call would return stale buffers.
+
+    A batch-1 mask is compared with the reference, not bit for bit with the same image's batch-2 mask: cuDNN
+    may pick other kernels for another batch size, and fp16 near-ties then flip (seen on an H200, 2026-11-26:
+    166 of 262,144 pixels). Stale buffers would show as the other image's mask, far below MASK_MIN."""
     from unet_runtime import ProviderConfig, Segmenter
 
     imgs, ref = reference
@@ -112,9 +116,14 @@ def test_cuda_graph_serves_every_batch_shape(models, reference):
     for r, m in zip(ref, first):
         agree, n = _confident_agreement(r, m)
         assert n > 0.2 * m.size and agree >= MASK_MIN
-    for m in runs[:3]:
-        np.testing.assert_array_equal(m, first[1])
-    np.testing.assert_array_equal(runs[3], first[0])  # the replayed graph reads the new input
+    for m in runs[1:3]:  # same shape, same kernels: the replays repeat the capture exactly
+        np.testing.assert_array_equal(m, runs[0])
+    # runs[3]: the replayed graph must read the new input
+    for r, m, batch2 in ((ref[1], runs[0], first[1]), (ref[0], runs[3], first[0])):
+        agree, n = _confident_agreement(r, m)
+        print(f"batch-1 graph replay: agreement {agree:.4%} on {n} confident pixels; "
+              f"{int((m != batch2).sum())} pixels differ from batch 2")
+        assert n > 0.2 * m.size and agree >= MASK_MIN
     for m, f in zip(last, first):
         np.testing.assert_array_equal(m, f)
 

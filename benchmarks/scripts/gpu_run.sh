@@ -26,7 +26,8 @@ export PYTHONPATH=/tmp/site:/tmp/src:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 $PY -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())' | tee -a "$out/gpu.txt"
 models=${MODELS:-.gpumodels}
-[ "${TESTS:-1}" = 1 ] && UNET_GPU_MODELS=.gpumodels timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -p no:cacheprovider tests/test_gpu.py -q -rs -s 2>&1 | tail -25 | tee "$out/gpu_tests.txt" || true
+# The whole test log is kept (every test prints its figures for the note); the console gets its tail.
+[ "${TESTS:-1}" = 1 ] && UNET_GPU_MODELS=.gpumodels timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -p no:cacheprovider tests/test_gpu.py -q -rs -s 2>&1 | tee "$out/gpu_tests.txt" | tail -25 || true
 # Results are named after the card (the device tool may lend an H200 where an H100 was asked for).
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/-$//')
 # bench-unet rewrites $out/$card.json/.md after every row: a call cut short by its time limit keeps them.
