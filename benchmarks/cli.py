@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-compile", action="store_true", help="also a torch.compile(max-autotune) row (minutes to compile)")
     p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
     p.add_argument("--fold-upsample", nargs="+", default=["auto"], choices=FOLD_CHOICES,
-                   help="decoder fold forms passed to export-unet (auto: phase_nhwc for int8, off otherwise)")
+                   help="decoder fold forms passed to export-unet (auto: phase_nhwc for int8, convtranspose for fp16, "
+                        "off for fp32; rows name the form)")
     p.add_argument("--pad-channels", nargs="+", default=["off"], choices=("off", "on"),
                    help="export-unet --pad-channels (conv1-1 input and argmax head to multiples of 8) off and/or on; "
                         "int8 rows are never padded")
@@ -112,15 +113,23 @@ class _Bar:
             print(f"\r{text:<80}", file=sys.stderr, flush=True)
 
 
-def _model_name(precision, head, size, input_dtype="float32", fold="auto", pad="off"):
-    return (f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}{'' if fold == 'auto' else '-fold_' + fold}"
+def _model_name(precision, head, size, input_dtype="float32", fold="off", pad="off"):
+    return (f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}{'' if fold == 'off' else '-fold_' + fold}"
             f"{'-pad8' if pad == 'on' else ''}.onnx")
 
 
 def _row_keys(args):
-    """(precision, head, input dtype, fold, pad) of every ONNX Runtime row; int8 is never padded."""
-    return [(p, h, d, f, pad) for p in args.precision for h in args.head for d in args.input_dtype
-            for f in args.fold_upsample for pad in args.pad_channels if not (p == "int8" and pad == "on")]
+    """(precision, head, input dtype, fold, pad) of every ONNX Runtime row, in order, once each.
+
+    ``auto`` is resolved to the fold export-unet applies for the precision,
+    so that a row and its model file name say which graph ran; int8 is never padded.
+    """
+    from unet_export.fold import auto_fold_form
+
+    keys = [(p, h, d, auto_fold_form(p) if f == "auto" else f, pad) for p in args.precision for h in args.head
+            for d in args.input_dtype for f in args.fold_upsample for pad in args.pad_channels
+            if not (p == "int8" and pad == "on")]
+    return list(dict.fromkeys(keys))
 
 
 def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], object] | None]:
@@ -134,7 +143,7 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
 
     models = {}
     # The rows' models, plus the fp32 softmax model: the numeric reference.
-    want = {("fp32", "softmax", s, "float32", "auto", "off") for s in args.size}
+    want = {("fp32", "softmax", s, "float32", "off", "off") for s in args.size}
     want |= {(p, h, s, d, f, pad) for (p, h, d, f, pad) in _row_keys(args) for s in args.size}
     if args.models_from:
         for key in sorted(want):
@@ -142,7 +151,7 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
             src = args.models_from / _model_name(*key)
             # A fold or padding of an fp32/fp16 model is derived here from the plain one, after refilling,
             # so all rows carry the same weights (int8 graphs are folded before calibration).
-            derive = not src.is_file() and precision != "int8" and (fold != "auto" or pad == "on")
+            derive = not src.is_file() and precision != "int8" and (fold != "off" or pad == "on")
             plain = args.models_from / _model_name(*key[:4])
             source = plain if derive else src
             if not source.is_file():
@@ -150,7 +159,7 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
             m = onnx.load(str(source))
             if is_stripped(m):
                 m = refill(m, seed=args.seed)
-            if derive and fold != "auto":
+            if derive and fold != "off":
                 from unet_export.fold import fold_upsample_convs
 
                 m, _ = fold_upsample_convs(m, fold)
@@ -279,7 +288,7 @@ def _run_rows(args, results) -> None:
                 images = load_images(args.images, size, size)[: max(args.batch)]
             else:
                 images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batch))]
-            ref_key = ("fp32", "softmax", size, "float32", "auto", "off")
+            ref_key = ("fp32", "softmax", size, "float32", "off", "off")
             ref_model = onnx.load(str(models[ref_key]), load_external_data=False)
             flops_1 = conv_flops(ref_model, 1, size, size)
             x1 = im.to_model_input(images[:1], (0, 0, 0), (1, 1, 1), "nhwc")
@@ -319,7 +328,7 @@ def _run_rows(args, results) -> None:
                             if variant == "exact" and precision != "fp32":
                                 continue
                             name = (f"ort {provider} {precision} {head}" + (" u8-in" if input_dtype == "uint8" else "")
-                                    + ("" if fold == "auto" else f" fold={fold}") + (" pad8" if pad == "on" else "")
+                                    + ("" if fold == "off" else f" fold={fold}") + (" pad8" if pad == "on" else "")
                                     + (f" [{variant}]" if provider != "cpu" else ""))
                             row = bench_ort(models[(precision, head, size, input_dtype, fold, pad)], provider=provider,
                                             config=_config(variant), head=head, precision=precision, size=size,

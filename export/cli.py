@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fold each decoder upsampling into the conv after it (same function, 15%% fewer multiply-adds): "
                         "phase (2x2 convs + DepthToSpace, integer kernels on CPU), phase_nhwc (same, interleaved in NHWC: "
                         "for int8 on CPU, fixed sizes), convtranspose (one op, NHWC on CUDA), "
-                        "auto = phase_nhwc for int8, off otherwise")
+                        "auto = phase_nhwc for int8, convtranspose for fp16, off for fp32 (the fastest measured for each)")
     p.add_argument("--pad-channels", action="store_true",
                    help="pad conv1-1's 3 input channels and an argmax head's classes to multiples of 8 with zeros "
                         "(exact; lets GPU tensor cores take those two layers; not for int8)")

@@ -44,14 +44,32 @@ import numpy as np
 from .errors import ConversionError
 from .graph import node_attr
 
-__all__ = ["FOLD_FORMS", "FOLD_CHOICES", "fold_upsample_convs"]
+__all__ = ["FOLD_FORMS", "FOLD_CHOICES", "auto_fold_form", "fold_upsample_convs"]
 
 log = logging.getLogger(__name__)
 
 #: ``off`` keeps the seed's Resize + Concat + Conv graph.
 FOLD_FORMS = ("off", "convtranspose", "phase", "phase_nhwc")
-#: What --fold-upsample accepts: ``auto`` is resolved per precision by ``ExportConfig.fold_form``.
+#: What --fold-upsample accepts: ``auto`` is resolved per precision by :func:`auto_fold_form`.
 FOLD_CHOICES = ("auto", *FOLD_FORMS)
+
+
+def auto_fold_form(precision: str) -> str:
+    """The fold ``--fold-upsample auto`` stands for with ``precision``, each where it was measured fastest.
+
+    - int8 (a CPU model): ``phase_nhwc``, 13% (``phase``) and another 4%
+      faster than the seed's graph on a 2-core AVX2 CPU at equal accuracy
+      (benchmarks/results/cpu-2core-2026-11-25-ab*.md; a dynamic-size export
+      falls back to ``phase``).
+    - fp16 (a GPU model): ``convtranspose``, the one fold ONNX Runtime's CUDA
+      EP runs in NHWC: 1.90 -> 1.39 ms at batch 1 and 1.72 -> 1.13 ms per
+      image at batch 8 on an H100 (benchmarks/results/h100-2026-11-26-goal.md),
+      masks as before (99.96% vs 99.97% agreement with fp32).
+    - fp32: ``off``, the seed's graph, node for node what Keras computes
+      (the reference export). ``convtranspose`` is 10% faster on the CPU too,
+      but fp32 on the GPU was not measured with it.
+    """
+    return {"int8": "phase_nhwc", "fp16": "convtranspose"}.get(precision, "off")
 
 
 def _phase_kernels(w: np.ndarray) -> dict[tuple[int, int], np.ndarray]:

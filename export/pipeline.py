@@ -62,19 +62,10 @@ class ExportConfig:
     pad_channels: bool = False
 
     def fold_form(self) -> str:
-        """The fold ``auto`` stands for: ``phase_nhwc`` for int8, ``off`` otherwise.
+        """The fold this export applies: ``fold_upsample``, with ``auto`` resolved by precision (fold.auto_fold_form)."""
+        from .fold import auto_fold_form
 
-        int8: measured 13% (``phase``) and another 4% (``phase_nhwc``) faster
-        on a 2-core AVX2 CPU at equal accuracy (a dynamic-size export falls
-        back to ``phase``, see fold.py).
-        fp32 gains 10% on that CPU with ``phase`` too, but the fp32/fp16
-        graphs also serve the GPU, where the fold is not measured yet, so
-        they keep the seed's graph unless asked
-        (benchmarks/results/cpu-2core-2026-11-25-ab*.md).
-        """
-        if self.fold_upsample != "auto":
-            return self.fold_upsample
-        return "phase_nhwc" if self.precision == "int8" else "off"
+        return auto_fold_form(self.precision) if self.fold_upsample == "auto" else self.fold_upsample
 
     def resolved(self, keras_model=None) -> "ExportConfig":
         """This config with ``num_classes`` settled (raises ConfigError).
@@ -311,6 +302,7 @@ def export_model(
     if "calibration" in report:  # what an int8 model was calibrated on travels with it (segment-unet --info)
         c = report["calibration"]
         sources["calibration"] = f"{c['source']}, {c['method']}, {c['format']} per-channel"
+    sources["graph"] = _graph_form(report)  # the fold and padding change the nodes: say which graph this is
     _write_metadata(proto, config, sources, trained, report["versions"])
     check(proto)
     data = proto.SerializeToString()
@@ -365,6 +357,16 @@ def _write(path: Path, data: bytes, what: str) -> None:
             f"{what} {str(path)!r} could not be written ({exc.strerror or exc}); nothing was left there. "
             "Free disk space or choose another folder"
         ) from exc
+
+
+def _graph_form(report: dict) -> str:
+    """One line naming the graph's form (decoder fold, padding), as segment-unet --info prints it."""
+    fold = report["fold_upsample"]
+    line = (f"decoder fold {fold['form']} ({fold['stages']} stages)" if fold["stages"]
+            else "seed graph (Resize + Concat decoder)")
+    padded = report.get("pad_channels") or []
+    return line + (f", {len(padded)} conv{'s' if len(padded) > 1 else ''} padded to channel multiples of 8"
+                   if padded else "")
 
 
 def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool, versions: dict) -> None:

@@ -253,3 +253,22 @@ def test_cuda_graph_rows_warm_up_past_the_capture(narrow_export, monkeypatch):
                          images=images, ref_probs=None, warmup=0, iters=1, flops=None)
         device_warmups.append(warmups[0])  # the device timing comes first in a row
     assert device_warmups == [CUDA_GRAPH_CAPTURE_RUNS, 0] and CUDA_GRAPH_CAPTURE_RUNS == 3
+
+
+def test_rows_name_the_fold_auto_stands_for():
+    """``auto`` becomes the precision's fold (export-unet's default), so rows and model files say which graph ran,
+    and ``auto`` beside the form it stands for is one row, not two."""
+    from argparse import Namespace
+
+    from unet_bench.cli import _model_name, _row_keys
+
+    args = Namespace(precision=["fp32", "fp16", "int8"], head=["argmax"], input_dtype=["uint8"],
+                     fold_upsample=["auto", "convtranspose"], pad_channels=["off"])
+    assert _row_keys(args) == [("fp32", "argmax", "uint8", "off", "off"),
+                               ("fp32", "argmax", "uint8", "convtranspose", "off"),
+                               ("fp16", "argmax", "uint8", "convtranspose", "off"),
+                               ("int8", "argmax", "uint8", "phase_nhwc", "off"),
+                               ("int8", "argmax", "uint8", "convtranspose", "off")]
+    # The seed graph keeps the plain name (models saved before the fp16 default changed still load).
+    assert _model_name("fp16", "argmax", 512, "uint8", "off") == "fp16-argmax-512-u8.onnx"
+    assert _model_name("fp16", "argmax", 512, "uint8", "convtranspose") == "fp16-argmax-512-u8-fold_convtranspose.onnx"

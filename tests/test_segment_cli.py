@@ -149,6 +149,11 @@ def test_info_describes_the_model_without_images(narrow_export, tmp_path):
     digest = onnx.load(str(result.path)).metadata_props
     sha = {p.key: p.value for p in digest}["unet.weights_sha256"]
     assert f"weights    trained, sha256 {sha[:16]}..." in out and "exported   with python" in out
+    assert "graph      seed graph (Resize + Concat decoder)" in out
+    # fp16 exports fold the decoder by default; padding is counted (conv1-1's input, the argmax head).
+    fast = onnx.load(str(narrow_export(input_size=(32, 32), head="argmax", precision="fp16", pad_channels=True).path))
+    assert {p.key: p.value for p in fast.metadata_props}["unet.graph"] == \
+        "decoder fold convtranspose (4 stages), 2 convs padded to channel multiples of 8"
     # A model without export-unet metadata is described from its graph, and says so.
     bare = onnx.load(str(narrow_export(input_size=(32, 32)).path))
     del bare.metadata_props[:]
