@@ -16,7 +16,7 @@ __all__ = ["Results", "machine_info", "write_json", "write_text_atomic", "markdo
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` with the exporter's write-then-rename: no half-written result file.
+    """Write `text` to `path` with the runtime's write-then-rename (unet_runtime._atomic): no half-written file.
 
     A missing results folder is created here, at the first write, not when
     the command starts: a run that fails before it has measured anything

@@ -235,18 +235,18 @@ def export_model(
     h, w = (None, None) if config.dynamic_size else config.input_size
     assert config.num_classes is not None  # settled by resolved() above
     model = build_vgg19_unet((h, w, 3), config.num_classes, seed=config.seed, width_multiplier=config.width_multiplier)
-    sources = {}
+    described: dict[str, str] = {}  # what the model records about itself beyond ModelInfo (segment-unet --info)
     if config.encoder_weights:
-        sources["encoder_weights_sha256"] = load_encoder_weights(model, config.encoder_weights)
+        described["encoder_weights_sha256"] = load_encoder_weights(model, config.encoder_weights)
     if config.weights:
-        sources["weights_sha256"] = load_weights(model, config.weights)
+        described["weights_sha256"] = load_weights(model, config.weights)
     if keras_model is not None:
-        sources["weights_sha256"] = copy_weights(model, keras_model)
-        sources["weights_source"] = f"in-memory Keras model {keras_model.name!r}"
+        described["weights_sha256"] = copy_weights(model, keras_model)
+        described["weights_source"] = f"in-memory Keras model {keras_model.name!r}"
     trained = bool(config.weights or config.encoder_weights or keras_model is not None)
     report["params"] = int(model.count_params())
     report["trained"] = trained
-    origin = [config.weights, config.encoder_weights, sources.get("weights_source")]
+    origin = [config.weights, config.encoder_weights, described.get("weights_source")]
     step("build", f"{report['params']:,} parameters, " + (
         "weights from " + ", ".join(filter(None, origin)) if trained
         else f"UNTRAINED (random init, seed {config.seed})"))
@@ -301,9 +301,9 @@ def export_model(
     # 5. metadata + check
     if "calibration" in report:  # what an int8 model was calibrated on travels with it (segment-unet --info)
         c = report["calibration"]
-        sources["calibration"] = f"{c['source']}, {c['method']}, {c['format']} per-channel"
-    sources["graph"] = _graph_form(report)  # the fold and padding change the nodes: say which graph this is
-    _write_metadata(proto, config, sources, trained, report["versions"])
+        described["calibration"] = f"{c['source']}, {c['method']}, {c['format']} per-channel"
+    described["graph"] = _graph_form(report)  # the fold and padding change the nodes: say which graph this is
+    _write_metadata(proto, config, described, trained, report["versions"])
     check(proto)
     data = proto.SerializeToString()
     report["size_bytes"] = len(data)
@@ -369,7 +369,7 @@ def _graph_form(report: dict) -> str:
                    if padded else "")
 
 
-def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool, versions: dict) -> None:
+def _write_metadata(proto, config: ExportConfig, described: dict, trained: bool, versions: dict) -> None:
     import onnx
 
     from unet_runtime.model_info import VOC_CLASSES, ModelInfo
@@ -380,7 +380,7 @@ def _write_metadata(proto, config: ExportConfig, sources: dict, trained: bool, v
     extra = {
         "weights": "trained" if trained else f"untrained (random init, seed {config.seed})",
         "versions": json.dumps(versions),
-        **sources,
+        **described,
     }
     info = ModelInfo(
         num_classes=config.num_classes, layout=config.layout, height=h, width=w, head=config.head,

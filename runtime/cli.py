@@ -83,9 +83,10 @@ def _collect(paths: list[Path], overlay: bool = False, probabilities: bool = Fal
     seen: set[Path] = set()
     unique: list[Path] = []
     for path in files:
-        if path.resolve() in seen:
+        real = path.resolve()
+        if real in seen:
             continue  # the same file named twice: segmented once
-        seen.add(path.resolve())
+        seen.add(real)
         for name in _outputs(path, overlay, probabilities):
             if name in writer:
                 raise _UsageError(f"{str(writer[name])!r} and {str(path)!r} would both be written as {name}; "
