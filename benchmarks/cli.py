@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     from unet_runtime._help import DefaultsHelpFormatter
 
     p = argparse.ArgumentParser(prog="bench-unet", formatter_class=DefaultsHelpFormatter,
-                                description=__doc__.split("\n\n")[0])
+                                description=__doc__.split("\n\n")[0],
+                                epilog="Other benchmarks: " + "; ".join(f"bench-unet {name} --help: {what}"
+                                                                         for name, (_, what) in SUBCOMMANDS.items()))
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     p.add_argument("--size", type=int, nargs="+", default=[512], help="square image sizes (multiples of 16)")
@@ -214,15 +216,28 @@ def _export_subprocess(args, key, out: Path) -> dict:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
         raise BenchError(f"exporting {out.name} failed: {last}")
     rep = json.loads(out.with_suffix(".json").read_text())
-    return {k: rep.get(k) for k in ("verification", "int8_accuracy", "calibration", "ops", "steps", "fold_upsample",
+    return {k: rep.get(k) for k in ("verification", "calibration", "ops", "steps", "fold_upsample",
                                     "pad_channels")}
+
+
+#: ``bench-unet NAME ...``: module (in this package) whose ``main(argv, prog)`` runs it. Without a name,
+#: bench-unet runs the latency matrix.
+SUBCOMMANDS = {
+    "export": ("export_cost", "wall time and peak memory of export-unet per configuration"),
+    "int8": ("int8_sweep", "INT8 accuracy against the number of calibration images"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bench-unet``; returns the exit code."""
+    import importlib
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(f"{__package__}.{SUBCOMMANDS[argv[0]][0]}")
+        return module.main(argv[1:], prog=f"bench-unet {argv[0]}")
     args = build_parser().parse_args(argv)
     try:
         _validate(args)

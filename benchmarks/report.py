@@ -12,7 +12,8 @@ from pathlib import Path
 
 from unet_runtime._atomic import atomic_write_bytes, folder_problem, new_folders, remove_empty
 
-__all__ = ["Results", "machine_info", "write_json", "write_text_atomic", "markdown", "plot"]
+__all__ = ["Results", "machine_info", "machine_line", "cpu_flags", "git_commit", "write_json", "write_text_atomic",
+           "markdown", "plot"]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -39,11 +40,78 @@ def out_prefix_problem(prefix: Path, flag: str = "--out") -> str | None:
     return folder_problem(prefix.parent, flag)
 
 
-def machine_info() -> dict:
-    """CPU, GPU, OS and package versions of this process's machine."""
+#: CPU features that decide CPU speed here: fp32 FMA width (AVX2, AVX-512), INT8 dot products (VNNI), bf16, AMX.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`CPU_FLAGS` this CPU has (``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from (``-dirty`` with local changes), or None outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _gpu_info() -> dict:
+    """Name, driver, memory and clocks of each GPU (nvidia-smi), CUDA and cuDNN versions; empty without a GPU."""
+    query = "name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
+    try:
+        gpu = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if gpu.returncode != 0:
+        return {}
+    out: dict = {"gpu": gpu.stdout.strip().splitlines()[0], "gpu_query": query}
+    try:  # the CUDA/cuDNN that ONNX Runtime was built against, and the pip packages it loads
+        import onnxruntime as ort
+
+        build = ort.capi._pybind_state.get_build_info() if hasattr(ort.capi._pybind_state, "get_build_info") else None
+        if build:
+            out["onnxruntime_build"] = build
+    except ImportError:
+        pass
     import importlib.metadata as md
 
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    for dist in ("nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime", "nvidia-cudnn-cu12", "nvidia-cudnn-cu13",
+                 "nvidia-cudnn"):
+        try:
+            out.setdefault("cuda_packages", {})[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        import torch
+
+        out["torch_cuda"], out["torch_cudnn"] = torch.version.cuda, torch.backends.cudnn.version()
+    except ImportError:
+        pass
+    return out
+
+
+def machine_info() -> dict:
+    """CPU (model, flags), GPU (name, clocks, CUDA/cuDNN), OS, package versions and the git commit."""
+    import importlib.metadata as md
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "cpu_flags": cpu_flags(), "git_commit": git_commit()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -51,15 +119,10 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        if gpu.returncode == 0:
-            info["gpu"] = gpu.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    info.update(_gpu_info())
     versions = {}
-    for dist in ("unet-onnx", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "keras", "tf2onnx", "torch"):
+    for dist in ("unet-onnx", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "keras", "tf2onnx",
+                 "torch", "openvino", "opencv-python-headless"):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -72,6 +135,14 @@ def machine_info() -> dict:
         pass
     info["versions"] = versions
     return info
+
+
+def machine_line(machine: dict) -> str:
+    """One line naming the machine: the GPU, or the CPU with its flags and core count."""
+    if machine.get("gpu"):
+        return machine["gpu"]
+    flags = ", ".join(machine.get("cpu_flags") or []) or "no AVX2"
+    return f"{machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} cores; {flags})"
 
 
 def write_json(path: Path, rows, meta: dict) -> None:
@@ -137,14 +208,15 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         if baseline and r.name == baseline:
             base[(r.size, r.batch)] = r.device["median_ms"]
     lines = [
-        f"# bench-unet: {meta['machine'].get('gpu') or meta['machine'].get('cpu', '?')}",
+        f"# bench-unet: {machine_line(meta['machine'])}",
         "",
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}  ",
         *([] if meta.get("complete", True) else
           [f"**Partial run: {len(rows)} rows so far.** The process has not finished (still running, or cut short); "
            "the rows below are complete measurements.  "]),
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()) + "  ",
+        f"Commit: {meta['machine'].get('git_commit') or 'not a git checkout'}",
         "",
         "device = the session (or model call) alone on a prepared input (IO binding, device buffers on GPU); "
         "host = uint8 images in, masks out (pre/post-processing and copies included); pre/post = the runtime's "

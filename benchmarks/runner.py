@@ -66,7 +66,7 @@ def agreement(ref_probs: np.ndarray, out: np.ndarray, head: str, margin: float =
     ``ref_probs``: (H, W, C) fp32 reference probabilities; ``out``: the
     row's output for the same image, NHWC (or an (H, W) mask).
     """
-    from unet_export.verify import compare, mask_agreement
+    from unet_runtime.metrics import compare, mask_agreement
 
     agree = mask_agreement(ref_probs, out if head == "argmax" else out.argmax(-1), margin)
     res = {"mask_agreement": agree["agreement"], "confident_pixels": agree["confident_pixels"],
@@ -97,38 +97,23 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
               precision=precision, head=head, size=size, batch=batch, setup_s=setup,
               options={k: v for k, v in vars(config).items() if k not in ("extra",)})
     info = seg.info
-    x = im.to_model_input(images[:batch], info.mean, info.std, info.layout, dtype=seg._input_dtype)
-    session = seg._session
+    call = seg.bind(seg.prepare(images[:batch]))  # device-resident input (IO binding) on CUDA/TensorRT
     on_gpu = provider != "cpu"
-    if on_gpu:
-        bound = seg._binding_for(session, x)
-        bound.x_dev.update_inplace(x)
 
-        def device_call():
-            bound.run(session)
-
-        def fetch():
-            bound.run(session)
-            return bound.y_dev.numpy()
-    else:
-        feed = {seg._input_name: x}
-
-        def device_call():
-            session.run([seg._output_name], feed)
-
-        def fetch():
-            return session.run([seg._output_name], feed)[0]
+    def fetch():
+        call.run()
+        return call.fetch()
 
     if getattr(config, "cuda_graph", False):
         from unet_runtime.segmenter import CUDA_GRAPH_CAPTURE_RUNS
 
         # A smaller --warmup would put the capture run (and the two before it) among the timed runs.
         warmup = max(warmup, CUDA_GRAPH_CAPTURE_RUNS)
-    row.raw_device_s = time_calls(device_call, warmup=warmup, iters=iters, on_iter=progress)
+    row.raw_device_s = time_calls(call.run, warmup=warmup, iters=iters, on_iter=progress)
     row.device = summarize(row.raw_device_s, batch, flops)
     out = fetch()[0]
-    if head != "argmax" and info.layout == "nchw":
-        out = out.transpose(1, 2, 0)
+    if head != "argmax":
+        out = im.channels_last(out[None], info.layout)[0]
     if head == "logits":
         out = im.softmax(out.astype(np.float32))
     if ref_probs is not None:
@@ -146,7 +131,7 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
     # Pipeline.predict with the inference replaced by the cached output
     # (host minus device medians would mix in run-to-run noise).
     cached = fetch()
-    pre_post = time_calls(lambda: seg._pipeline.predict(images[:batch], lambda _x: cached), warmup=1,
+    pre_post = time_calls(lambda: seg.pipeline.predict(images[:batch], lambda _x: cached), warmup=1,
                           iters=max(5, iters))
     med = float(np.median(pre_post)) * 1e3
     row.overhead = {"pre_post_ms": med, "share_of_session": med / row.device["median_ms"]}

@@ -5,7 +5,8 @@ TensorFlow is imported lazily, on first use, so ``import unet_export`` is cheap.
 
 from .errors import ConfigError, ConversionError, ExportError, VerificationError, WeightsError
 from .model import SEED_PARAMS, build_vgg19_unet
-from .pipeline import ExportConfig, ExportResult, export_model
+from .config import ExportConfig
+from .pipeline import ExportResult, export_model
 
 __all__ = [
     "build_vgg19_unet",

@@ -28,12 +28,16 @@ class _Formatter(DefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
-    from .convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-    from .fold import FOLD_CHOICES
-    # unet_runtime's version is the distribution's (one number for the three packages); numpy-only import.
-    from unet_runtime import __version__
+    """The argument parser (exposed for tests and docs). Choices and defaults come from their one home."""
+    from unet_runtime import __version__  # the distribution's version (one number for the three packages)
+    from unet_runtime.model_info import HEADS, INPUT_DTYPES, LAYOUTS, PRECISIONS
 
+    from .config import ExportConfig
+    from .convert import MAX_OPSET, MIN_OPSET
+    from .fold import FOLD_CHOICES
+    from .precision import CALIBRATION_METHODS
+
+    d = ExportConfig()
     p = argparse.ArgumentParser(
         prog="export-unet",
         formatter_class=_Formatter,
@@ -46,32 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "optional with --triton-repo")
     p.add_argument("--weights", help="trained model or weights: .keras, .weights.h5 or legacy .h5 (default: untrained)")
     p.add_argument("--encoder-weights", help="Keras Applications VGG19 'notop' weights file for the encoder (blockI_convJ -> convI-J)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random init of layers no weights file sets")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random init of layers no weights file sets")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=[512, 512],
+    size.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=list(d.input_size),
                       help="fixed input height and width, multiples of 16")
     size.add_argument("--dynamic-size", action="store_true",
                       help="size-agnostic model: H and W symbolic (multiples of 16 at run time)")
     p.add_argument("--num-classes", type=int,
                    help="classes of the head (default: the --weights file's, else 21 = Pascal VOC)")
     p.add_argument("--class-names", type=Path, help="text file, one class name per line (default: the Pascal VOC names for 21 classes, else class_0, class_1, ...)")
-    p.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
+    p.add_argument("--layout", choices=LAYOUTS, default=d.layout,
                    help="input layout; softmax/logits outputs use it too (an argmax mask is N,H,W)")
-    p.add_argument("--head", choices=("softmax", "logits", "argmax"), default="softmax",
+    p.add_argument("--head", choices=HEADS, default=d.head,
                    help="probabilities (as the seed), raw logits, or a uint8 class mask computed in the graph")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="arithmetic inside the graph; I/O stays float32 (uint8 for the argmax mask); int8 = static "
                         "QDQ quantization for CPUs with VNNI, calibrated and gated on held-out images")
     p.add_argument("--calibration-images", type=Path,
                    help="int8: folder of >= 8 representative PNG/JPEG images (every 4th is held out for the accuracy "
                         "gate); without it, synthetic shape images are used (less accurate)")
-    p.add_argument("--calibration-count", type=int, default=32, help="int8: number of synthetic calibration images")
-    p.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"), default="minmax",
+    p.add_argument("--calibration-count", type=int, default=d.calibration_count,
+                   help="int8: number of synthetic calibration images")
+    p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=d.calibration_method,
                    help="int8: activation range estimation")
-    p.add_argument("--input-dtype", choices=("float32", "uint8"), default="float32",
+    p.add_argument("--input-dtype", choices=INPUT_DTYPES, default=d.input_dtype,
                    help="float32: the caller normalizes; uint8: raw RGB pixels in, cast and --mean/--std applied in the graph "
                         "(a quarter of the bytes to copy; fastest on GPU)")
-    p.add_argument("--fold-upsample", choices=FOLD_CHOICES, default="auto",
+    p.add_argument("--fold-upsample", choices=FOLD_CHOICES, default=d.fold_upsample,
                    help="fold each decoder upsampling into the conv after it (same function, 15%% fewer multiply-adds): "
                         "phase (2x2 convs + DepthToSpace, integer kernels on CPU), phase_nhwc (same, interleaved in NHWC: "
                         "for int8 on CPU, fixed sizes), convtranspose (one op, NHWC on CUDA), "
@@ -79,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-channels", action="store_true",
                    help="pad conv1-1's 3 input channels and an argmax head's classes to multiples of 8 with zeros "
                         "(exact; lets GPU tensor cores take those two layers; not for int8)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
-    p.add_argument("--mean", nargs=3, type=float, default=[0.0, 0.0, 0.0], metavar=("R", "G", "B"),
+    p.add_argument("--opset", type=int, default=d.opset, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
+    p.add_argument("--mean", nargs=3, type=float, default=list(d.mean), metavar=("R", "G", "B"),
                    help="per-channel mean after scaling pixels to [0, 1] (recorded in the model for the runtime)")
-    p.add_argument("--std", nargs=3, type=float, default=[1.0, 1.0, 1.0], metavar=("R", "G", "B"),
+    p.add_argument("--std", nargs=3, type=float, default=list(d.std), metavar=("R", "G", "B"),
                    help="per-channel std after scaling pixels to [0, 1]")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with Keras (not recommended)")
     p.add_argument("--report", type=Path, help="write a JSON report of everything measured")
@@ -153,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("tf2onnx", "onnxslim", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
-    from .pipeline import ExportConfig, export_model
+    from .config import ExportConfig
+    from .pipeline import export_model
 
     def progress(line: str) -> None:
         if not args.quiet or line.startswith("WARNING"):

@@ -11,12 +11,24 @@ Why a *twin* of the Keras model is converted rather than the model itself:
   raw logits, or an argmax mask (argmax of the logits equals argmax of the
   softmax, and skips 21 exponentials per pixel).
 
-The twin shares the user's weights and wiring (``keras.models.clone_model``),
-so verification against the untouched Keras model checks the swap too.
+Why the weights are *inputs* of the converted function, not constants:
+tf2onnx freezes a function's variables into graph constants, and every one
+of its passes then carries the 121 MB of weights along: TensorFlow's graph
+import and grappler, and tf2onnx's optimizer loop, which copies the whole
+graph before each of its ~36 optimizer runs (``tf2onnx/optimizer/__init__.py``,
+``copy.deepcopy(graph)`` with ``catch_errors``) and re-serializes every
+node after each (``GraphOptimizerBase.optimize`` -> ``update_proto``). That
+took ~28 s and ~8 GiB on a 2-core CPU for the 512x512 model. Converted as
+``f(image, *weights)`` through Keras' ``stateless_call``, the function has
+no large constant, tf2onnx converts it in about a second, and
+:func:`unet_export.graph.attach_weights` then turns the weight inputs into
+initializers (evaluating the Transposes/Reshapes tf2onnx put on them once).
+The graph is node for node the one the frozen conversion gives; the
+verification against the untouched Keras model checks every weight.
 
 ``tf2onnx.convert.from_function`` is used rather than ``from_keras``: with
 Keras 3 both wrap the model in a ``tf.function``, but ``from_function`` lets
-us name the input and control the signature (static or dynamic H/W).
+us name the inputs and control the signature (static or dynamic H/W).
 """
 
 from __future__ import annotations
@@ -24,12 +36,12 @@ from __future__ import annotations
 import logging
 
 from unet_runtime.images import normalization
-from unet_runtime.model_info import INPUT_NAME, OUTPUT_NAMES
+from unet_runtime.model_info import INPUT_NAME
 
 from .errors import ConversionError
 from .model import HEAD_LAYER
 
-__all__ = ["convert_keras", "keras_logits_model", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAMES"]
+__all__ = ["convert_keras", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET"]
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +54,12 @@ MAX_OPSET = 18
 #: and nothing in this network needs a newer op.
 DEFAULT_OPSET = 17
 
-
-def keras_logits_model(model):
-    """The user's model with the head's softmax removed: the logits reference."""
-    return _twin(model, swap_upsampling=False)
+#: Graph-input names of the weights during conversion (``w0``, ``w1``, ...); gone once they are attached.
+_WEIGHT_INPUT = "w{}"
 
 
-def _twin(model, swap_upsampling: bool = True):
-    """Clone ``model`` with a linear head (and nearest-resize upsampling), same weights."""
+def _twin(model):
+    """Clone ``model``'s wiring with a linear head and nearest-resize upsampling (fresh variables, same paths)."""
     import keras
     import tensorflow as tf
 
@@ -71,7 +81,7 @@ def _twin(model, swap_upsampling: bool = True):
             return (shape[0], h, w, shape[3])
 
     def swap(layer):
-        if swap_upsampling and isinstance(layer, keras.layers.UpSampling2D):
+        if isinstance(layer, keras.layers.UpSampling2D):
             if layer.interpolation != "nearest" or layer.data_format != "channels_last":
                 raise ConversionError(
                     f"layer {layer.name!r}: only nearest, channels_last UpSampling2D is supported, "
@@ -83,14 +93,27 @@ def _twin(model, swap_upsampling: bool = True):
             config["activation"] = "linear"
         return layer.__class__.from_config(config)
 
-    twin = keras.models.clone_model(model, clone_function=swap)
-    twin.set_weights(model.get_weights())
-    return twin
+    return keras.models.clone_model(model, clone_function=swap)
+
+
+def _weights_by_twin_order(model, twin) -> tuple[list, list]:
+    """``model``'s weight values in the order of ``twin``'s (trainable, non-trainable) variables, matched by path."""
+    values = {v.path: v for v in model.variables}
+    if len(values) != len(model.variables):
+        raise ConversionError("the Keras model has two variables with the same path; give every layer a unique name")
+
+    def pick(variables):
+        try:
+            return [values[v.path].numpy() for v in variables]
+        except KeyError as exc:  # cannot happen for a clone; a guard against a Keras change
+            raise ConversionError(f"variable {exc.args[0]!r} of the converted twin has no counterpart in the model") from exc
+
+    return pick(twin.trainable_variables), pick(twin.non_trainable_variables)
 
 
 def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bool,
                   input_dtype: str = "float32", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
-    """Convert the seed's Keras model to an ONNX ``ModelProto`` with tf2onnx.
+    """Convert the seed's Keras model to an ONNX ``ModelProto`` with tf2onnx, weights included.
 
     Args:
         model: the Keras VGG19-UNet (softmax head), NHWC.
@@ -106,27 +129,34 @@ def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bo
         mean, std: the normalization, used only for a uint8 input.
 
     Returns:
-        The raw tf2onnx graph (input ``input``; output named by the head),
-        still holding tf2onnx's Resize size chains: see ``graph.clean``.
+        The tf2onnx graph with the weights attached as initializers (input
+        ``input``), still holding tf2onnx's Resize size chains: see
+        ``graph.clean``.
     """
     import tensorflow as tf
     import tf2onnx
 
+    from .graph import attach_weights
+
     twin = _twin(model)
+    trainable, frozen = _weights_by_twin_order(model, twin)
     _, height, width, channels = model.input_shape
     shape = [None, None if dynamic_size else height, None if dynamic_size else width, channels]
     spec = tf.TensorSpec(shape, tf.uint8 if input_dtype == "uint8" else tf.float32, name=INPUT_NAME)
+    weight_specs = [tf.TensorSpec(w.shape, tf.as_dtype(w.dtype), name=_WEIGHT_INPUT.format(i))
+                    for i, w in enumerate(trainable + frozen)]
     # (x/255 - mean)/std == x * scale + shift: one Mul and one Add in the graph, with the constants
     # the runtime's to_model_input uses for float32-input models (bit-identical inputs either way).
     scale, shift = normalization(mean, std)
+    n_trainable = len(trainable)
 
-    @tf.function(input_signature=[spec])
-    def forward(x):
+    @tf.function(input_signature=[spec, *weight_specs])
+    def forward(x, *weights):
         if input_dtype == "uint8":
             # Constants made inside the function: made outside, tf2onnx would
             # turn them into extra graph inputs (captures).
             x = tf.cast(x, tf.float32) * tf.constant(scale) + tf.constant(shift)
-        logits = twin(x, training=False)
+        logits, _ = twin.stateless_call(list(weights[:n_trainable]), list(weights[n_trainable:]), x, training=False)
         if head == "softmax":
             return tf.nn.softmax(logits, axis=-1)
         if head == "argmax":
@@ -134,8 +164,8 @@ def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bo
             return tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.uint8)
         return logits
 
-    # tf2onnx only knows tensor names, and ignores an unknown one silently
-    # (ANCHORS): "input:0" is what the signature above produces.
+    # tf2onnx only knows tensor names and ignores an unknown one silently, leaving the graph NHWC;
+    # "input:0" is what the signature above produces (the layout is tested).
     nchw = [f"{INPUT_NAME}:0"] if layout == "nchw" else None
     # A mask has no channel axis, so only probabilities/logits can be NCHW.
     out_nchw = None
@@ -144,8 +174,11 @@ def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bo
     log.info("convert: tf2onnx %s, opset %d, head %s, layout %s", tf2onnx.__version__, opset, head, layout)
     try:
         proto, _ = tf2onnx.convert.from_function(
-            forward, input_signature=[spec], opset=opset, inputs_as_nchw=nchw, outputs_as_nchw=out_nchw
+            forward, input_signature=[spec, *weight_specs], opset=opset, inputs_as_nchw=nchw, outputs_as_nchw=out_nchw
         )
     except Exception as exc:  # tf2onnx raises bare Exceptions/ValueErrors
         raise ConversionError(f"tf2onnx failed to convert the model at opset {opset}: {exc}") from exc
-    return proto
+    paths = [v.path for v in twin.trainable_variables + twin.non_trainable_variables]
+    weights = {_WEIGHT_INPUT.format(i): w for i, w in enumerate(trainable + frozen)}
+    names = {_WEIGHT_INPUT.format(i): path for i, path in enumerate(paths)}
+    return attach_weights(proto, weights, names)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import ConversionError
 
-__all__ = ["op_histogram", "node_attr", "clean", "check", "FORBIDDEN_OPS"]
+__all__ = ["op_histogram", "node_attr", "attach_weights", "clean", "check", "slim", "GraphPass", "FORBIDDEN_OPS"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,86 @@ def node_attr(node, name: str, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def attach_weights(model, weights: Mapping[str, np.ndarray], names: Mapping[str, str] | None = None):
+    """Turn the graph inputs named in ``weights`` into initializers, evaluating what only transforms them.
+
+    tf2onnx converts a function whose weights are inputs (see convert.py)
+    with the layout changes on them as nodes: a Transpose from Keras' HWIO
+    kernels to ONNX's OIHW, a Reshape/Squeeze on each bias. Every node whose
+    inputs are all weights (or constants derived from them) is run once here,
+    by ONNX Runtime on a graph of just those nodes, and the tensors the rest
+    of the graph reads become initializers, named by ``names`` (a Keras
+    variable path such as ``conv1-1/kernel``) so the graph reads like the
+    model. Nothing is pattern-matched: whatever tf2onnx put on a weight is
+    evaluated as it is.
+
+    Args:
+        model: a ModelProto whose graph inputs include every key of ``weights``;
+            modified in place and returned.
+        weights: graph-input name -> value.
+        names: graph-input name -> initializer name of the tensors derived
+            from it (default: the tensor's own name).
+    """
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    missing = set(weights) - {i.name for i in g.input}
+    if missing:
+        raise ConversionError(f"weights {sorted(missing)} are not inputs of the converted graph")
+    constants = {t.name for t in g.initializer}
+    source = {name: name for name in weights}  # weight-derived tensor -> the weight input it comes from
+    weight_nodes = []
+    for node in g.node:  # tf2onnx emits nodes in topological order
+        ins = [i for i in node.input if i]
+        if ins and any(i in source for i in ins) and all(i in source or i in constants for i in ins):
+            weight_nodes.append(node)
+            origins = {source[i] for i in ins if i in source}
+            for out in node.output:
+                source[out] = origins.pop() if len(origins) == 1 else out
+    inner = {id(n) for n in weight_nodes}
+    read = [i for n in g.node if id(n) not in inner for i in n.input] + [o.name for o in g.output]
+    boundary = list(dict.fromkeys(t for t in read if t in source))
+    values = {t: weights[t] for t in boundary if t in weights}
+    computed = [t for t in boundary if t not in weights]
+    if computed:
+        used = {i for n in weight_nodes for i in n.input}
+        sub = helper.make_graph(
+            [n for n in weight_nodes], "attach_weights",
+            [i for i in g.input if i.name in used],
+            [helper.make_empty_tensor_value_info(t) for t in computed],
+            [t for t in g.initializer if t.name in used],
+        )
+        sub_model = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(sub_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds = {i.name: weights[i.name] for i in sub.input}
+        values.update(zip(computed, session.run(computed, feeds)))
+        del session
+    rename: dict[str, str] = {}
+    taken = constants | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    for t in boundary:
+        wanted = (names or {}).get(source[t], t)
+        name = wanted if wanted not in taken and wanted not in rename.values() else t
+        rename[t] = name
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(values.pop(t)), name))
+    kept = [n for n in g.node if id(n) not in inner]
+    for n in kept:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+    del g.node[:]
+    g.node.extend(kept)
+    inputs = [i for i in g.input if i.name not in weights]
+    del g.input[:]
+    g.input.extend(inputs)
+    info = [v for v in g.value_info if v.name not in source]
+    del g.value_info[:]
+    g.value_info.extend(info)
+    log.info("graph: attached %d weights as %d initializers (%d nodes evaluated)", len(weights), len(boundary),
+             len(weight_nodes))
+    return model
 
 
 def resize_to_scales(model, factors: Sequence[tuple[int, int]]):
@@ -84,14 +165,51 @@ def rename_io(model, input_name: str, output_name: str):
     return model
 
 
-def slim(model):
-    """Dead-code elimination and constant folding with onnxslim."""
-    import onnxslim
+#: Initializers at least this large are weights: onnxslim never needs their values (see slim).
+_WEIGHT_BYTES = 1 << 12
 
+
+def slim(model):
+    """Dead-code elimination and constant folding with onnxslim, the weights set aside.
+
+    onnxslim re-serializes and shape-infers the model many times over (its
+    constant folder, its ``ByteSize`` checks): with the 121 MB of weights
+    inside, that took ~5 s on a 2-core CPU; without them, a fraction of a
+    second. So the weights are declared as graph inputs while it runs (it
+    folds only the small shape constants) and become initializers again after.
+    """
+    import onnxslim
+    from onnx import helper
+
+    g = model.graph
+    order = {t.name: i for i, t in enumerate(g.initializer)}
+    weights = {t.name: t for t in g.initializer if _tensor_bytes(t) >= _WEIGHT_BYTES}
+    kept = [t for t in g.initializer if t.name not in weights]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights.values())
     # onnxslim's defaults (its pattern fusions included): this graph has
     # nothing they fuse, and the tests pin the exact op histogram, so a new
-    # onnxslim that started rewriting ops would fail them, not ship.
-    return onnxslim.slim(model)
+    # onnxslim that started rewriting ops would fail them, not ship. Except
+    # weight tying: it merges equal initializers (two all-zero biases of an
+    # untrained model), and a bias shared by two convolutions cannot be
+    # quantized per convolution or padded in place.
+    out = onnxslim.slim(model, skip_optimizations=["weight_tying"])
+    o = out.graph
+    inputs = [i for i in o.input if i.name not in weights]
+    del o.input[:]
+    o.input.extend(inputs)
+    used = {i for n in o.node for i in n.input} | {v.name for v in o.output}
+    inits = [*o.initializer, *(t for name, t in weights.items() if name in used)]
+    inits.sort(key=lambda t: order.get(t.name, len(order)))  # the graph's own order (Netron lists them so)
+    del o.initializer[:]
+    o.initializer.extend(inits)
+    return out
+
+
+def _tensor_bytes(t) -> int:
+    """Bytes of an initializer's values, whichever field holds them."""
+    return len(t.raw_data) or 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data) + len(t.double_data))
 
 
 def check(model) -> None:
@@ -114,25 +232,42 @@ def _assert_clean(model) -> None:
         raise ConversionError(f"clean-up left shape-arithmetic ops in the graph: {left}")
 
 
-def clean(model, *, factors: Sequence[tuple[int, int]], input_name: str, output_name: str):
-    """Run the clean-up passes in order and log the op histogram around each.
+@dataclass(frozen=True)
+class GraphPass:
+    """One named step of the clean-up: ``run(model)`` returns the model and a note for the report (or None)."""
+
+    name: str
+    run: Callable
+
+
+def clean(model, *, factors: Sequence[tuple[int, int]], input_name: str, output_name: str,
+          extra: Sequence[GraphPass] = ()):
+    """Run the clean-up passes in order, then ``extra`` (fold, padding), and check the result once.
 
     Returns:
         ``(model, steps)`` where ``steps`` is a list of
-        ``{"step": name, "ops": histogram}`` for the report.
+        ``{"step": name, "ops": histogram}`` (plus ``"note"`` when a pass
+        has one) for the report.
     """
-    passes: list[tuple[str, Callable]] = [
-        ("resize_to_scales", lambda m: resize_to_scales(m, factors)),
-        ("rename_io", lambda m: rename_io(m, input_name, output_name)),
-        ("onnxslim", slim),
+    passes = [
+        GraphPass("resize_to_scales", lambda m: (resize_to_scales(m, factors), None)),
+        GraphPass("rename_io", lambda m: (rename_io(m, input_name, output_name), None)),
+        GraphPass("onnxslim", lambda m: (slim(m), None)),
     ]
     steps = [{"step": "tf2onnx", "ops": op_histogram(model)}]
     log.info("graph: tf2onnx %s", steps[0]["ops"])
-    for name, run in passes:
-        model = run(model)
-        steps.append({"step": name, "ops": op_histogram(model)})
-        log.info("graph: after %s: %d nodes", name, len(model.graph.node))
-    _assert_clean(model)
+
+    def run(p: GraphPass) -> None:
+        nonlocal model
+        model, note = p.run(model)
+        steps.append({"step": p.name, "ops": op_histogram(model), **({"note": note} if note is not None else {})})
+        log.info("graph: after %s: %d nodes", p.name, len(model.graph.node))
+
+    for p in passes:
+        run(p)
+    _assert_clean(model)  # before the extra passes: the NHWC fold form writes Reshapes of its own
+    for p in extra:
+        run(p)
     check(model)
     log.info("graph: clean %s", steps[-1]["ops"])
     return model, steps

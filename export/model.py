@@ -81,9 +81,10 @@ def build_vgg19_unet(
             run time). C is 3 in the seed; other values are allowed for
             experiments.
         num_classes: classes of the softmax head (21 in the seed).
-        seed: when given, seeds Keras' initializers so the untrained model is
-            reproducible (the seed's initializers are kept: Glorot-uniform in
-            the encoder and head, He-normal in the decoder, zero biases).
+        seed: when given, seeds each layer's initializer so the untrained
+            model is reproducible (the seed's initializers are kept:
+            Glorot-uniform in the encoder and head, He-normal in the decoder,
+            zero biases); the process's global random state is not touched.
         width_multiplier: multiplier on every conv's filter count. 1.0 is the seed;
             narrow models (e.g. 0.125) convert in seconds instead of half a
             minute, which is what the test suite uses to cover the
@@ -108,12 +109,18 @@ def build_vgg19_unet(
     import keras  # lazy: importing unet_export must not start TensorFlow
     from keras import layers
 
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
+    # Each layer's initializer gets a seed of its own (seed + its index): reproducible, and the process's
+    # global seeds (Python, numpy, TensorFlow) are left alone, which matters when a training script exports.
+    index = iter(range(10_000))
 
-    def conv3x3(filters: int, name: str, **kwargs):
+    def init(kind: str):
+        name = {"glorot": "GlorotUniform", "he": "HeNormal"}[kind]
+        return getattr(keras.initializers, name)(seed=None if seed is None else seed * 1000 + next(index))
+
+    def conv3x3(filters: int, name: str, kind: str = "glorot"):
         filters = max(1, round(filters * width_multiplier))
-        return layers.Conv2D(filters, 3, strides=1, activation="relu", padding="same", name=name, **kwargs)
+        return layers.Conv2D(filters, 3, strides=1, activation="relu", padding="same", name=name,
+                             kernel_initializer=init(kind))
 
     inputs = layers.Input(shape=(height, width, channels), name="input_1")
 
@@ -136,8 +143,9 @@ def build_vgg19_unet(
         x = layers.Concatenate(axis=3, name=f"concatenate{suffix}")([skips.pop(), up])
         for _ in range(2):
             name = f"conv2d_{conv_index}" if conv_index else "conv2d"
-            x = conv3x3(filters, name, kernel_initializer="he_normal")(x)
+            x = conv3x3(filters, name, "he")(x)
             conv_index += 1
 
-    outputs = layers.Conv2D(num_classes, 1, strides=1, activation="softmax", name=HEAD_LAYER)(x)
+    outputs = layers.Conv2D(num_classes, 1, strides=1, activation="softmax", name=HEAD_LAYER,
+                            kernel_initializer=init("glorot"))(x)
     return keras.Model(inputs=inputs, outputs=outputs, name="vgg19_unet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "check_writable_target", "folder_problem", "new_folders", "remove_empty"]
@@ -56,16 +56,24 @@ def remove_empty(folders: list[Path]) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
 
-    On any exception, KeyboardInterrupt included, the temporary file is
-    removed and ``path`` is left as it was.
+    The temporary file is created with mode 0666, which the kernel masks
+    with the process umask, so the finished file has what ``open()`` would
+    give it (``mkstemp``'s 0600 would need the umask read, and reading it
+    means setting it: not thread-safe). On any exception, KeyboardInterrupt
+    included, the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise FileExistsError(f"no free temporary name next to {str(path)!r}")
     try:
-        # mkstemp creates 0600; the finished file gets what open() would give (0666 & ~umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -131,7 +131,7 @@ def describe(segmenter) -> str:
     """A few lines saying what a model file holds, as ``segment-unet --info`` prints them."""
     import json
 
-    info, session = segmenter.info, segmenter._session
+    info, session = segmenter.info, segmenter.session
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
     size = f"{info.height}x{info.width}" if info.fixed_size else f"any size (multiples of {info.size_multiple})"
     normalize = "inside the graph" if "uint8" in inp.type else "by the runtime"

@@ -20,6 +20,7 @@ __all__ = [
     "pad_to_multiple",
     "normalization",
     "to_model_input",
+    "channels_last",
     "softmax",
     "voc_palette",
     "overlay",
@@ -172,6 +173,16 @@ def to_model_input(images: Sequence[np.ndarray], mean, std, layout: str, dtype=n
         rows *= np.tile(scale, w)
         rows += np.tile(shift, w)
     return out if dtype == np.float32 else out.astype(dtype)
+
+
+def channels_last(batch: np.ndarray, layout: str) -> np.ndarray:
+    """A model's ``(N, C, H, W)`` output as ``(N, H, W, C)`` (a view) when ``layout`` is ``nchw``; NHWC as it is.
+
+    The inverse of the transpose :func:`to_model_input` applies to an NCHW
+    model's input: the one place the runtime, the export's verification and
+    the benchmarks turn an NCHW output back into images.
+    """
+    return batch.transpose(0, 2, 3, 1) if layout == "nchw" else batch
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

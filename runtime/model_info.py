@@ -15,11 +15,16 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
-__all__ = ["ModelInfo", "VOC_CLASSES", "HEADS", "LAYOUTS", "METADATA_PREFIX", "INPUT_NAME", "OUTPUT_NAMES"]
+__all__ = ["ModelInfo", "VOC_CLASSES", "HEADS", "LAYOUTS", "PRECISIONS", "INPUT_DTYPES", "METADATA_PREFIX",
+           "INPUT_NAME", "OUTPUT_NAMES"]
 
 METADATA_PREFIX = "unet."
+#: The values a model's head, layout, precision and input type can take: the one home of each list
+#: (export-unet's flags, the runtime's checks and bench-unet's matrix all read them here).
 HEADS = ("softmax", "logits", "argmax")
 LAYOUTS = ("nhwc", "nchw")
+PRECISIONS = ("fp32", "fp16", "int8")
+INPUT_DTYPES = ("float32", "uint8")
 #: Tensor names export-unet gives the graph (the output is named by the head).
 INPUT_NAME = "input"
 OUTPUT_NAMES = {"softmax": "probabilities", "logits": "logits", "argmax": "mask"}
@@ -81,7 +86,41 @@ class ModelInfo:
     @property
     def fixed_size(self) -> bool:
         """True when the model accepts exactly ``(height, width)`` images."""
-        return self.height is not None and self.width is not None
+        return self.size is not None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """``(height, width)`` of a fixed-size model; None for a size-agnostic one."""
+        return None if self.height is None or self.width is None else (self.height, self.width)
+
+    @classmethod
+    def infer(cls, input_shape, output_shape, mask_output: bool, *, layout: str | None = None,
+              head: str | None = None, num_classes: int | None = None, mean=None, std=None) -> "ModelInfo":
+        """What a model without export-unet metadata shows in its graph, the rest from the caller.
+
+        Layout: NCHW when the input's dimension 1 is 3, else NHWC; head:
+        argmax for a uint8 output, else softmax; classes: the output's
+        static channel dimension; size: the input's static H and W.
+
+        Raises:
+            ValueError: what cannot be told from the graph and was not given.
+        """
+        if layout is None:
+            layout = "nchw" if len(input_shape) == 4 and input_shape[1] == 3 else "nhwc"
+        if head is None:
+            head = "argmax" if mask_output else "softmax"
+        if num_classes is None:
+            c = output_shape[1 if layout == "nchw" else -1] if len(output_shape) == 4 else None
+            if not isinstance(c, int):
+                raise ValueError("its class count is not static; pass num_classes=")
+            num_classes = c
+        if layout not in LAYOUTS or head not in HEADS:
+            raise ValueError(f"layout {layout!r} / head {head!r} are not allowed: {LAYOUTS} / {HEADS}")
+        hw = input_shape[1:3] if layout == "nhwc" else input_shape[2:4]
+        h, w = (hw[0], hw[1]) if all(isinstance(d, int) for d in hw) else (None, None)
+        return cls(num_classes=num_classes, layout=layout, height=h, width=w, head=head,
+                   mean=tuple(mean or (0.0, 0.0, 0.0)), std=tuple(std or (1.0, 1.0, 1.0)),
+                   class_names=tuple(f"class_{i}" for i in range(num_classes)))
 
     def to_metadata(self) -> dict[str, str]:
         """Serialize to ONNX ``metadata_props`` (string keys and values)."""

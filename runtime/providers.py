@@ -75,6 +75,11 @@ class ProviderConfig:
             from the model input when ``None`` (batch 1..``trt_max_batch``).
         trt_max_batch: largest batch of the derived profile.
         cpu_threads: intra-op threads; default the number of physical cores.
+        io_binding: run through fixed, reused input/output buffers on the
+            session's device (``Segmenter``); ``None`` (default) binds on
+            CUDA/TensorRT, where it saves two allocations a call and is what
+            CUDA graphs need. ``True`` on the CPU runs the same code with CPU
+            buffers (it buys nothing there; the tests use it to cover the path).
         extra: ``{provider name: {option: value}}`` added to (and overriding)
             the options above, for anything ONNX Runtime offers that this
             class does not name.
@@ -92,6 +97,7 @@ class ProviderConfig:
     trt_profile: tuple | None = None
     trt_max_batch: int = 8
     cpu_threads: int | None = None
+    io_binding: bool | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -106,7 +112,7 @@ def tensorrt_loadable(capi_dir: str | None = None) -> bool:
     same library path, same libraries already loaded, e.g. by
     ``onnxruntime.preload_dlls()``). Not cached: like ONNX Runtime, each
     session tries again, so a later ``preload_dlls()`` counts (a failed load
-    of the onnxruntime-gpu 1.31.1 provider library took 0.22 ms). ``capi_dir``: where to look (tests);
+    of the provider library takes well under a millisecond). ``capi_dir``: where to look (tests);
     default, the installed onnxruntime's.
     """
     import ctypes

@@ -1,7 +1,7 @@
 """A client for the model served by Triton Inference Server (KServe v2 protocol).
 
 Sends images to a Triton server over HTTP or gRPC and returns masks, with
-the runtime's own pre/post-processing (:class:`~unet_runtime._pipeline.Pipeline`):
+the runtime's own pre/post-processing (:class:`~unet_runtime.pipeline.Pipeline`):
 the same resize/pad, normalization and layout as a local
 :class:`~unet_runtime.Segmenter`, so both give the same masks. Needs the
 ``triton`` extra (``pip install "unet-onnx[triton]"``).
@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._pipeline import Pipeline
+from .pipeline import Pipeline
 from .errors import SegmenterError
 from .model_file import read_metadata
 from .model_info import INPUT_NAME, OUTPUT_NAMES, ModelInfo

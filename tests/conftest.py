@@ -96,6 +96,14 @@ def confident_keras(confident_weights):
     return model
 
 
+@pytest.fixture(scope="session")
+def labelled(tmp_path_factory):
+    """A narrow model trained on the shapes generator (seeded, ~12 s), and labelled images of it (96x96)."""
+    from unet_bench.fixture import small_fixture
+
+    return small_fixture(tmp_path_factory.mktemp("labelled"), images=16, image_size=96)
+
+
 def run_cli(*args, env=None, timeout=900):
     """Run a console script in a subprocess; returns CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))

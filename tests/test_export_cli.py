@@ -182,6 +182,13 @@ def test_atomic_write_respects_umask(tmp_path):
     assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o644
 
 
+def test_atomic_write_never_sets_the_umask(tmp_path, monkeypatch):
+    """Setting the umask to read it is process-wide and races with other threads creating files."""
+    monkeypatch.setattr(os, "umask", lambda *_: pytest.fail("atomic_write_bytes changed the process umask"))
+    atomic_write_bytes(tmp_path / "m.onnx", b"x")
+    assert (tmp_path / "m.onnx").read_bytes() == b"x"
+
+
 def test_atomic_write_interrupted_leaves_nothing(tmp_path, monkeypatch):
     target = tmp_path / "m.onnx"
     target.write_bytes(b"old")

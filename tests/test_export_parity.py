@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from unet_export.convert import MAX_OPSET, MIN_OPSET, keras_logits_model
+from unet_export.convert import MAX_OPSET, MIN_OPSET
 from unet_export.fold import auto_fold_form
 from unet_export.verify import (
     CONFIDENT_MARGIN,
@@ -18,11 +18,19 @@ from unet_export.verify import (
     FP32_REL_L2,
     FP32_TIE_MARGIN,
     MASK_AGREEMENT_MIN,
-    Case,
-    compare,
-    make_inputs,
-    mask_agreement,
+    KerasReference,
+    make_pixels,
 )
+from unet_runtime.images import to_model_input
+from unet_runtime.metrics import compare, mask_agreement
+
+
+def _keras(model, pixels, mean=(0, 0, 0), std=(1, 1, 1)):
+    """Keras' (logits, probabilities) for a list of uint8 images."""
+    ref = KerasReference(model, mean, std)
+    keys = list(range(len(pixels)))
+    ref.compute(dict(zip(keys, pixels)))
+    return ref.logits(keys), ref.probs(keys)
 
 # (size or None for dynamic, layout, head, precision, opset[, fold_upsample])
 TABLE = [
@@ -82,8 +90,9 @@ def test_onnx_matches_keras(row, narrow_export, confident_keras):
         assert expected in ops, ops
 
     h, w = size or (48, 80)  # dynamic: a size the exporter never verified at
-    x = make_inputs(Case(3, h, w), (0, 0, 0), (1, 1, 1), seed=123)
-    ref_probs = confident_keras(x, training=False).numpy()
+    pixels = [make_pixels(h, w, 123 + i) for i in range(3)]
+    x = to_model_input(pixels, (0, 0, 0), (1, 1, 1), "nhwc")
+    ref_logits, ref_probs = _keras(confident_keras, pixels)
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"input": x.transpose(0, 3, 1, 2) if layout == "nchw" else x})[0]
 
@@ -95,7 +104,7 @@ def test_onnx_matches_keras(row, narrow_export, confident_keras):
         if layout == "nchw":
             assert out.shape == (3, ref_probs.shape[-1], h, w)
             out = out.transpose(0, 2, 3, 1)
-        ref = keras_logits_model(confident_keras)(x, training=False).numpy() if head == "logits" else ref_probs
+        ref = ref_logits if head == "logits" else ref_probs
         err = compare(ref, out)
         limit = FP32_REL_L2 if precision == "fp32" else FP16_REL_L2
         assert err["rel_l2"] <= limit, f"{_id(row)}: shape {out.shape}, {err}, limit {limit}"
@@ -114,17 +123,15 @@ def test_onnx_matches_keras(row, narrow_export, confident_keras):
 @pytest.mark.parametrize("layout, fold", [("nhwc", "off"), ("nchw", "phase")])
 def test_uint8_input_normalizes_inside_the_graph(layout, fold, narrow_export, confident_keras):
     """--input-dtype uint8: raw pixels in, (x/255 - mean)/std applied by the graph, same logits as Keras."""
-    from unet_export.verify import make_pixels, normalize
-
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     result = narrow_export(input_dtype="uint8", layout=layout, head="logits", mean=mean, std=std, fold_upsample=fold,
                            input_size=(64, 96))
-    pixels = make_pixels(Case(2, 64, 96), seed=321)
+    pixels = np.stack([make_pixels(64, 96, 321 + i) for i in range(2)])
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(uint8)"
     out = session.run(None, {"input": pixels.transpose(0, 3, 1, 2) if layout == "nchw" else pixels})[0]
     out = out.transpose(0, 2, 3, 1) if layout == "nchw" else out
-    ref = keras_logits_model(confident_keras)(normalize(pixels, mean, std), training=False).numpy()
+    ref, _ = _keras(confident_keras, list(pixels), mean, std)
     err = compare(ref, out)
     assert err["rel_l2"] <= FP32_REL_L2, err
 

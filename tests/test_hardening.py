@@ -207,7 +207,7 @@ def test_close_while_another_thread_predicts(model64):
 
 # ------------------------------------------------------------ faults
 @pytest.mark.parametrize("where", ["unet_export.convert.convert_keras", "unet_export.graph.clean",
-                                   "unet_export.graph.check", "unet_export.pipeline._verify", "os.replace"])
+                                   "unet_export.graph.check", "unet_export.verify.verify_export", "os.replace"])
 def test_export_interrupted_at_each_step_leaves_nothing(tmp_path, monkeypatch, confident_weights, where):
     def interrupt(*a, **k):
         raise KeyboardInterrupt

@@ -7,7 +7,7 @@ from PIL import Image
 
 from unet_export import ConfigError, ExportConfig, VerificationError, export_model
 from unet_export import verify as verify_mod
-from unet_export.calibration import MIN_CALIBRATION_IMAGES, synthetic_images
+from unet_export.calibration import MIN_CALIBRATION_IMAGES, held_out_count, synthetic_images
 from unet_export.graph import op_histogram
 from unet_export.precision import to_int8
 from unet_runtime import Segmenter
@@ -26,11 +26,23 @@ def int8_export(confident_weights, tmp_path_factory):
     return export_model(_cfg(confident_weights), out)
 
 
+def _gate(report, text):
+    (gate,) = [g for g in report["verification"]["gates"] if text in g["name"]]
+    return gate
+
+
 def test_int8_end_to_end(int8_export):
-    acc = int8_export.report["int8_accuracy"]
-    assert acc["gate_applied"] and acc["confident_pixels"] > 0.3 * acc["pixels"], acc
-    assert acc["vs_fp32"]["confident_agreement"] >= verify_mod.INT8_MASK_AGREEMENT_MIN
-    assert 0 < acc["vs_fp32"]["mean_iou"] <= 1 and acc["vs_keras"]["agreement"] > 0.9
+    report = int8_export.report
+    acc = report["verification"]["held_out"]
+    assert acc["images"] == held_out_count(12) == 8 and acc["confident_pixels"] > 0.3 * acc["pixels"], acc
+    mask_gate = _gate(report, "mask vs fp32 graph on confident pixels")
+    assert mask_gate["passed"] and mask_gate["bound"] == verify_mod.INT8_MASK_AGREEMENT_MIN
+    assert mask_gate["value"] == acc["vs_fp32"]["confident_agreement"] >= verify_mod.INT8_MASK_AGREEMENT_MIN
+    logits_gate = _gate(report, "held-out (8 images): logits rel L2 vs fp32 graph")
+    assert 0 < logits_gate["value"] <= verify_mod.INT8_REL_L2
+    # What was quantized is the model: the fp32 graph is held against Keras first.
+    assert _gate(report, "fp32 graph before quantization")["value"] <= verify_mod.FP32_REL_L2
+    assert 0 < acc["vs_fp32"]["mean_iou"] <= 1 and acc["vs_fp32"]["agreement"] > 0.9
     assert int8_export.report["calibration"]["method"] == "minmax"
     hist = op_histogram(onnx.load(str(int8_export.path)))
     # int8 folds the decoder upsampling by default (fold.py): 4 stages x 4 phase convs more.
@@ -82,15 +94,16 @@ def test_constant_calibration_fails_the_held_out_gate(confident_weights, tmp_pat
     calib.mkdir()
     for i in range(12):
         Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(calib / f"{i}.png")
-    # Lift the sanity bound on the noise cases so that the held-out gate is what must fail.
+    # Lift the logits bounds so that the held-out mask gate is what must fail.
+    monkeypatch.setattr(verify_mod, "INT8_NOISE_REL_L2", 1e9)
     monkeypatch.setattr(verify_mod, "INT8_REL_L2", 1e9)
     monkeypatch.setattr("unet_export.pipeline._int8_images",
                         lambda config: (_read(calib), synthetic_images(4, 64, 64, seed=5), "constant"))
     out = tmp_path / "out" / "m.onnx"
     out.parent.mkdir()
-    with pytest.raises(VerificationError, match="INT8 accuracy gate failed") as info:
+    with pytest.raises(VerificationError, match="mask vs fp32 graph on confident pixels .* is 0.*below the bound") as info:
         export_model(_cfg(confident_weights), out)
-    assert info.value.report["int8"]["vs_fp32"]["confident_agreement"] < verify_mod.INT8_MASK_AGREEMENT_MIN
+    assert info.value.report["held_out"]["vs_fp32"]["confident_agreement"] < verify_mod.INT8_MASK_AGREEMENT_MIN
     assert list(out.parent.iterdir()) == []
 
 
@@ -127,10 +140,10 @@ def test_fp16_model_cannot_be_quantized(narrow_export):
 def test_int8_with_uint8_input(confident_weights, int8_export, tmp_path):
     """Raw pixels in, normalized in the graph, then quantized: calibrated and gated like the float-input model."""
     result = export_model(_cfg(confident_weights, input_dtype="uint8"), tmp_path / "u8.onnx")
-    acc = result.report["int8_accuracy"]
-    assert acc["gate_applied"] and acc["vs_fp32"]["confident_agreement"] >= verify_mod.INT8_MASK_AGREEMENT_MIN
+    assert _gate(result.report, "mask vs fp32 graph on confident pixels")["passed"]
+    assert result.report["verification"]["held_out"]["vs_fp32"]["confident_agreement"] >= verify_mod.INT8_MASK_AGREEMENT_MIN
     images = synthetic_images(4, 64, 64, seed=99)
     with Segmenter(result.path, providers="cpu") as u8, Segmenter(int8_export.path, providers="cpu") as f32:
-        assert u8._input_dtype == np.uint8
+        assert u8.input_spec.dtype == np.uint8
         a, b = np.stack(u8.predict(images)), np.stack(f32.predict(images))
     assert (a == b).mean() >= 0.98

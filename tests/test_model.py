@@ -46,6 +46,19 @@ def test_seed_makes_init_reproducible():
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+def test_seeding_leaves_the_global_random_state_alone():
+    """A training script that exports (export_model(keras_model=...)) keeps its own random streams."""
+    import random
+
+    import keras
+
+    keras.utils.set_random_seed(123)
+    expected = (random.random(), np.random.random(), float(keras.random.uniform(()).numpy()))
+    keras.utils.set_random_seed(123)
+    build_vgg19_unet((32, 32, 3), 3, seed=5, width_multiplier=0.125)
+    assert (random.random(), np.random.random(), float(keras.random.uniform(()).numpy())) == expected
+
+
 def test_dynamic_model_runs_at_several_sizes():
     model = build_vgg19_unet((None, None, 3), 4, width_multiplier=0.125)
     for h, w in ((32, 48), (64, 32)):

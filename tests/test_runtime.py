@@ -89,7 +89,7 @@ def test_predict_with_proba_is_predict_and_predict_proba_in_one_run(narrow_expor
     imgs = _images(5, [(40, 40), (64, 96), (17, 33)])
     with Segmenter(narrow_export(**cfg).path, providers="cpu") as seg:
         runs = []
-        seg._infer = (lambda infer: lambda x: runs.append(x.shape) or infer(x))(seg._infer)
+        seg.run = (lambda run: lambda x: runs.append(x.shape) or run(x))(seg.run)
         pairs = seg.predict_with_proba(imgs)
         assert len(runs) == (1 if "input_size" in cfg else 3)  # one session call per network size, as predict
         masks, probs = seg.predict(imgs), seg.predict_proba(imgs)
@@ -110,14 +110,13 @@ def test_warmup_runs_each_batch_shape_and_leaves_results_unchanged(narrow_export
     with Segmenter(path, providers="cpu") as plain:
         expected = plain.predict(imgs)
     # The CUDA path (IO binding, a graph id per shape) run with CPU buffers, as in the binding tests below.
-    seg = Segmenter(path, providers=["cpu"], config=ProviderConfig(cuda_graph=True))
-    seg._use_binding, seg._device = True, "cpu"
+    seg = Segmenter(path, providers=["cpu"], config=ProviderConfig(cuda_graph=True, io_binding=True))
     seen = []
-    seg._infer = (lambda infer: lambda x: seen.append(x.shape) or infer(x))(seg._infer)
+    seg.run = (lambda run: lambda x: seen.append(x.shape) or run(x))(seg.run)
     timings = seg.warmup(batch_sizes=(1, 2), runs=3)
     assert sorted(timings) == [1, 2] and all(len(t) == 3 and min(t) > 0 for t in timings.values())
     assert seen == [(1, 32, 32, 3)] * 3 + [(2, 32, 32, 3)] * 3  # the network's shapes, each run 3 times
-    assert list(seg._bindings) == [(1, 32, 32, 3), (2, 32, 32, 3)]  # buffers and graph ids made by the warm-up
+    assert seg.bound_shapes == ((1, 32, 32, 3), (2, 32, 32, 3))  # buffers and graph ids made by the warm-up
     for got, want in zip(seg.predict(imgs), expected):
         np.testing.assert_array_equal(got, want)
     seg.close()
@@ -151,23 +150,22 @@ def test_bound_buffers_per_shape_bounded_and_exact(narrow_export, cuda_graph):
 
     path = narrow_export(dynamic_size=True, head="argmax").path
     plain = Segmenter(path, providers=["cpu"])
-    seg = Segmenter(path, providers=["cpu"], config=ProviderConfig(cuda_graph=cuda_graph))
-    seg._use_binding, seg._device = True, "cpu"
+    seg = Segmenter(path, providers=["cpu"], config=ProviderConfig(cuda_graph=cuda_graph, io_binding=True))
     rng = np.random.default_rng(3)
     sizes = [16 * (i + 1) for i in range(max(MAX_BOUND_SHAPES, MAX_GRAPH_SHAPES) + 2)]
     for side in sizes + sizes[:2]:  # every shape, then two of the first ones again
         img = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
         assert np.array_equal(seg.predict(img), plain.predict(img)), side
-    keys = [k[1] for k in seg._bindings]  # NHWC input: (1, H, W, 3)
+    keys = [k[1] for k in seg.bound_shapes]  # NHWC input: (1, H, W, 3)
     if not cuda_graph:
         # the most recent shapes, least recently used first: 16 and 32 came back last
         assert keys == sizes[-MAX_BOUND_SHAPES + 2:] + sizes[:2]
     else:
         # the first shapes own graph ids 1..N and are never dropped; later ones ran uncaptured (id -1)
-        ids = {k[1]: b.run_options.get_run_config_entry("gpu_graph_id") for k, b in seg._bindings.items()}
-        assert ids == {side: str(i) for i, side in enumerate(sizes[:MAX_GRAPH_SHAPES], start=1)}
-        late = seg._binding_for(seg._session, np.zeros((1, 512, 512, 3), np.uint8))
-        assert late.run_options.get_run_config_entry("gpu_graph_id") == "-1" and len(seg._bindings) == MAX_GRAPH_SHAPES
+        ids = {k[1]: seg.bind(np.zeros(k, np.float32)).graph_id for k in seg.bound_shapes}
+        assert ids == {side: i for i, side in enumerate(sizes[:MAX_GRAPH_SHAPES], start=1)}
+        late = seg.bind(np.zeros((1, 512, 512, 3), np.float32))
+        assert late.graph_id == -1 and len(seg.bound_shapes) == MAX_GRAPH_SHAPES
 
 
 def test_threads_give_serial_results(narrow_export):

@@ -17,6 +17,8 @@ from .model_info import ModelInfo
 
 __all__ = ["Pipeline"]
 
+# infer: one model-ready batch in, the model's raw output out (Segmenter.run, TritonSegmenter's request).
+
 
 class Pipeline:
     """Turns images into model batches and model outputs into masks, per :class:`ModelInfo`."""
@@ -93,8 +95,8 @@ class Pipeline:
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple]:
         """Resize (fixed-size model) or pad (size-agnostic); returns the network image and how to undo it."""
         h, w = image.shape[:2]
-        th, tw = self.info.height, self.info.width
-        if th is not None and tw is not None:  # a fixed-size model
+        if self.info.size is not None:  # a fixed-size model
+            th, tw = self.info.size
             if (h, w) == (th, tw):  # already the model's size: no copy at all
                 return image, (h, w, 0, 0)
             # Back to uint8 after resizing, as PIL/OpenCV do for uint8 images.
@@ -114,8 +116,8 @@ class Pipeline:
             x = im.to_model_input([prepared[i][0] for i in idx], self.info.mean, self.info.std, self.info.layout,
                                   dtype=self._input_dtype)
             out = infer(x)
-            if self.info.head != "argmax" and self.info.layout == "nchw":
-                out = out.transpose(0, 2, 3, 1)
+            if self.info.head != "argmax":
+                out = im.channels_last(out, self.info.layout)
             for j, i in enumerate(idx):
                 results[i] = (out[j], prepared[i][1])
         return results

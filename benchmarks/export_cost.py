@@ -1,0 +1,170 @@
+"""``bench-unet export``: what ``export-unet`` costs, in wall time and memory, per configuration.
+
+Each configuration runs ``export-unet`` in a child process, as a user would,
+while this process samples the resident memory of the child's whole process
+tree (psutil, every 20 ms: children count too). The export's own report
+gives each step's time and peak memory; the table puts them side by side.
+
+    bench-unet export --out benchmarks/results/export-cost [--rows fp32 fp16-argmax int8-argmax] [-- EXPORT ARGS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from unet_runtime._help import DefaultsHelpFormatter
+
+__all__ = ["ROWS", "measure", "main"]
+
+#: name -> export-unet flags; the three goal rows of the export (laptop) budget by default.
+ROWS = {
+    "fp32": [],
+    "fp16-argmax": ["--precision", "fp16", "--head", "argmax"],
+    "int8-argmax": ["--precision", "int8", "--head", "argmax"],
+}
+#: Seconds between memory samples of the process tree.
+SAMPLE_S = 0.02
+
+
+def _tree_rss(proc) -> int:
+    """Resident bytes of ``proc`` and all its descendants now (processes that vanish meanwhile count 0)."""
+    import psutil
+
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(args: list[str], workdir: Path) -> dict:
+    """Run ``export-unet ARGS --out M --report R`` in a child; return wall time, peak tree RSS, the report's figures."""
+    import psutil
+
+    model, report = workdir / "model.onnx", workdir / "report.json"
+    cmd = [sys.executable, "-m", "unet_export.cli", "--out", str(model), "--report", str(report), "-q", *args]
+    peak = 0
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        proc = psutil.Process(child.pid)
+        while not stop.is_set():
+            try:
+                peak = max(peak, _tree_rss(proc))
+            except psutil.Error:
+                return
+            stop.wait(SAMPLE_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = child.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    row: dict = {"args": args, "returncode": child.returncode, "wall_s": round(wall, 2),
+                 "peak_tree_rss_mb": round(peak / 2**20, 1)}
+    if child.returncode != 0:
+        row["error"] = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {child.returncode}"
+        return row
+    rep = json.loads(report.read_text())
+    # Reports of versions that timed steps without measuring their memory hold bare seconds.
+    steps = {k: v if isinstance(v, dict) else {"seconds": v, "peak_rss_mb": None} for k, v in rep["steps"].items()}
+    row.update(steps=steps, size_bytes=rep["size_bytes"], gates=rep["verification"].get("gates", []),
+               not_applicable=rep["verification"].get("not_applicable", []))
+    model.unlink(missing_ok=True)
+    return row
+
+
+def to_markdown(rows: dict, meta: dict) -> str:
+    """The cost table: one line per configuration, each step's seconds and peak GiB."""
+    from .report import machine_line
+
+    steps = next((list(r["steps"]) for r in rows.values() if "steps" in r), [])
+    lines = [
+        f"# bench-unet export: {machine_line(meta['machine'])}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()) + "  ",
+        f"Commit: {meta['machine'].get('git_commit') or 'not a git checkout'}",
+        "",
+        "wall = the whole `export-unet` process, start to exit; peak = resident memory of its process tree, sampled "
+        f"every {SAMPLE_S * 1000:.0f} ms from outside; each step: seconds / peak GiB (sampled inside the export).",
+        "",
+        "| export | wall s | peak GiB | " + " | ".join(steps) + " | model MB | gates |",
+        "|---|---|---|" + "---|" * len(steps) + "---|---|",
+    ]
+    for name, r in rows.items():
+        if "error" in r:
+            lines.append(f"| {name} | {r['wall_s']:.1f} | {r['peak_tree_rss_mb'] / 1024:.2f} | failed: {r['error']} |")
+            continue
+        cells = [f"{r['steps'][s]['seconds']:.1f} / {(r['steps'][s]['peak_rss_mb'] or 0) / 1024:.2f}" for s in steps]
+        gates = f"{sum(g['passed'] for g in r['gates'])}/{len(r['gates'])} passed"
+        lines.append(f"| {name} `{' '.join(r['args'])}` | {r['wall_s']:.1f} | {r['peak_tree_rss_mb'] / 1024:.2f} | "
+                     + " | ".join(cells) + f" | {r['size_bytes'] / 1e6:.1f} | {gates} |")
+    lines += ["", "Gates (value vs bound) per export:"]
+    for name, r in rows.items():
+        for g in r.get("gates", []):
+            lines.append(f"- {name}: {g['name']}: {g['value']:.3g} {g['rule']} {g['bound']:g}")
+        for s in r.get("not_applicable", []):
+            lines.append(f"- {name}: {s['name']}: not applicable ({s['reason']})")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
+    """Command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = f"{prog} " + " ".join(shlex.quote(a) for a in argv)
+    extra: list[str] = []
+    if "--" in argv:  # everything after -- goes to every export-unet call
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    p = argparse.ArgumentParser(prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0],
+                                epilog="Arguments after -- are passed to every export, e.g. -- --weights my.keras")
+    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="configurations to export")
+    args = p.parse_args(argv)
+    from .report import machine_info, out_prefix_problem, write_text_atomic
+
+    problem = out_prefix_problem(args.out)
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return 1
+    if importlib.util.find_spec("psutil") is None:  # checked before minutes of work
+        print(f"{prog}: error: measuring the process tree needs psutil: pip install 'unet-onnx[bench]'", file=sys.stderr)
+        return 1
+    meta = {"command": command,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info()}
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+        for name in args.rows:
+            print(f"{prog}: {name} ...", file=sys.stderr, flush=True)
+            rows[name] = measure(ROWS[name] + extra, Path(tmp))
+            r = rows[name]
+            print(f"{prog}: {name}: {r['wall_s']:.1f} s, {r['peak_tree_rss_mb'] / 1024:.2f} GiB"
+                  + (f", FAILED: {r['error']}" if "error" in r else ""), file=sys.stderr, flush=True)
+    table = to_markdown(rows, meta)
+    write_text_atomic(args.out.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    write_text_atomic(args.out.with_suffix(".md"), table)
+    print(table)
+    return 0 if all("error" not in r for r in rows.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""What an export is asked for: :class:`ExportConfig`, its defaults and its checks.
+
+Every allowed value lives with the code that gives it meaning and is
+imported from there (heads, layouts, precisions and input types from the
+runtime's metadata contract; fold forms from fold.py; calibration methods
+from precision.py), so the CLI, this check and the benchmarks cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from unet_runtime.model_info import HEADS, INPUT_DTYPES, LAYOUTS, PRECISIONS
+
+from .calibration import MIN_CALIBRATION_IMAGES
+from .convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .errors import ConfigError
+from .fold import FOLD_CHOICES, auto_fold_form
+from .model import validate_spatial_size
+from .precision import CALIBRATION_METHODS
+
+__all__ = ["ExportConfig"]
+
+
+@dataclass
+class ExportConfig:
+    """Everything ``export-unet`` can be asked for (CLI flags map 1:1; the CLI's defaults are these)."""
+
+    input_size: tuple[int, int] = (512, 512)
+    dynamic_size: bool = False
+    #: None: the head width stored in ``weights`` (see :meth:`resolved`), else 21 (Pascal VOC).
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    layout: str = "nhwc"
+    head: str = "softmax"
+    precision: str = "fp32"
+    #: None: DEFAULT_OPSET (settled by :meth:`resolved`).
+    opset: int | None = DEFAULT_OPSET
+    weights: str | None = None
+    encoder_weights: str | None = None
+    seed: int = 0
+    verify: bool = True
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: INT8 calibration: a folder of images (None: synthetic shapes, see calibration.py).
+    calibration_images: str | None = None
+    #: images used when calibrating on synthetic shapes; held-out ones are extra (calibration.held_out_count).
+    #: 16 and 32 gave the same INT8 accuracy (mIoU 0.8386 vs 0.8387 on labelled images, trained weights;
+    #: benchmarks/results/int8-calibration-*.md), and each image costs an fp32 run.
+    calibration_count: int = 16
+    calibration_method: str = "minmax"
+    #: ``float32`` (normalized input) or ``uint8`` (raw RGB, normalized in the graph).
+    input_dtype: str = "float32"
+    #: filter multiplier (1.0 = the seed); < 1 only for tests and experiments.
+    width_multiplier: float = 1.0
+    #: decoder upsampling folded into the next conv: one of fold.FOLD_CHOICES (``auto``: see fold_form).
+    fold_upsample: str = "auto"
+    #: pad conv1-1's 3 input channels and an argmax head's classes to multiples of 8 (pad.py; for GPUs).
+    pad_channels: bool = False
+
+    def fold_form(self) -> str:
+        """The fold this export applies: ``fold_upsample``, with ``auto`` resolved by precision (fold.auto_fold_form)."""
+        return auto_fold_form(self.precision) if self.fold_upsample == "auto" else self.fold_upsample
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The fixed ``(H, W)``, or None for a size-agnostic export."""
+        return None if self.dynamic_size else tuple(self.input_size)  # type: ignore[return-value]
+
+    def resolved(self, keras_model=None) -> "ExportConfig":
+        """This config with ``num_classes`` settled (raises ConfigError).
+
+        Left as None, it is the class count of the head in the weights'
+        source: ``keras_model`` (an in-memory model, see
+        :func:`~unet_export.export_model`) or the ``weights`` file (read with
+        h5py, before any model is built); 21 when there is neither or the
+        count cannot be told. Given explicitly, it must match the source's,
+        so a wrong value fails here, not after the model was built.
+        """
+        from .weights import stored_num_classes
+
+        if self.opset is None:
+            return replace(self, opset=DEFAULT_OPSET).resolved(keras_model)
+        if keras_model is not None:
+            if self.weights or self.encoder_weights:
+                raise ConfigError("keras_model= and a weights file were both given; pass one source of weights "
+                                  "(drop config.weights / config.encoder_weights, or keras_model)")
+            shape = getattr(keras_model, "output_shape", None)  # not a Keras model: copy_weights says so later
+            stored = shape[-1] if isinstance(shape, tuple) and shape and isinstance(shape[-1], int) else None
+            source, flag, fix = "keras_model", "num_classes", "num_classes={n}, or leave it None to use the model's"
+        else:
+            stored = stored_num_classes(self.weights) if self.weights and Path(self.weights).is_file() else None
+            source, flag, fix = repr(self.weights), "--num-classes", "--num-classes {n}, or leave it out to use the file's"
+        if self.num_classes is None:
+            return replace(self, num_classes=stored or 21)
+        if stored is not None and stored != self.num_classes:
+            raise ConfigError(f"{flag} {self.num_classes} does not match {source}, whose head has {stored} classes; "
+                              f"pass {fix.format(n=stored)}")
+        return self
+
+    def validate(self) -> None:
+        """Check every value before any slow work starts (raises ConfigError)."""
+        if not self.dynamic_size:
+            validate_spatial_size(*self.input_size)
+        for name, value, allowed in (("--layout", self.layout, LAYOUTS), ("--head", self.head, HEADS),
+                                     ("--precision", self.precision, PRECISIONS),
+                                     ("--fold-upsample", self.fold_upsample, FOLD_CHOICES),
+                                     ("--input-dtype", self.input_dtype, INPUT_DTYPES),
+                                     ("--calibration-method", self.calibration_method, CALIBRATION_METHODS)):
+            if value not in allowed:
+                raise ConfigError(f"{name} {value!r} is not supported; choose one of {', '.join(allowed)}")
+        # None is settled by resolved() (export_model calls it); every other value must be a count.
+        classes = self.num_classes
+        if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+            raise ConfigError(f"--num-classes {classes!r} must be an integer >= 1 (21 for Pascal VOC)")
+        if self.head == "argmax" and (classes or 0) > 256:
+            raise ConfigError(f"--head argmax writes a uint8 mask, which holds at most 256 classes, not {self.num_classes}; use --head logits")
+        if self.pad_channels and self.precision == "int8":
+            raise ConfigError("--pad-channels aligns channels for GPU tensor cores; an int8 model runs on the CPU, "
+                              "where it only adds work: drop --pad-channels or use --precision fp16")
+        if self.precision != "int8" and self.calibration_images:
+            raise ConfigError("--calibration-images is only used with --precision int8; add --precision int8 or drop it")
+        if self.precision == "int8" and self.calibration_count < MIN_CALIBRATION_IMAGES:
+            raise ConfigError(f"--calibration-count {self.calibration_count} is too small; INT8 calibration needs at least {MIN_CALIBRATION_IMAGES}")
+        if self.opset is not None and not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(f"--opset {self.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
+        if self.class_names is not None and classes is not None and len(self.class_names) != classes:
+            raise ConfigError(
+                f"{len(self.class_names)} class names for --num-classes {self.num_classes}; give one name per line, one per class"
+            )
+        if any(s == 0 for s in self.std) or len(self.std) != 3 or len(self.mean) != 3:
+            raise ConfigError(f"--mean {self.mean} / --std {self.std}: three values each, std non-zero")
