@@ -225,6 +225,7 @@ def _export_subprocess(args, key, out: Path) -> dict:
 SUBCOMMANDS = {
     "export": ("export_cost", "wall time and peak memory of export-unet per configuration"),
     "int8": ("int8_sweep", "INT8 accuracy against the number of calibration images"),
+    "serve": ("serve_load", "latency and throughput of segment-unet serve under concurrent clients"),
 }
 
 

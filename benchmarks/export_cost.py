@@ -115,7 +115,8 @@ def to_markdown(rows: dict, meta: dict) -> str:
             continue
         cells = [f"{r['steps'][s]['seconds']:.1f} / {(r['steps'][s]['peak_rss_mb'] or 0) / 1024:.2f}" for s in steps]
         gates = f"{sum(g['passed'] for g in r['gates'])}/{len(r['gates'])} passed"
-        lines.append(f"| {name} `{' '.join(r['args'])}` | {r['wall_s']:.1f} | {r['peak_tree_rss_mb'] / 1024:.2f} | "
+        flags = f" `{' '.join(r['args'])}`" if r["args"] else " (defaults)"
+        lines.append(f"| {name}{flags} | {r['wall_s']:.1f} | {r['peak_tree_rss_mb'] / 1024:.2f} | "
                      + " | ".join(cells) + f" | {r['size_bytes'] / 1e6:.1f} | {gates} |")
     lines += ["", "Gates (value vs bound) per export:"]
     for name, r in rows.items():

@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .convert import MAX_OPSET, MIN_OPSET
     from .fold import FOLD_CHOICES
     from .precision import CALIBRATION_METHODS
+    from .triton import ACCELERATORS
 
     d = ExportConfig()
     p = argparse.ArgumentParser(
@@ -96,10 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--triton-name", default="vgg19_unet", help="model name (folder) in the repository")
     t.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size; the export is verified at this batch")
     t.add_argument("--instances", type=int, default=1, help="instance_group count")
-    t.add_argument("--accelerator", choices=("tensorrt", "cuda", "cpu"), default="tensorrt",
-                   help="tensorrt: TensorRT FP16 with engine cache; cuda: CUDA EP (prefer_nhwc, fuse_conv_bias); cpu: CPU instances")
-    t.add_argument("--preferred-batch-sizes", type=int, nargs="+", default=[4, 8], help="dynamic_batching preferred_batch_size")
+    t.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                   help="auto: TensorRT for fp32/fp16 exports (in their precision), CPU instances for int8; "
+                        "tensorrt: TensorRT with engine and timing caches and a batch 1..max profile; "
+                        "cuda: CUDA EP (prefer_nhwc, fuse_conv_bias); cpu: CPU instances")
+    t.add_argument("--preferred-batch-sizes", type=int, nargs="+",
+                   help="dynamic_batching preferred_batch_size (default: none, the batcher forms any size up to "
+                        "--max-batch-size, as Triton's guide advises for most models)")
     t.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic_batching max_queue_delay_microseconds")
+    t.add_argument("--trt-cache-dir", default="/trt_cache",
+                   help="TensorRT engine and timing cache folder in the container: mount a persistent volume there "
+                        "(ONNX Runtime creates only the last folder level; an engine takes minutes to build)")
+    t.add_argument("--max-image-side", type=int, default=1024,
+                   help="size-agnostic exports: the largest height/width of the TensorRT profile")
     t.add_argument("--force", action="store_true", help="write into a non-empty repository (replaces only NAME/ there)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log every pass and verification case")
@@ -114,6 +124,19 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
     if not names:
         raise ExportError(f"--class-names {str(path)!r} is empty; give one class name per line")
     return tuple(names)
+
+
+def triton_options(args):
+    """The TritonOptions the flags ask for, or None without --triton-repo."""
+    if args.triton_repo is None:
+        return None
+    from .triton import TritonOptions
+
+    return TritonOptions(repo=args.triton_repo, name=args.triton_name, max_batch_size=args.max_batch_size,
+                         instances=args.instances, accelerator=args.accelerator,
+                         preferred_batch_sizes=tuple(args.preferred_batch_sizes or ()),
+                         max_queue_delay_us=args.max_queue_delay_us, trt_cache_dir=args.trt_cache_dir,
+                         max_image_side=args.max_image_side, force=args.force)
 
 
 #: Imported up front with Ctrl-C held back (see _sigint_deferred); the pipeline imports them lazily otherwise.
@@ -180,14 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.weights or args.encoder_weights):
             progress(f"WARNING: no --weights given: exporting an UNTRAINED model (random init, seed {args.seed}); "
                      "its masks are meaningless until you export your trained weights")
-        triton = None
-        if args.triton_repo is not None:
-            from .triton import TritonOptions
-
-            triton = TritonOptions(repo=args.triton_repo, name=args.triton_name, max_batch_size=args.max_batch_size,
-                                   instances=args.instances, accelerator=args.accelerator,
-                                   preferred_batch_sizes=tuple(args.preferred_batch_sizes),
-                                   max_queue_delay_us=args.max_queue_delay_us, force=args.force)
+        triton = triton_options(args)
         with _sigint_deferred():  # after the quick checks, so that a bad flag still fails at once
             for name in NATIVE_MODULES:
                 importlib.import_module(name)

@@ -256,7 +256,7 @@ def export_model(
     if triton is not None:
         if not config.verify:
             raise ConfigError("--triton-repo needs verification (it checks every batch size Triton may send); drop --no-verify")
-        triton.validate(MAX_TRITON_BATCH)
+        triton.validate(MAX_TRITON_BATCH, config.precision)
     # Checked (and made Path) before any slow work.
     out_path = check_writable_target(out, "--out", ConfigError) if out is not None else None
     report_file = check_writable_target(report_path, "--report", ConfigError) if report_path is not None else None
@@ -382,7 +382,8 @@ def _write_triton(state: ExportState) -> Path:
     c = state.config
     h, w = c.size or (64, 96)
     try:
-        return write_triton_repo(state.proto, state.triton, next(_model_inputs([make_pixels(h, w, c.seed)], c)))
+        return write_triton_repo(state.proto, state.triton, next(_model_inputs([make_pixels(h, w, c.seed)], c)),
+                                 c.precision)
     except OSError as exc:
         raise ExportError(f"--triton-repo {str(state.triton.repo)!r} could not be written ({exc.strerror or exc}); "
                           "nothing was left there") from exc

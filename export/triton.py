@@ -7,28 +7,71 @@ Layout (Triton's model repository docs)::
     REPO/NAME/1/test_data_set_0/input_0.pb, output_0.pb   (ONNX model-zoo test data)
 
 Every input and output in ``config.pbtxt`` is read from the exported model
-(names, data types, dims), never typed by hand. Key sources:
-[R] triton-inference-server/onnxruntime_backend README (backend, TensorRT
-accelerator parameters, CUDA accelerator, deprecated model parameters);
-[M] triton-inference-server/server docs/user_guide/model_configuration.md
-(max_batch_size, dims, dynamic_batching, instance_group, model_warmup).
+(names, data types, dims), never typed by hand, and every other key is one of
+:data:`CONFIG_KEYS`, each with the source that accepts it: Triton's
+``model_config.proto``, the ONNX Runtime backend's ``src/onnxruntime.cc``
+(it refuses a TensorRT accelerator parameter it does not know, and hands
+CUDA accelerator parameters to ONNX Runtime, which refuses unknown ones),
+and ONNX Runtime's provider options. The serving configuration follows the
+export's precision: an fp32 or fp16 model gets the TensorRT (or CUDA)
+accelerator in that precision, an INT8 model (QDQ, calibrated and verified
+for ONNX Runtime's CPU kernels) CPU instances.
+
+The model's own metadata (size, layout, normalization, head, classes) is
+repeated in the config's ``parameters``, which the backend ignores (it reads
+only the keys it knows), so a client can pre- and post-process from the
+server alone, without a copy of ``model.onnx``.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from .errors import ConfigError, ExportError
 
-__all__ = ["TritonOptions", "write_triton_repo", "render_config", "ACCELERATORS"]
+__all__ = ["TritonOptions", "write_triton_repo", "render_config", "ACCELERATORS", "CONFIG_KEYS", "TRITON_CONTAINER",
+           "config_keys"]
 
-ACCELERATORS = ("tensorrt", "cuda", "cpu")
+#: ``auto``: TensorRT for fp32 and fp16 exports, CPU instances for INT8.
+ACCELERATORS = ("auto", "tensorrt", "cuda", "cpu")
+#: The Triton release every key below was checked against: container 26.07 = Triton 2.71.0, whose ONNX
+#: Runtime backend is built with ONNX Runtime 1.27.0 (triton-inference-server/server build.py at v2.71.0).
+TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:26.07-py3"
+
+_BACKEND = ("triton-inference-server/onnxruntime_backend src/onnxruntime.cc (last changed bf2266d, 2026-01-28; "
+            "releases 26.02 to 26.07): the TensorRT accelerator's known parameters, anything else is refused")
+_ORT_CUDA = ("ONNX Runtime 1.27.0 CUDA EP provider options (names in libonnxruntime_providers_cuda.so of "
+             "onnxruntime-gpu 1.27.0); the backend passes them to UpdateCUDAProviderOptions, which refuses unknown ones")
+_BACKEND_MODEL = ("onnxruntime_backend src/onnxruntime.cc: model-level parameters it reads (deprecated form of the "
+                  "CUDA options); other keys are ignored")
+_OURS = "read by unet_runtime's TritonSegmenter (ModelInfo metadata keys); the backend ignores them"
+
+#: Where each key we write goes, and who accepts it.
+CONFIG_KEYS: dict[str, dict[str, str]] = {
+    "tensorrt": {  # optimization.execution_accelerators.gpu_execution_accelerator[name: "tensorrt"].parameters
+        "precision_mode": _BACKEND, "max_workspace_size_bytes": _BACKEND, "trt_engine_cache_enable": _BACKEND,
+        "trt_engine_cache_path": _BACKEND, "trt_engine_cache_prefix": _BACKEND, "trt_timing_cache_enable": _BACKEND,
+        "trt_timing_cache_path": _BACKEND, "trt_profile_min_shapes": _BACKEND, "trt_profile_opt_shapes": _BACKEND,
+        "trt_profile_max_shapes": _BACKEND,
+    },
+    "cuda": {  # ...gpu_execution_accelerator[name: "cuda"].parameters
+        "prefer_nhwc": _ORT_CUDA, "fuse_conv_bias": _ORT_CUDA,
+    },
+    "model": {  # parameters (model level)
+        "cudnn_conv_algo_search": _BACKEND_MODEL,
+    },
+}
+#: Model-level parameters whose names start with this carry the model's metadata for clients.
+CLIENT_PREFIX = "unet."
+
 _TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 2: "TYPE_UINT8", 7: "TYPE_INT64"}  # onnx TensorProto -> Triton
+#: TensorRT builder workspace: enough for the largest 512x512 fp16 tactic at batch 8.
+TRT_WORKSPACE_BYTES = 4 << 30
 
 
 @dataclass
@@ -39,15 +82,36 @@ class TritonOptions:
     name: str = "vgg19_unet"
     max_batch_size: int = 8
     instances: int = 1
-    accelerator: str = "tensorrt"
-    preferred_batch_sizes: tuple[int, ...] = field(default_factory=lambda: (4, 8))
+    accelerator: str = "auto"
+    #: empty: Triton's dynamic batcher forms batches of any size up to max_batch_size (its guide's advice).
+    preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 100
+    #: TensorRT engine and timing caches: a folder in the container (mount a volume there, see docs/deployment.md).
+    trt_cache_dir: str = "/trt_cache"
+    #: Size-agnostic exports: the largest H and W the TensorRT profile covers.
+    max_image_side: int = 1024
     force: bool = False
 
-    def validate(self, verified_batch: int) -> None:
-        """Raise ConfigError for any value Triton or this export cannot honour."""
+    def resolved(self, precision: str) -> "TritonOptions":
+        """These options with ``auto`` replaced by the accelerator for ``precision``."""
+        if self.accelerator != "auto":
+            return self
+        return replace(self, accelerator="cpu" if precision == "int8" else "tensorrt")
+
+    def validate(self, verified_batch: int, precision: str = "fp32") -> None:
+        """Raise ConfigError for any value Triton or this export cannot honour, naming the fix."""
         if self.accelerator not in ACCELERATORS:
             raise ConfigError(f"--accelerator {self.accelerator!r} is not supported; choose one of {', '.join(ACCELERATORS)}")
+        acc = self.resolved(precision).accelerator
+        if precision == "int8" and acc != "cpu":
+            raise ConfigError(
+                f"--accelerator {acc} with --precision int8: the INT8 model (QDQ, uint8 activations) is calibrated and "
+                "verified for ONNX Runtime's CPU kernels; TensorRT takes only symmetric int8 Q/DQ and the CUDA EP runs "
+                "Q/DQ in float. Use --accelerator cpu (the default for int8), or --precision fp16 for GPUs")
+        if precision == "fp16" and acc == "cpu":
+            raise ConfigError("--accelerator cpu with --precision fp16: ONNX Runtime's CPU kernels run an fp16 model "
+                              "through casts, slower than fp32; use --precision fp32 or int8 for CPU instances, or "
+                              "--accelerator tensorrt / cuda")
         if self.max_batch_size < 1:
             raise ConfigError(f"--max-batch-size {self.max_batch_size} must be >= 1")
         if self.max_batch_size > verified_batch:
@@ -61,7 +125,14 @@ class TritonOptions:
             raise ConfigError(f"--max-queue-delay-us {self.max_queue_delay_us} must be >= 0")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
-            raise ConfigError(f"--preferred-batch-sizes {bad} must lie in 1..--max-batch-size ({self.max_batch_size})")
+            raise ConfigError(f"--preferred-batch-sizes {list(bad)} must lie in 1..--max-batch-size "
+                              f"({self.max_batch_size}); drop the flag to let the batcher use any size")
+        cache = PurePosixPath(self.trt_cache_dir)
+        if not cache.is_absolute() or ".." in cache.parts or cache == PurePosixPath("/"):
+            raise ConfigError(f"--trt-cache-dir {self.trt_cache_dir!r} must be an absolute folder in the container "
+                              "(a mounted volume, e.g. /trt_cache)")
+        if self.max_image_side < 16 or self.max_image_side % 16:
+            raise ConfigError(f"--max-image-side {self.max_image_side} must be a positive multiple of 16")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"--triton-name {self.name!r} must be a plain folder name")
         target = Path(self.repo)
@@ -79,7 +150,7 @@ def _io(value_info) -> tuple[str, str, list[int]]:
     dims = [d.dim_value if d.dim_value else -1 for d in t.shape.dim]
     if t.elem_type not in _TRITON_TYPES:
         raise ExportError(f"tensor {value_info.name!r} has ONNX type {t.elem_type}, which this writer does not map")
-    return value_info.name, _TRITON_TYPES[t.elem_type], dims[1:]  # [M]: dims exclude the batch dimension
+    return value_info.name, _TRITON_TYPES[t.elem_type], dims[1:]  # dims exclude the batch dimension
 
 
 def _fmt(dims) -> str:
@@ -87,65 +158,104 @@ def _fmt(dims) -> str:
     return ", ".join(str(d) for d in dims)
 
 
-def render_config(model, opts: TritonOptions) -> str:
-    """The ``config.pbtxt`` text for ``model`` (a ModelProto), with a comment per key's source."""
+def _shapes(name: str, dims: list[int], batch: int, side: int) -> str:
+    """A TensorRT profile shape string ``input:BxHxWx3``, with ``side`` for every symbolic dimension."""
+    return f"{name}:" + "x".join(str(d) for d in [batch, *(d if d > 0 else side for d in dims)])
+
+
+def _trt_params(opts: TritonOptions, precision: str, in_name: str, in_dims: list[int]) -> dict[str, str]:
+    """The TensorRT accelerator's parameters: precision, caches, one optimization profile for batch 1..max."""
+    dynamic = any(d < 0 for d in in_dims)
+    opt_side = min(512, opts.max_image_side)
+    return {
+        "precision_mode": {"fp16": "FP16"}.get(precision, "FP32"),
+        "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": opts.trt_cache_dir,
+        "trt_engine_cache_prefix": opts.name,
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": opts.trt_cache_dir,
+        # One profile from batch 1 to max_batch_size (and, size-agnostic, 16 px to max_image_side): without it
+        # ONNX Runtime builds an engine for each new shape it meets, minutes in the middle of serving.
+        "trt_profile_min_shapes": _shapes(in_name, in_dims, 1, 16 if dynamic else 0),
+        "trt_profile_opt_shapes": _shapes(in_name, in_dims, opts.max_batch_size, opt_side),
+        "trt_profile_max_shapes": _shapes(in_name, in_dims, opts.max_batch_size, opts.max_image_side),
+    }
+
+
+def _cuda_params() -> dict[str, str]:
+    """The CUDA accelerator's parameters: NHWC convolutions and conv+bias fusion.
+
+    Both are unet_runtime's ProviderConfig defaults (measured fastest; see
+    runtime/providers.py); fp32 runs with ONNX Runtime's default TF32 on
+    Ampere and newer GPUs. The cuDNN search is the model-level parameter.
+    """
+    return {"prefer_nhwc": "1", "fuse_conv_bias": "1"}
+
+
+def render_config(model, opts: TritonOptions, precision: str = "fp32") -> str:
+    """The ``config.pbtxt`` text for ``model`` (a ModelProto, with its metadata) served at ``precision``."""
+    opts = opts.resolved(precision)
     (inp,), (out,) = model.graph.input, model.graph.output
     in_name, in_type, in_dims = _io(inp)
     out_name, out_type, out_dims = _io(out)
-    batch_dim = inp.type.tensor_type.shape.dim[0]
-    if batch_dim.dim_value:
+    if inp.type.tensor_type.shape.dim[0].dim_value:
         raise ExportError("the model's batch dimension is fixed; Triton batching needs it dynamic")
+    kind = "KIND_CPU" if opts.accelerator == "cpu" else "KIND_GPU"
     lines = [
         f'name: "{opts.name}"',
-        '# [R] the ONNX Runtime backend',
         'backend: "onnxruntime"',
-        '# [M] > 0: Triton batches along the model\'s first (dynamic) dimension',
+        "# > 0: Triton batches requests along the model's first (dynamic) dimension",
         f"max_batch_size: {opts.max_batch_size}",
-        "# [M] names, types and dims (without the batch) read from the exported model",
+        "# names, types and dims (without the batch) read from the exported model",
         f'input [ {{ name: "{in_name}" data_type: {in_type} dims: [ {_fmt(in_dims)} ] }} ]',
         f'output [ {{ name: "{out_name}" data_type: {out_type} dims: [ {_fmt(out_dims)} ] }} ]',
-        "# [M] dynamic batching: requests are grouped up to the preferred sizes",
         "dynamic_batching {",
-        f"  preferred_batch_size: [ {_fmt(opts.preferred_batch_sizes)} ]",
+        *([f"  preferred_batch_size: [ {_fmt(opts.preferred_batch_sizes)} ]"] if opts.preferred_batch_sizes else []),
         f"  max_queue_delay_microseconds: {opts.max_queue_delay_us}",
         "}",
-        "# [M] instance_group: copies of the model and where they run",
-        f"instance_group [ {{ count: {opts.instances} kind: {'KIND_CPU' if opts.accelerator == 'cpu' else 'KIND_GPU'} }} ]",
+        f"instance_group [ {{ count: {opts.instances} kind: {kind} }} ]",
     ]
-    if opts.accelerator == "tensorrt":
-        lines += [
-            "# [R] TensorRT accelerator: FP16 engines, cached (first load builds them: minutes at 512x512)",
-            "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
-            '  name: "tensorrt"',
-            '  parameters { key: "precision_mode" value: "FP16" }',
-            '  parameters { key: "max_workspace_size_bytes" value: "4294967296" }',
-            '  parameters { key: "trt_engine_cache_enable" value: "1" }',
-            f'  parameters {{ key: "trt_engine_cache_path" value: "/tmp/triton_trt_cache/{opts.name}" }}',
-            '  parameters { key: "trt_timing_cache_enable" value: "1" }',
-            "} ] } }",
-        ]
-    elif opts.accelerator == "cuda":
-        lines += [
-            "# [R] CUDA EP options; prefer_nhwc + fuse_conv_bias measured fastest for fp16 on an H100",
-            "# (benchmarks/results/h100-2026-11-25*.md: 2.12 ms vs 2.67 ms plain at batch 1)",
-            "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
-            '  name: "cuda"',
-            '  parameters { key: "prefer_nhwc" value: "1" }',
-            '  parameters { key: "fuse_conv_bias" value: "1" }',
-            "} ] } }",
-        ]
-    if opts.accelerator != "cpu":
-        lines += ['# [R] deprecated-form model parameter, still honoured: 0 = EXHAUSTIVE cuDNN algorithm search',
-                  'parameters { key: "cudnn_conv_algo_search" value: { string_value: "0" } }']
-    lines += [
-        "# [M] warm-up: one zero batch at load, so the first real request does not pay for initialization",
-        "model_warmup [ {",
-        '  name: "zero_batch_1"',
-        "  batch_size: 1",
-        f'  inputs {{ key: "{in_name}" value: {{ data_type: {in_type} dims: [ {_fmt(d if d > 0 else 512 for d in in_dims)} ] zero_data: true }} }}',
-        "} ]",
-    ]
+    accelerator = {"tensorrt": lambda: _trt_params(opts, precision, in_name, in_dims),
+                   "cuda": _cuda_params}.get(opts.accelerator)
+    if accelerator is not None:
+        lines += [f"# {precision} export served by the {opts.accelerator} accelerator",
+                  "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
+                  f'  name: "{opts.accelerator}"']
+        lines += [f'  parameters {{ key: "{k}" value: "{v}" }}' for k, v in accelerator().items()]
+        lines.append("} ] } }")
+    params = {"cudnn_conv_algo_search": "0"} if kind == "KIND_GPU" else {}  # 0 = EXHAUSTIVE (the backend's mapping)
+    params.update({p.key: p.value for p in model.metadata_props if p.key.startswith(CLIENT_PREFIX)})
+    lines.append("# the model's metadata for clients (the backend ignores keys it does not know)")
+    lines += [f'parameters {{ key: "{k}" value: {{ string_value: "{_escape(v)}" }} }}' for k, v in params.items()]
+    warm_dims = [d if d > 0 else min(512, opts.max_image_side) for d in in_dims]
+    lines += ["# warm-up at the batch sizes the engine is built for, before the model is marked ready",
+              "model_warmup ["]
+    for batch in dict.fromkeys((1, opts.max_batch_size)):
+        lines += ["  {", f'    name: "zero_batch_{batch}"', f"    batch_size: {batch}",
+                  f'    inputs {{ key: "{in_name}" value: {{ data_type: {in_type} dims: [ {_fmt(warm_dims)} ] '
+                  "zero_data: true } }", "  },"]
+    lines[-1] = "  }"
+    lines.append("]")
     return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    """A pbtxt string literal's body."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def config_keys(config_text: str) -> dict[str, list[str]]:
+    """Every accelerator and model-level parameter key in a config.pbtxt, by where it sits (tests check them)."""
+    from google.protobuf import text_format
+
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    keys: dict[str, list[str]] = {"model": list(cfg.parameters)}
+    for acc in cfg.optimization.execution_accelerators.gpu_execution_accelerator:
+        keys[acc.name] = list(acc.parameters)
+    return keys
 
 
 def _test_data(model, folder: Path, input_batch: np.ndarray) -> None:
@@ -161,7 +271,7 @@ def _test_data(model, folder: Path, input_batch: np.ndarray) -> None:
     (folder / "output_0.pb").write_bytes(numpy_helper.from_array(out, session.get_outputs()[0].name).SerializeToString())
 
 
-def write_triton_repo(model, opts: TritonOptions, test_input: np.ndarray) -> Path:
+def write_triton_repo(model, opts: TritonOptions, test_input: np.ndarray, precision: str = "fp32") -> Path:
     """Write ``REPO/NAME`` (config, model, test data); returns the model folder.
 
     Built in a temporary folder beside it and moved into place, so a failure
@@ -177,7 +287,7 @@ def write_triton_repo(model, opts: TritonOptions, test_input: np.ndarray) -> Pat
         version.mkdir(parents=True)
         (version / "model.onnx").write_bytes(model.SerializeToString())
         _test_data(model, version / "test_data_set_0", test_input)
-        (staging / "config.pbtxt").write_text(render_config(model, opts))
+        (staging / "config.pbtxt").write_text(render_config(model, opts, precision))
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="segment-unet",
         formatter_class=DefaultsHelpFormatter,
         description="Segment images with a VGG19-UNet ONNX model exported by export-unet.",
+        epilog="segment-unet serve MODEL ...: serve the model over the Open Inference Protocol (segment-unet serve --help)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("model", type=Path, help="the .onnx model")
@@ -166,7 +167,12 @@ def describe(segmenter) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``segment-unet``; returns the exit code."""
+    """Entry point of ``segment-unet``; returns the exit code. ``segment-unet serve ...`` runs the model server."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from .serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.info:

@@ -1,57 +1,60 @@
-"""A client for the model served by Triton Inference Server (KServe v2 protocol).
+"""A client for the model served over the Open Inference Protocol (KServe v2): Triton, or ``segment-unet serve``.
 
-Sends images to a Triton server over HTTP or gRPC and returns masks, with
-the runtime's own pre/post-processing (:class:`~unet_runtime.pipeline.Pipeline`):
+Sends images to the server over HTTP or gRPC and returns masks, with the
+runtime's own pre/post-processing (:class:`~unet_runtime.pipeline.Pipeline`):
 the same resize/pad, normalization and layout as a local
-:class:`~unet_runtime.Segmenter`, so both give the same masks. Needs the
-``triton`` extra (``pip install "unet-onnx[triton]"``).
+:class:`~unet_runtime.Segmenter`, so both give the same masks. Everything it
+needs is read from the server once, at construction: the model
+configuration's ``parameters`` (size, layout, normalization, head, classes:
+``export-unet --triton-repo`` writes them into ``config.pbtxt``), the input
+and output names and types, and ``max_batch_size``, by which larger batches
+are split. Needs the ``triton`` extra (``pip install "unet-onnx[triton]"``).
 
-    client = TritonSegmenter("localhost:8000", "vgg19_unet", model_file="repo/vgg19_unet/1/model.onnx")
+    client = TritonSegmenter("localhost:8000", "vgg19_unet")            # HTTP
+    client = TritonSegmenter("localhost:8001", "vgg19_unet", protocol="grpc")
     mask = client.predict(image)
 """
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 
-from .pipeline import Pipeline
 from .errors import SegmenterError
-from .model_file import read_metadata
-from .model_info import INPUT_NAME, OUTPUT_NAMES, ModelInfo
+from .model_info import METADATA_PREFIX, ModelInfo
+from .pipeline import Pipeline
 
 __all__ = ["TritonSegmenter"]
 
 _NP = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
+_FROM_CONFIG = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_UINT8": "UINT8"}
 
 
 class TritonSegmenter:
-    """Masks from a Triton-served VGG19-UNet.
+    """Masks from a VGG19-UNet served by Triton or ``segment-unet serve``.
 
     Args:
-        url: ``host:port`` of Triton's HTTP (8000) or gRPC (8001) endpoint.
-        model_name: the model's folder name in the repository.
+        url: ``host:port`` of the server's HTTP (Triton: 8000) or gRPC (8001) endpoint.
+        model_name: the model's name on the server.
         protocol: ``"http"`` or ``"grpc"``.
-        model_file: the repository's ``model.onnx`` (read for its metadata:
-            size, layout, normalization, head), or pass ``info``.
-        info: a :class:`ModelInfo` when the file is not at hand.
-        input_name, output_name, input_datatype: as in ``config.pbtxt``
-            (export-unet's defaults: ``input``, the head's output name, FP32).
+        timeout_s: seconds to connect and for each request (a request that
+            takes longer raises :class:`SegmenterError`).
+        info: a :class:`ModelInfo` to use instead of the server's config
+            parameters (for a repository written without them).
+        model_version: a version folder, or ``""`` for the server's choice.
+
+    Raises:
+        SegmenterError: the server cannot be reached, the model is not
+            there, or its configuration lacks what pre-processing needs.
     """
 
-    def __init__(self, url: str, model_name: str, *, protocol: str = "http", model_file: str | os.PathLike | None = None,
-                 info: ModelInfo | None = None, input_name: str = INPUT_NAME, output_name: str | None = None,
-                 input_datatype: str | None = None, model_version: str = ""):
+    def __init__(self, url: str, model_name: str, *, protocol: str = "http", timeout_s: float = 60.0,
+                 info: ModelInfo | None = None, model_version: str = ""):
         if protocol not in ("http", "grpc"):
             raise SegmenterError(f"protocol {protocol!r} is not supported; use 'http' or 'grpc'")
-        if info is None:
-            if model_file is None:
-                raise SegmenterError("pass model_file= (the repository's model.onnx) or info= so the client knows how to pre-process")
-            info = ModelInfo.from_metadata(read_metadata(model_file))
-            if info is None:
-                raise SegmenterError(f"{model_file!s} has no export-unet metadata; pass info=ModelInfo(...)")
+        if not timeout_s > 0:
+            raise SegmenterError(f"timeout_s {timeout_s!r} must be > 0 seconds")
         try:
             if protocol == "http":
                 import tritonclient.http as tc
@@ -59,47 +62,91 @@ class TritonSegmenter:
                 import tritonclient.grpc as tc
         except ImportError as exc:
             raise SegmenterError("the Triton client needs tritonclient: pip install 'unet-onnx[triton]'") from exc
-        self._tc = tc
+        self._tc, self._grpc = tc, protocol == "grpc"
+        self.url, self.model_name, self.model_version = url, model_name, model_version
+        self.timeout_s = timeout_s
+        if self._grpc:
+            self._client = tc.InferenceServerClient(url=url)
+        else:
+            self._client = tc.InferenceServerClient(url=url, connection_timeout=timeout_s, network_timeout=timeout_s)
+        config = self._config()
+        self.max_batch_size = int(config.get("max_batch_size", 0)) or 1
+        (inp,), (out,) = config["input"], config["output"]
+        self.input_name, self.output_name = inp["name"], out["name"]
+        self.input_datatype = _FROM_CONFIG.get(inp["data_type"], inp["data_type"])
+        if self.input_datatype not in _NP:
+            raise SegmenterError(f"{model_name!r} takes {self.input_datatype} input; a VGG19-UNet export takes "
+                                 f"{' or '.join(_NP)}")
+        if info is None:
+            params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+            try:
+                info = ModelInfo.from_metadata(params)
+            except ValueError as exc:
+                raise SegmenterError(f"{model_name!r}: its config parameters are malformed ({exc})") from exc
+            if info is None:
+                raise SegmenterError(
+                    f"{model_name!r} on {url} has no {METADATA_PREFIX}* parameters in its configuration; re-export "
+                    "the repository with export-unet --triton-repo, or pass info=ModelInfo(...)")
         self.info = info
-        self.model_name, self.model_version = model_name, model_version
-        self.input_name = input_name
-        self.output_name = output_name or OUTPUT_NAMES[info.head]
-        self.input_datatype = input_datatype or {"uint8": "UINT8"}.get(info.input_dtype, "FP32")
-        self._client = tc.InferenceServerClient(url=url)
         self._pipeline = Pipeline(info, _NP[self.input_datatype])
+
+    def _config(self) -> dict:
+        """The model configuration, as a dict (HTTP's JSON form; gRPC's protobuf converted)."""
+        try:
+            if self._grpc:
+                from google.protobuf import json_format
+
+                response = self._client.get_model_config(self.model_name, self.model_version,
+                                                         client_timeout=self.timeout_s)
+                return json_format.MessageToDict(response.config, preserving_proto_field_name=True)
+            return self._client.get_model_config(self.model_name, self.model_version)
+        except Exception as exc:  # tritonclient raises InferenceServerException and transport errors
+            raise SegmenterError(f"cannot read the configuration of {self.model_name!r} from {self.url}: {exc}") from exc
 
     def build_request(self, x: np.ndarray):
         """The InferInput/InferRequestedOutput pair for one model-ready batch (binary tensor data)."""
         tc = self._tc
         inp = tc.InferInput(self.input_name, list(x.shape), self.input_datatype)
-        if tc.__name__.endswith("http"):
-            inp.set_data_from_numpy(x, binary_data=True)
-            out = tc.InferRequestedOutput(self.output_name, binary_data=True)
-        else:
+        if self._grpc:
             inp.set_data_from_numpy(x)
             out = tc.InferRequestedOutput(self.output_name)
+        else:
+            inp.set_data_from_numpy(x, binary_data=True)
+            out = tc.InferRequestedOutput(self.output_name, binary_data=True)
         return [inp], [out]
 
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        inputs, outputs = self.build_request(x)
-        try:
-            result = self._client.infer(self.model_name, inputs, outputs=outputs, model_version=self.model_version)
-        except Exception as exc:  # tritonclient raises InferenceServerException and transport errors
-            raise SegmenterError(f"Triton request to {self.model_name!r} failed: {exc}") from exc
-        return result.as_numpy(self.output_name)
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The model's raw output for a prepared batch, sent in requests of at most ``max_batch_size``."""
+        parts = []
+        for start in range(0, len(x), self.max_batch_size):
+            inputs, outputs = self.build_request(np.ascontiguousarray(x[start:start + self.max_batch_size]))
+            timeout = {"client_timeout": self.timeout_s} if self._grpc else {}
+            try:
+                result = self._client.infer(self.model_name, inputs, outputs=outputs, model_version=self.model_version,
+                                            **timeout)
+            except Exception as exc:  # tritonclient raises InferenceServerException and transport errors
+                raise SegmenterError(f"request to {self.model_name!r} on {self.url} failed: {exc}") from exc
+            parts.append(result.as_numpy(self.output_name))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]):
         """Masks, exactly as :meth:`Segmenter.predict` (one image or a list)."""
-        return self._pipeline.predict(images, self._infer)
+        return self._pipeline.predict(images, self.run)
 
     def predict_proba(self, images):
         """Probabilities, exactly as :meth:`Segmenter.predict_proba`."""
-        return self._pipeline.predict_proba(images, self._infer)
+        return self._pipeline.predict_proba(images, self.run)
 
     def predict_with_proba(self, images):
         """Masks and probabilities from one request, exactly as :meth:`Segmenter.predict_with_proba`."""
-        return self._pipeline.predict_with_proba(images, self._infer)
+        return self._pipeline.predict_with_proba(images, self.run)
 
     def close(self) -> None:
         """Close the connection."""
         self._client.close()
+
+    def __enter__(self) -> "TritonSegmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
