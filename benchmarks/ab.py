@@ -117,11 +117,11 @@ def _load_image(path: str, size: int) -> np.ndarray:
     """An RGB uint8 image at size x size: read with Pillow (the `images` extra), resized as the runtime resizes."""
     from PIL import Image
 
-    from unet_runtime.images import resize_bilinear
+    from unet_runtime.images import resize_image
 
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"))
-    return np.clip(np.rint(resize_bilinear(rgb, size, size)), 0, 255).astype(np.uint8)
+    return resize_image(rgb, size, size)
 
 
 def to_markdown(result: dict, meta: dict) -> str:

@@ -226,6 +226,7 @@ SUBCOMMANDS = {
     "export": ("export_cost", "wall time and peak memory of export-unet per configuration"),
     "int8": ("int8_sweep", "INT8 accuracy against the number of calibration images"),
     "serve": ("serve_load", "latency and throughput of segment-unet serve under concurrent clients"),
+    "frames": ("frames", "host-to-host time per camera frame: resizes on the host (numpy, OpenCV) or in the graph"),
 }
 
 

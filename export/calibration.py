@@ -35,7 +35,7 @@ def load_images(folder: str | Path, height: int, width: int) -> list[np.ndarray]
         ConfigError: missing folder, too few images, or an unreadable file
             (named), so a typo cannot silently calibrate on nothing.
     """
-    from unet_runtime.images import resize_bilinear
+    from unet_runtime.images import resize_image
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -57,8 +57,7 @@ def load_images(folder: str | Path, height: int, width: int) -> list[np.ndarray]
                 rgb = np.asarray(img.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise ConfigError(f"calibration image {str(path)!r} cannot be read ({type(exc).__name__}); remove or replace it") from exc
-        resized = resize_bilinear(rgb, height, width)
-        out.append(np.clip(np.rint(resized), 0, 255).astype(np.uint8))
+        out.append(resize_image(rgb, height, width))
     return out
 
 

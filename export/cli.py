@@ -74,9 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: number of synthetic calibration images")
     p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=d.calibration_method,
                    help="int8: activation range estimation")
-    p.add_argument("--input-dtype", choices=INPUT_DTYPES, default=d.input_dtype,
+    p.add_argument("--input-dtype", choices=INPUT_DTYPES,
                    help="float32: the caller normalizes; uint8: raw RGB pixels in, cast and --mean/--std applied in the graph "
-                        "(a quarter of the bytes to copy; fastest on GPU)")
+                        "(a quarter of the bytes to copy; fastest on GPU) (default: uint8 with --resize-in-graph, else float32)")
+    p.add_argument("--resize-in-graph", action="store_true",
+                   help="uint8 frames of any size in: the graph resizes them to --input-size (bilinear, as the runtime "
+                        "does on the host) and an argmax head's mask back to the frame's size; softmax/logits heads "
+                        "return scores at --input-size")
     p.add_argument("--fold-upsample", choices=FOLD_CHOICES, default=d.fold_upsample,
                    help="fold each decoder upsampling into the conv after it (same function, 15%% fewer multiply-adds): "
                         "phase (2x2 convs + DepthToSpace, integer kernels on CPU), phase_nhwc (same, interleaved in NHWC: "
@@ -108,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trt-cache-dir", default="/trt_cache",
                    help="TensorRT engine and timing cache folder in the container: mount a persistent volume there "
                         "(ONNX Runtime creates only the last folder level; an engine takes minutes to build)")
-    t.add_argument("--max-image-side", type=int, default=1024,
-                   help="size-agnostic exports: the largest height/width of the TensorRT profile")
+    t.add_argument("--max-image-side", type=int,
+                   help="size-agnostic and --resize-in-graph exports: the largest image height/width of the TensorRT "
+                        "profile (default: 4096 with --resize-in-graph, else 1024)")
     t.add_argument("--force", action="store_true", help="write into a non-empty repository (replaces only NAME/ there)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log every pass and verification case")
@@ -136,7 +141,8 @@ def triton_options(args):
                          instances=args.instances, accelerator=args.accelerator,
                          preferred_batch_sizes=tuple(args.preferred_batch_sizes or ()),
                          max_queue_delay_us=args.max_queue_delay_us, trt_cache_dir=args.trt_cache_dir,
-                         max_image_side=args.max_image_side, force=args.force)
+                         max_image_side=args.max_image_side or (4096 if args.resize_in_graph else TritonOptions.max_image_side),
+                         force=args.force)
 
 
 #: Imported up front with Ctrl-C held back (see _sigint_deferred); the pipeline imports them lazily otherwise.
@@ -192,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         config = ExportConfig(
             input_size=tuple(args.input_size), dynamic_size=args.dynamic_size, num_classes=args.num_classes,
             class_names=_read_class_names(args.class_names) if args.class_names else None,
-            layout=args.layout, head=args.head, precision=args.precision, opset=args.opset, input_dtype=args.input_dtype,
+            layout=args.layout, head=args.head, precision=args.precision, opset=args.opset,
+            input_dtype=args.input_dtype or ("uint8" if args.resize_in_graph else ExportConfig.input_dtype),
+            resize_in_graph=args.resize_in_graph,
             fold_upsample=args.fold_upsample, pad_channels=args.pad_channels,
             weights=args.weights, encoder_weights=args.encoder_weights, seed=args.seed,
             verify=not args.no_verify, mean=tuple(args.mean), std=tuple(args.std),

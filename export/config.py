@@ -58,6 +58,8 @@ class ExportConfig:
     fold_upsample: str = "auto"
     #: pad conv1-1's 3 input channels and an argmax head's classes to multiples of 8 (pad.py; for GPUs).
     pad_channels: bool = False
+    #: uint8 frames of any size in, resized to input_size inside the graph (and an argmax mask resized back): frames.py.
+    resize_in_graph: bool = False
 
     def fold_form(self) -> str:
         """The fold this export applies: ``fold_upsample``, with ``auto`` resolved by precision (fold.auto_fold_form)."""
@@ -129,5 +131,12 @@ class ExportConfig:
             raise ConfigError(
                 f"{len(self.class_names)} class names for --num-classes {self.num_classes}; give one name per line, one per class"
             )
+        if self.resize_in_graph:
+            if self.dynamic_size:
+                raise ConfigError("--resize-in-graph resizes frames to the network's size: give --input-size H W "
+                                  "instead of --dynamic-size")
+            if self.input_dtype != "uint8" or self.layout != "nhwc":
+                raise ConfigError(f"--resize-in-graph takes raw uint8 RGB frames (N, H, W, 3): use --input-dtype uint8 "
+                                  f"--layout nhwc, not {self.input_dtype} {self.layout}")
         if any(s == 0 for s in self.std) or len(self.std) != 3 or len(self.mean) != 3:
             raise ConfigError(f"--mean {self.mean} / --std {self.std}: three values each, std non-zero")

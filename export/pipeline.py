@@ -1,6 +1,6 @@
 """The export pipeline: a short list of named steps over one :class:`ExportState`.
 
-    build -> convert -> clean -> precision -> check -> verify -> write
+    build -> convert -> clean -> precision -> frames -> check -> verify -> write
 
 Each step reads what it needs from the state and adds what it produces; the
 runner times each one, measures its peak memory, and prints one line per
@@ -172,6 +172,19 @@ def precision(state: ExportState) -> str:
     return c.precision
 
 
+def frames(state: ExportState) -> str:
+    """--resize-in-graph: frames of any size in, resized to the network inside the graph (frames.py)."""
+    c = state.config
+    if not c.resize_in_graph:
+        return "off (the runtime resizes frames on the host)"
+    from .frames import resize_in_graph
+
+    h, w = c.input_size
+    state.proto = resize_in_graph(state.proto, h, w, head=c.head)
+    back = "mask resized back to the frame" if c.head == "argmax" else f"{c.head} at {h}x{w}"
+    return f"uint8 frames of any size -> {h}x{w} bilinear -> network -> {back}"
+
+
 def check(state: ExportState) -> str:
     """Metadata written into the model, then onnx.checker on the final model."""
     from .graph import check as check_graph
@@ -184,7 +197,7 @@ def check(state: ExportState) -> str:
 
 def verify(state: ExportState) -> str:
     """Every numeric gate against Keras (and, for INT8, against the fp32 graph on held-out images)."""
-    from .verify import verification_cases, verify_export
+    from .verify import FRAME_SIZES, verification_cases, verify_export
 
     c = state.config
     if not c.verify:
@@ -194,7 +207,8 @@ def verify(state: ExportState) -> str:
     cases = verification_cases(c.size, c.seed, state.triton.max_batch_size if state.triton else None)
     state.verification = verify_export(state.keras_model, state.proto, head=c.head, layout=c.layout,
                                        precision=c.precision, input_dtype=c.input_dtype, mean=c.mean, std=c.std,
-                                       cases=cases, fp32_model=state.fp32_proto, held_out=state.held_out or ())
+                                       cases=cases, fp32_model=state.fp32_proto, held_out=state.held_out or (),
+                                       frames=FRAME_SIZES if c.resize_in_graph else ())
     state.fp32_proto = state.held_out = None  # their memory is not needed any more
     return f"{len(state.verification['gates'])} gates passed"
 
@@ -211,7 +225,7 @@ def write(state: ExportState) -> str:
 
 #: The pipeline, in order: (name, step). Each step returns the detail of its log line.
 STEPS: tuple[tuple[str, Callable[[ExportState], str]], ...] = (
-    ("build", build), ("convert", convert), ("clean", clean), ("precision", precision),
+    ("build", build), ("convert", convert), ("clean", clean), ("precision", precision), ("frames", frames),
     ("check", check), ("verify", verify), ("write", write),
 )
 
@@ -368,7 +382,7 @@ def _write_metadata(state: ExportState) -> None:
     info = ModelInfo(
         num_classes=c.num_classes, layout=c.layout, height=h, width=w, head=c.head,
         precision=c.precision, input_dtype=c.input_dtype, mean=tuple(c.mean), std=tuple(c.std),
-        class_names=tuple(names), size_multiple=SIZE_MULTIPLE, extra=extra,
+        class_names=tuple(names), size_multiple=SIZE_MULTIPLE, resize_in_graph=c.resize_in_graph, extra=extra,
     )
     onnx.helper.set_model_props(state.proto, info.to_metadata())
     state.proto.producer_name = "unet-onnx export-unet"

@@ -222,14 +222,15 @@ class KerasReference:
 def logits_output(model, layout: str) -> tuple[str, int]:
     """The tensor holding the scores before the graph's Softmax/ArgMax head, and its class axis.
 
-    Walks back from the output through Cast/Transpose nodes to the Softmax
+    Walks back from the output through the nodes that only move or resize
+    it (Cast, Transpose; the mask resize of --resize-in-graph) to the Softmax
     or ArgMax and takes its input (the class axis is that node's ``axis``);
     for a logits head that is the output itself, in ``layout``.
     """
     producer = {o: n for n in model.graph.node for o in n.output}
     name = model.graph.output[0].name
     node = producer.get(name)
-    while node is not None and node.op_type in ("Cast", "Transpose"):
+    while node is not None and node.op_type in ("Cast", "Transpose", "Squeeze", "Unsqueeze", "Resize"):
         name = node.input[0]
         node = producer.get(name)
     if node is not None and node.op_type in ("Softmax", "ArgMax"):
@@ -267,26 +268,28 @@ def _session(model, extra_outputs: Iterable[str] = ()):
 class Runner:
     """An ONNX model as verification runs it: model-ready input in, NHWC logits and mask (and probabilities) out."""
 
-    def __init__(self, model, *, head: str, layout: str, input_dtype: str, mean, std, num_classes: int):
+    def __init__(self, model, *, head: str, layout: str, input_dtype: str, mean, std, num_classes: int,
+                 extra_outputs: Sequence[str] = ()):
         self.head, self.layout, self.mean, self.std = head, layout, mean, std
         self.dtype = np.uint8 if input_dtype == "uint8" else np.float32
         self.num_classes = num_classes
         self.logits_name, self.logits_axis = logits_output(model, layout)
         self.output_name = model.graph.output[0].name
-        self.session = _session(model, [self.logits_name])
+        self.extra = list(extra_outputs)
+        self.session = _session(model, [self.logits_name, *self.extra])
         self.input_name = self.session.get_inputs()[0].name
         self.seconds = 0.0
 
     def run(self, pixels: Sequence[np.ndarray]) -> dict:
         x = to_model_input(list(pixels), self.mean, self.std, self.layout, dtype=self.dtype)
-        names = list(dict.fromkeys([self.output_name, self.logits_name]))
+        names = list(dict.fromkeys([self.output_name, self.logits_name, *self.extra]))
         t0 = time.perf_counter()
         outs = dict(zip(names, self.session.run(names, {self.input_name: x})))
         self.seconds += time.perf_counter() - t0
         # The class axis last; a padded head (pad.py) has extra classes after the real ones.
         logits = np.moveaxis(outs[self.logits_name], self.logits_axis, -1)[..., :self.num_classes]
         logits = logits.astype(np.float32, copy=False)
-        result = {"logits": logits}
+        result = {"logits": logits, **{name: outs[name] for name in self.extra}}
         if self.head == "argmax":
             result["mask"] = outs[self.output_name]
         else:
@@ -320,7 +323,8 @@ def _mask_gate(label: str, ref_probs: np.ndarray, mask: np.ndarray, precision: s
 
 
 def verify_export(keras_model, model, *, head: str, layout: str, precision: str, input_dtype: str, mean, std,
-                  cases: Sequence[Case], fp32_model=None, held_out: Sequence[np.ndarray] = ()) -> dict:
+                  cases: Sequence[Case], fp32_model=None, held_out: Sequence[np.ndarray] = (),
+                  frames: Sequence[tuple[int, int]] = ()) -> dict:
     """Run the ONNX model (CPU) and Keras on the same images and apply every gate.
 
     ONNX Runtime runs first and its session is dropped before Keras runs:
@@ -337,6 +341,10 @@ def verify_export(keras_model, model, *, head: str, layout: str, precision: str,
         cases: from :func:`verification_cases`.
         fp32_model, held_out: INT8 only: the fp32 graph that was quantized,
             and held-out images at the model's size (see :func:`_held_out`).
+        frames: ``(H, W)`` image sizes for a model exported with
+            ``--resize-in-graph``: each frame goes through the model whole and
+            through the host pipeline (its resize, Keras, its nearest resize
+            back), see :func:`_frame_gates`.
 
     Returns:
         The report: ``gates`` (never empty), ``not_applicable``, per-case
@@ -357,8 +365,11 @@ def verify_export(keras_model, model, *, head: str, layout: str, precision: str,
         first = cases[0]
         held = _held_out(fp32_model, model, held_out, check=images[(first.seeds[0], first.height, first.width)],
                          **kwargs)
+    frame_runs = _run_frames(model, frames, cases[0], **kwargs) if frames else []
     reference = KerasReference(keras_model, mean, std)
     reference.compute(images)
+    reference.compute({k: v for f in frame_runs for k, v in ((f["graph_key"], f["graph_input"]),
+                                                             (f["host_key"], f["host_input"]))})
 
     gates: list[Gate] = []
     skipped: list[dict] = []
@@ -386,6 +397,10 @@ def verify_export(keras_model, model, *, head: str, layout: str, precision: str,
             if gate:
                 gates.append(gate)
         log.info("verify: %s", row)
+    if frame_runs:
+        frame_gates, frame_rows = _frame_gates(frame_runs, reference, precision=precision, head=head)
+        gates += frame_gates
+        rows += frame_rows
     report: dict = {"cases": rows, "keras_s": round(reference.seconds, 3), "onnx_s": round(onnx_s, 3)}
     if held is not None:
         first = cases[0]
@@ -450,6 +465,67 @@ def _held_out(fp32_model, int8_model, images: Sequence[np.ndarray], *, check: np
                     "pixel_accuracy": pixel_accuracy(confusion), "mean_iou": mean_iou(confusion)},
         "fp32_s": round(fp32.seconds, 3), "int8_s": round(int8.seconds, 3),
     }
+
+
+#: Frame sizes a --resize-in-graph export is verified at: landscape HD, VGA, odd, and a 12 MP photo.
+FRAME_SIZES = ((1080, 1920), (480, 640), (333, 517), (3000, 4000))
+
+
+def _run_frames(model, frames: Sequence[tuple[int, int]], case: Case, **kwargs) -> list[dict]:
+    """Each frame through the in-graph model, its resized network input taken as an extra output."""
+    from unet_runtime.images import resize_bilinear
+
+    from .frames import NETWORK_INPUT
+
+    runner = Runner(model, **kwargs, extra_outputs=[NETWORK_INPUT])
+    runs = []
+    for i, (h, w) in enumerate(frames):
+        pixels = make_pixels(h, w, 7000 + i)
+        out = runner.run([pixels])
+        # What the runtime's host path feeds a fixed-size model: bilinear, rounded back to uint8.
+        host = np.clip(np.rint(resize_bilinear(pixels, case.height, case.width)), 0, 255).astype(np.uint8)
+        graph = out[NETWORK_INPUT][0]
+        runs.append({"size": (h, w), "out": out, "host_input": host, "graph_input": graph,
+                     "graph_key": ("frame graph", h, w), "host_key": ("frame host", h, w)})
+    return runs
+
+
+def _frame_gates(runs: list[dict], reference: KerasReference, *, precision: str, head: str):
+    """--resize-in-graph: the graph's resize within a grey level of the host's; its network is Keras on the
+    graph's own resized frame; its mask (argmax head) the host pipeline's on confident pixels."""
+    from unet_runtime.images import resize_nearest
+
+    gates, rows = [], []
+    for run in runs:
+        (h, w), out = run["size"], run["out"]
+        label = f"frame {h}x{w}"
+        differ = np.abs(run["graph_input"].astype(np.int16) - run["host_input"])
+        row = {"frame": f"{h}x{w}", "resize_max_diff": int(differ.max()), "resize_differ": float((differ > 0).mean())}
+        gates.append(Gate(f"{label}: in-graph resize vs the host's, largest difference in grey levels",
+                          float(differ.max()), FRAME_RESIZE_MAX_DIFF))
+        bound = {"fp32": FP32_REL_L2, "fp16": FP16_REL_L2}.get(precision, INT8_NOISE_REL_L2)
+        err = compare(reference.logits([run["graph_key"]]), out["logits"])
+        row["logits_rel_l2"] = err["rel_l2"]
+        gates.append(Gate(f"{label}: logits rel L2 vs Keras on the graph's resized frame", err["rel_l2"], bound))
+        if head == "argmax":  # the whole in-graph pipeline against the host's: resize, Keras, nearest resize back
+            probs = reference.probs([run["host_key"]])[0]
+            host_mask = resize_nearest(probs.argmax(-1).astype(np.uint8), h, w)
+            confident = resize_nearest(top2_margin(probs), h, w) >= CONFIDENT_MARGIN
+            same = out["mask"][0] == host_mask if out["mask"].shape[1:] == (h, w) else np.zeros((h, w), bool)
+            row.update(mask_shape=list(out["mask"].shape[1:]), mask_agreement=float(same.mean()),
+                       confident_pixels=int(confident.sum()))
+            if confident.sum() >= MIN_CONFIDENT_PIXELS:
+                bound = INT8_MASK_AGREEMENT_MIN if precision == "int8" else MASK_AGREEMENT_MIN
+                gates.append(Gate(f"{label}: mask vs the host pipeline's on confident pixels ({int(confident.sum())} px)",
+                                  float(same[confident].mean()), bound, at_least=True))
+        rows.append(row)
+    return gates, rows
+
+
+#: The in-graph bilinear resize may differ from the host's by one grey level: where the exact value is k + 0.5
+#: (frequent with ratios such as 640 -> 64), float rounding in either implementation decides the rounding.
+#: Measured on FRAME_SIZES: at most 1, on 1-5% of the values; the masks then differ only near ties.
+FRAME_RESIZE_MAX_DIFF = 1
 
 
 def _finish(report: dict, failures: Sequence[str] = ()) -> dict:

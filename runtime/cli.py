@@ -134,7 +134,10 @@ def describe(segmenter) -> str:
 
     info, session = segmenter.info, segmenter.session
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
-    size = f"{info.height}x{info.width}" if info.fixed_size else f"any size (multiples of {info.size_multiple})"
+    if info.resize_in_graph:
+        size = f"frames of any size, resized to {info.height}x{info.width} in the graph"
+    else:
+        size = f"{info.height}x{info.width}" if info.fixed_size else f"any size (multiples of {info.size_multiple})"
     normalize = "inside the graph" if "uint8" in inp.type else "by the runtime"
     names = ", ".join(info.class_names[:8]) + (", ..." if len(info.class_names) > 8 else "")
     lines = [

@@ -15,7 +15,10 @@ from .errors import InputImageError
 
 __all__ = [
     "validate_image",
+    "resize_image",
     "resize_bilinear",
+    "resize_backend",
+    "set_resize_backend",
     "resize_nearest",
     "pad_to_multiple",
     "normalization",
@@ -87,20 +90,81 @@ def _lerp(array: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: np.ndarray, a
     return out
 
 
-def resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of ``(H, W, C)`` to ``(height, width, C)``, float32 out.
+#: The bilinear resize: "opencv" (cv2.resize, when opencv-python is installed) or "numpy"; None: not chosen yet.
+_backend: str | None = None
+#: OpenCV resizes at most this many channels at once (CV_CN_MAX).
+_CV_MAX_CHANNELS = 512
 
-    Separable: one axis, then the other, each pass gathering two neighbours
-    and blending them in place, the pass that leaves the smaller
-    intermediate first. Gathering before converting means a large uint8
-    photo is never converted to float32 whole. (The one-shot form, four
-    full-size gathers and four products, took 81 ms for 21 probability
-    channels from 512x512 to 480x640 on a 2-core CPU, 40 times a GPU's model
-    run; see benchmarks/results/cpu-2core-2026-11-26-resize.md.)
+
+def set_resize_backend(name: str) -> None:
+    """Choose the host's bilinear resize: ``"opencv"``, ``"numpy"``, or ``"auto"`` (OpenCV when it imports).
+
+    OpenCV's ``INTER_LINEAR`` uses the same half-pixel sampling and was 18x
+    faster for a 1080p frame to 512x512 and 6x for probabilities on a
+    2-core CPU (benchmarks/results/frames-cpu.md). It rounds uint8 images
+    in fixed point, so their values can differ from numpy's by one grey
+    level (as PIL's do), and float32 ones by ~5e-5; masks are resized in
+    numpy either way (OpenCV's exact nearest mode picks other rows).
+
+    Raises:
+        ValueError: an unknown name, or ``"opencv"`` without OpenCV installed.
     """
-    in_h, in_w = array.shape[:2]
-    if (in_h, in_w) == (height, width):
+    global _backend
+    if name == "auto":
+        _backend = None
+        return
+    if name not in ("opencv", "numpy"):
+        raise ValueError(f"resize backend {name!r} is not one of 'auto', 'opencv', 'numpy'")
+    if name == "opencv" and _cv2() is None:
+        raise ValueError("resize backend 'opencv' needs OpenCV: pip install 'unet-onnx[opencv]'")
+    _backend = name
+
+
+def resize_backend() -> str:
+    """The bilinear resize in use: ``"opencv"`` or ``"numpy"`` (``auto`` resolved on first call)."""
+    global _backend
+    if _backend is None:
+        _backend = "opencv" if _cv2() is not None else "numpy"
+    return _backend
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a uint8 ``(H, W, 3)`` image to ``(height, width, 3)`` uint8 (rounded, as PIL/OpenCV do)."""
+    if image.shape[:2] == (height, width):
+        return image
+    if resize_backend() == "opencv":
+        return _cv2().resize(np.ascontiguousarray(image), (width, height), interpolation=_cv2().INTER_LINEAR)
+    return np.clip(np.rint(_resize_numpy(image, height, width)), 0, 255).astype(np.uint8)
+
+
+def resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of ``(H, W[, C])`` to ``(height, width[, C])``, float32 out (half-pixel centres, edges clamped).
+
+    With the OpenCV backend (see :func:`set_resize_backend`) for up to 512
+    channels, else in numpy: separable, one axis then the other, the pass
+    that leaves the smaller intermediate first; gathering before converting
+    means a large uint8 photo is never converted to float32 whole.
+    """
+    if array.shape[:2] == (height, width):
         return array.astype(np.float32, copy=False)
+    channels = array.shape[2] if array.ndim == 3 else 1
+    if resize_backend() == "opencv" and channels <= _CV_MAX_CHANNELS:
+        cv2 = _cv2()
+        return cv2.resize(np.ascontiguousarray(array, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return _resize_numpy(array, height, width)
+
+
+def _resize_numpy(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The numpy bilinear resize (see :func:`resize_bilinear`)."""
+    in_h, in_w = array.shape[:2]
     y0, y1, fy = _source_coords(height, in_h)
     x0, x1, fx = _source_coords(width, in_w)
     if height * in_w <= in_h * width:  # rows first leaves (height, W) in between

@@ -53,6 +53,9 @@ class ModelInfo:
         mean, std: per-channel normalization after scaling pixels to [0, 1].
         class_names: one name per class.
         size_multiple: H and W of a size-agnostic model must be multiples of it.
+        resize_in_graph: the model takes uint8 frames of any size and
+            resizes them to ``(height, width)`` itself (an argmax head returns
+            masks at the frame's size); the runtime sends images as they are.
         extra: every other ``unet.*`` key, kept verbatim (versions, hashes...).
     """
 
@@ -67,6 +70,7 @@ class ModelInfo:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     class_names: tuple[str, ...] = VOC_CLASSES
     size_multiple: int = 16
+    resize_in_graph: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):

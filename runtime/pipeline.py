@@ -95,13 +95,13 @@ class Pipeline:
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple]:
         """Resize (fixed-size model) or pad (size-agnostic); returns the network image and how to undo it."""
         h, w = image.shape[:2]
+        if self.info.resize_in_graph:  # the model resizes (and returns masks at this size) itself
+            return image, (h, w, 0, 0)
         if self.info.size is not None:  # a fixed-size model
             th, tw = self.info.size
             if (h, w) == (th, tw):  # already the model's size: no copy at all
                 return image, (h, w, 0, 0)
-            # Back to uint8 after resizing, as PIL/OpenCV do for uint8 images.
-            resized = im.resize_bilinear(image, th, tw)
-            return np.clip(np.rint(resized), 0, 255).astype(np.uint8), (h, w, 0, 0)
+            return im.resize_image(image, th, tw), (h, w, 0, 0)
         padded = im.pad_to_multiple(image, self.info.size_multiple)
         return padded, (h, w, h, w)
 
@@ -133,5 +133,5 @@ class Pipeline:
         mask = out if self.info.head == "argmax" else out.argmax(-1).astype(np.uint8)
         if ph:
             return np.ascontiguousarray(mask[:ph, :pw])
-        return im.resize_nearest(mask, h, w)
+        return im.resize_nearest(mask, h, w)  # a no-op for a mask the graph already resized
 

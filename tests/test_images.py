@@ -31,16 +31,45 @@ def _bilinear_by_definition(a, height, width):
             + fy * ((1 - fx) * a[y1][:, x0] + fx * a[y1][:, x1]))
 
 
+@pytest.fixture(params=["numpy", "opencv"])
+def backend(request):
+    """Each resize test runs with both host resizes (OpenCV is in the test extra); 'auto' restored after."""
+    im.set_resize_backend(request.param)
+    yield request.param
+    im.set_resize_backend("auto")
+
+
+#: How far each backend's float32 bilinear resize may be from the textbook blend, relative to the data's range:
+#: numpy computes in float32 (~1e-7); OpenCV's coordinates are fixed point (measured 4.7e-5 on [0, 1] data).
+RESIZE_ATOL = {"numpy": 1e-6, "opencv": 1e-4}
+
+
 @pytest.mark.parametrize("src, dst", [((37, 53), (64, 96)), ((64, 96), (37, 53)), ((20, 300), (300, 20)),
                                       ((1, 1), (5, 7)), ((9, 4), (9, 11)), ((512, 512), (480, 640))])
 @pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.float32, 21)])
-def test_resize_bilinear_is_the_four_neighbour_blend(src, dst, dtype, channels):
+def test_resize_bilinear_is_the_four_neighbour_blend(src, dst, dtype, channels, backend):
     # Both pass orders (rows first when that leaves the smaller intermediate, else columns first) occur above.
     rng = np.random.default_rng(sum(src) + sum(dst))
     a = (rng.integers(0, 256, (*src, channels)) if dtype == np.uint8 else rng.random((*src, channels))).astype(dtype)
     ours = im.resize_bilinear(a, *dst)
+    assert im.resize_backend() == backend
     assert ours.dtype == np.float32 and ours.shape == (*dst, channels) and ours.flags.c_contiguous
-    np.testing.assert_allclose(ours, _bilinear_by_definition(a, *dst), rtol=0, atol=1e-6 * float(a.max()))
+    np.testing.assert_allclose(ours, _bilinear_by_definition(a, *dst), rtol=0, atol=RESIZE_ATOL[backend] * float(a.max()))
+
+
+@pytest.mark.parametrize("src, dst", [((1080, 1920), (512, 512)), ((480, 640), (64, 64)), ((33, 17), (96, 80))])
+def test_resize_image_backends_agree_within_a_grey_level(src, dst):
+    """uint8 images: OpenCV rounds in fixed point, numpy in float; the results may differ by one level, not more."""
+    img = np.random.default_rng(3).integers(0, 256, (*src, 3), dtype=np.uint8)
+    out = {}
+    for name in ("numpy", "opencv"):
+        im.set_resize_backend(name)
+        out[name] = im.resize_image(img, *dst)
+    im.set_resize_backend("auto")
+    assert out["numpy"].dtype == out["opencv"].dtype == np.uint8 and out["numpy"].shape == (*dst, 3)
+    assert np.abs(out["numpy"].astype(int) - out["opencv"]).max() <= 1
+    with pytest.raises(ValueError, match="not one of"):
+        im.set_resize_backend("pillow")
 
 
 def test_normalization_and_layout():
