@@ -227,6 +227,7 @@ SUBCOMMANDS = {
     "int8": ("int8_sweep", "INT8 accuracy against the number of calibration images"),
     "serve": ("serve_load", "latency and throughput of segment-unet serve under concurrent clients"),
     "frames": ("frames", "host-to-host time per camera frame: resizes on the host (numpy, OpenCV) or in the graph"),
+    "tiles": ("tiles", "a large image at native resolution in windows: windows/s, ms per megapixel, memory"),
 }
 
 

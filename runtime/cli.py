@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "not for --head argmax models")
     p.add_argument("--providers", default="auto", help="'auto' or a comma list: tensorrt,cuda,cpu")
     p.add_argument("--strict", action="store_true", help="fail instead of warning when a requested provider does not run")
-    p.add_argument("--batch", type=int, default=1, help="images per session call")
+    p.add_argument("--batch", type=int, default=1, help="images per session call (without --tile)")
+    t = p.add_argument_group("tiling (native resolution, for models trained on crops at native resolution)")
+    t.add_argument("--tile", nargs="?", const="model", metavar="HxW|model",
+                   help="segment each image in overlapping windows of HxW pixels (multiples of 16; 'model': the "
+                        "model's own size), stitched at the image's resolution, the mask PNG written band by band")
+    t.add_argument("--overlap", type=float, default=0.25, help="--tile: fraction of a window its neighbours overlap")
+    t.add_argument("--blend", choices=("gaussian", "constant", "deepest"), default="gaussian",
+                   help="--tile: weights that blend the windows' scores, or deepest: each pixel from the window it "
+                        "lies deepest in (argmax models always)")
+    t.add_argument("--tile-batch", type=int, help="--tile: windows per session call (default: 8 on a GPU, 1 on the CPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return p
 
@@ -113,13 +123,66 @@ def _save_npy(array, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _progress(done: int, total: int, quiet: bool) -> None:
+def _progress(done: int, total: int, quiet: bool, unit: str = "") -> None:
     if quiet or not total:
         return
     width = 30
     filled = width * done // total
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="" if done < total else "\n",
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}{unit}", end="" if done < total else "\n",
           file=sys.stderr, flush=True)
+
+
+def _tile_arg(text: str | None):
+    """--tile's value: None, 'model', or (H, W) from 'HxW'."""
+    if text is None or text == "model":
+        return text
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        return h, w
+    except ValueError:
+        raise _UsageError(f"--tile {text!r} is not HxW (e.g. 512x512) or 'model'") from None
+
+
+def _segment_tiled(segmenter, path: Path, image, args, palette) -> None:
+    """One image through tiled inference: the mask PNG (and .probs.npy) written band by band as windows finish."""
+    import numpy as np
+    from PIL import Image
+
+    from . import images as im
+    from ._png import PalettePngWriter
+
+    names = iter(_outputs(path, args.overlay, args.probabilities))
+    mask_path = args.out / next(names)
+    h, w = image.shape[:2]
+    full = np.empty((h, w), np.uint8) if args.overlay else None
+    probs = None
+    if args.probabilities:  # a memory-mapped .npy filled band by band, renamed into place when whole
+        probs_path = args.out / _outputs(path, False, True)[1]
+        tmp_probs = probs_path.with_name(f".{probs_path.name}.tmp")
+        probs = np.lib.format.open_memmap(tmp_probs, mode="w+", dtype=np.float32,
+                                          shape=(h, w, segmenter.info.num_classes))
+    try:
+        with PalettePngWriter(mask_path, w, h, np.asarray(palette, np.uint8)) as png:
+            for band in segmenter.iter_tiles(image, tile=args.tile, overlap=args.overlap, blend=args.blend,
+                                             tile_batch=args.tile_batch, probabilities=args.probabilities,
+                                             progress=lambda d, t: _progress(d, t, args.quiet, " windows")):
+                png.write(band.mask)
+                rows = slice(band.top, band.top + len(band.mask))
+                if full is not None:
+                    full[rows] = band.mask
+                if probs is not None:
+                    probs[rows] = band.probs
+        if probs is not None:
+            probs.flush()
+            del probs
+            os.replace(tmp_probs, probs_path)
+            probs = None
+    finally:
+        if probs is not None:
+            del probs
+            Path(tmp_probs).unlink(missing_ok=True)
+    if full is not None:
+        _save_png(Image.fromarray(im.overlay(image, full)), args.out / _outputs(path, True, False)[1])
 
 
 def _shape(dims) -> str:
@@ -205,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     providers = "auto" if args.providers == "auto" else [p.strip() for p in args.providers.split(",") if p.strip()]
     try:
         paths = _collect(args.images, args.overlay, args.probabilities)
+        args.tile = _tile_arg(args.tile)
     except _UsageError as exc:
         print(f"segment-unet: error: {exc}", file=sys.stderr)
         return 1
@@ -214,7 +278,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segment-unet: error: {exc}", file=sys.stderr)
         return 1
     problem = None
-    if args.probabilities and segmenter.info.head == "argmax":
+    if args.tile is not None:  # the window settings are checked once, before any image or folder
+        from .tiling import check_spec
+
+        try:
+            check_spec(args.tile, args.overlap, args.blend, args.tile_batch or 1, segmenter.info.size,
+                       segmenter.info.size_multiple)
+        except SegmenterError as exc:
+            problem = f"--tile {'x'.join(map(str, args.tile)) if isinstance(args.tile, tuple) else args.tile}: {exc}"
+    if problem:
+        pass
+    elif args.probabilities and segmenter.info.head == "argmax":
         problem = (f"--probabilities: {str(args.model)!r} was exported with --head argmax and outputs masks only; "
                    "re-export it with --head softmax (or logits), or drop --probabilities")
     else:
@@ -231,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     failures, done, start = 0, 0, time.perf_counter()
     total = len(paths)
     with segmenter:
+        if args.tile is not None:
+            return _run_tiled(segmenter, paths, args, palette, start)
         for first in range(0, total, args.batch):
             chunk, arrays = [], []
             for path in paths[first:first + args.batch]:
@@ -276,6 +352,36 @@ def main(argv: list[str] | None = None) -> int:
         ok = total - failures
         print(f"segmented {ok}/{total} images on {', '.join(segmenter.providers)} in {elapsed:.2f} s "
               f"({elapsed / max(ok, 1) * 1000:.0f} ms/image); masks in {args.out}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _run_tiled(segmenter, paths: list[Path], args, palette, start: float) -> int:
+    """segment-unet --tile: each image tiled, its files written as its windows finish."""
+    import numpy as np
+    from PIL import Image
+
+    failures = 0
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                image = np.asarray(img.convert("RGB"))
+        except (OSError, Image.DecompressionBombError, ValueError) as exc:
+            failures += 1
+            print(f"\nsegment-unet: skipped {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        try:
+            _segment_tiled(segmenter, path, image, args, palette)
+        except SegmenterError as exc:
+            failures += 1
+            print(f"\nsegment-unet: skipped {path}: {exc}", file=sys.stderr)
+        except OSError as exc:
+            print(f"\nsegment-unet: error: cannot write the outputs of {str(path)!r} ({exc.strerror or exc}); "
+                  "free disk space or choose another --out", file=sys.stderr)
+            return 1
+    if not args.quiet:
+        elapsed = time.perf_counter() - start
+        print(f"segmented {len(paths) - failures}/{len(paths)} images (tiled) on {', '.join(segmenter.providers)} in "
+              f"{elapsed:.2f} s; masks in {args.out}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -32,8 +32,9 @@ from .images import DEFAULT_MAX_PIXELS, to_model_input
 from .loader import MAX_MODEL_SIDE, TensorSpec, open_model, session_options
 from .pipeline import Pipeline
 from .providers import ProviderConfig
+from .tiling import Band, check_spec, tile_bands
 
-__all__ = ["Segmenter", "BoundCall", "session_options", "MAX_MODEL_SIDE"]
+__all__ = ["Segmenter", "BoundCall", "Band", "session_options", "MAX_MODEL_SIDE"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ MAX_BOUND_SHAPES = 8
 #: With ``cuda_graph``, input shapes that get a captured graph each. A captured graph replays on the buffers
 #: it was captured with, so those are never dropped; shapes beyond these run uncaptured.
 MAX_GRAPH_SHAPES = 8
+#: Windows per session call when tiling, unless tile_batch says: a GPU runs a batch faster per window; two
+#: CPU cores gain nothing from batching and each window of a batch costs memory.
+TILE_BATCH = {"gpu": 8, "cpu": 1}
 #: Runs of a shape until its CUDA graph exists: ONNX Runtime's CUDA EP makes two regular runs first
 #: (``min_num_runs_before_cuda_graph_capture_``, for its memory arena) and captures on the third.
 CUDA_GRAPH_CAPTURE_RUNS = 3
@@ -216,30 +220,50 @@ class Segmenter:
             return bound
 
     # ---------------------------------------------------------------- images
-    def predict(self, images):
+    def predict(self, images, *, tile=None, overlap: float = 0.25, blend: str = "gaussian",
+                tile_batch: int | None = None):
         """Class masks for one image or a list of images.
 
         Args:
             images: an RGB ``uint8`` ``(H, W, 3)`` array, or a list of them
                 (sizes may differ).
+            tile: ``None`` (default): the whole image at once (resized to a
+                fixed-size model, padded for a size-agnostic one). ``"model"``
+                or ``(h, w)``: sliding windows at native resolution, stitched
+                (see :mod:`unet_runtime.tiling`). Tiling changes the scale the
+                model sees: use it when the model was trained on crops at
+                native resolution.
+            overlap: tiling: fraction of a window its neighbours overlap, 0 to 0.9.
+            blend: tiling: ``gaussian`` or ``constant`` weights for blending
+                scores, or ``deepest`` (each pixel from the window it lies
+                deepest in; what an argmax model always uses).
+            tile_batch: tiling: windows per session call (default 8 on a
+                GPU, 1 on the CPU).
 
         Returns:
             ``uint8`` ``(H, W)`` mask(s) at each image's own size; a single
             array for a single image, a list for a list.
         """
+        if tile is not None:
+            return self._tiled(images, "mask", tile, overlap, blend, tile_batch)
         return self._pipeline.predict(images, self.run)
 
-    def predict_proba(self, images):
-        """Class probabilities ``float32`` ``(H, W, num_classes)`` per image.
+    def predict_proba(self, images, *, tile=None, overlap: float = 0.25, blend: str = "gaussian",
+                      tile_batch: int | None = None):
+        """Class probabilities ``float32`` ``(H, W, num_classes)`` per image (tiling as in :meth:`predict`).
 
         Raises:
             SegmenterError: for a model exported with ``--head argmax``,
                 which carries no probabilities.
         """
+        if tile is not None:
+            self._pipeline._require_probabilities()
+            return self._tiled(images, "probs", tile, overlap, blend, tile_batch)
         return self._pipeline.predict_proba(images, self.run)
 
-    def predict_with_proba(self, images):
-        """``(mask, probabilities)`` per image from one model run.
+    def predict_with_proba(self, images, *, tile=None, overlap: float = 0.25, blend: str = "gaussian",
+                           tile_batch: int | None = None):
+        """``(mask, probabilities)`` per image from one model run (tiling as in :meth:`predict`).
 
         What :meth:`predict` and :meth:`predict_proba` give, with one model
         run instead of two (a pair for one image, a list of pairs for a list).
@@ -247,7 +271,68 @@ class Segmenter:
         Raises:
             SegmenterError: for a model exported with ``--head argmax``.
         """
+        if tile is not None:
+            self._pipeline._require_probabilities()
+            return self._tiled(images, "both", tile, overlap, blend, tile_batch)
         return self._pipeline.predict_with_proba(images, self.run)
+
+    def iter_tiles(self, image: np.ndarray, *, tile="model", overlap: float = 0.25, blend: str = "gaussian",
+                   tile_batch: int | None = None, probabilities: bool = False, progress=None,
+                   stats: dict | None = None):
+        """Tiled inference on one image, yielding finished :class:`~unet_runtime.tiling.Band` objects top to bottom.
+
+        The stitcher holds one band of windows, so a caller that writes each
+        band out (``segment-unet --tile`` streams its PNG) segments images of
+        any height in bounded memory. ``progress(done, total)`` counts
+        windows; ``stats`` receives the window count and the stitcher's
+        largest allocation (``accumulator_bytes``). Other arguments as
+        :meth:`predict`.
+        """
+        from .images import validate_image
+
+        image = validate_image(image, None, self._pipeline.max_pixels)
+        if probabilities:
+            self._pipeline._require_probabilities()
+        on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        batch = TILE_BATCH["gpu" if on_gpu else "cpu"] if tile_batch is None else tile_batch
+        spec = check_spec(tile, overlap, blend, batch,
+                          self.info.size, self.info.size_multiple)
+        return tile_bands(image, spec, self._run_windows, num_classes=self.info.num_classes,
+                          scores=self.info.head != "argmax", want_probs=probabilities, progress=progress, stats=stats)
+
+    def _run_windows(self, windows: list) -> list:
+        """Windows (same size) -> per window the probabilities ``(h, w, C)`` or, for an argmax model, the mask."""
+        from .images import channels_last, softmax
+
+        h, w = windows[0].shape[:2]
+        size = self.info.size
+        if size is not None and (h, w) != size:  # a tile smaller than a fixed-size model: padded to it
+            windows = [np.pad(x, ((0, size[0] - h), (0, size[1] - w), (0, 0))) for x in windows]
+        out = self.run(self.prepare(windows))
+        if self.info.head == "argmax":
+            return list(out[:, :h, :w])
+        out = channels_last(out, self.info.layout)[:, :h, :w].astype(np.float32, copy=False)
+        return list(softmax(np.array(out)) if self.info.head == "logits" else out)
+
+    def _tiled(self, images, want: str, tile, overlap, blend, tile_batch):
+        """predict/predict_proba/predict_with_proba with tiling: one image or a list, each tiled on its own."""
+        single = isinstance(images, np.ndarray) and images.ndim != 4
+        results = []
+        for image in ([images] if single else list(images)):
+            mask: np.ndarray | None = None
+            probs = None
+            for band in self.iter_tiles(image, tile=tile, overlap=overlap, blend=blend, tile_batch=tile_batch,
+                                        probabilities=want != "mask"):
+                rows = slice(band.top, band.top + len(band.mask))
+                if mask is None:  # iter_tiles validated the image: its size is known from here
+                    mask = np.empty(image.shape[:2], np.uint8)
+                mask[rows] = band.mask
+                if band.probs is not None:
+                    if probs is None:
+                        probs = np.empty((*image.shape[:2], band.probs.shape[-1]), np.float32)
+                    probs[rows] = band.probs
+            results.append({"mask": mask, "probs": probs, "both": (mask, probs)}[want])
+        return results[0] if single else results
 
     def warmup(self, batch_sizes: Sequence[int] = (1,), size: tuple[int, int] | None = None,
                runs: int = CUDA_GRAPH_CAPTURE_RUNS) -> dict[int, list[float]]:
