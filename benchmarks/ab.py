@@ -8,7 +8,7 @@ input: drift hits all candidates alike, and the per-round ratio to the
 first candidate is the figure to read (its median over rounds).
 
 Usage:
-    python -m unet_bench.ab --out PREFIX [--rounds 12] [--keras-weights W.weights.h5] MODEL.onnx...
+    bench-unet ab --out PREFIX [--rounds 12] [--keras-weights W.weights.h5] [--openvino] MODEL.onnx...
 
 Writes PREFIX.json (every raw timing, machine, versions, command) and PREFIX.md.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import shlex
 import sys
@@ -63,8 +64,40 @@ def _torch_calls(model_path: str, image: np.ndarray, compile_too: bool) -> dict:
     return {name: (lambda fn=fn: call(fn)) for name, fn in nets.items()}
 
 
+def _openvino_calls(models: list[str], image: np.ndarray, threads: int | None) -> dict:
+    """OpenVINO on the same ONNX files: each fp32 graph in f32 (and bf16 where the CPU has bf16), each QDQ
+    graph as INT8 (OpenVINO runs Q/DQ models in integer precision)."""
+    import onnx
+    import openvino as ov
+
+    from .report import cpu_flags
+
+    core = ov.Core()
+    bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+    calls = {}
+    for path in models:
+        sess = _session(path, threads)
+        x = _input_for(sess, image)
+        qdq = any(n.op_type == "QuantizeLinear" for n in onnx.load(path, load_external_data=False).graph.node)
+        hints = ["int8"] if qdq else ["f32"] + (["bf16"] if bf16 else [])
+        for hint in hints:
+            config = {"INFERENCE_PRECISION_HINT": "f32" if hint == "int8" else hint}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = str(threads)
+            compiled = core.compile_model(path, "CPU", config)
+            request = compiled.create_infer_request()
+
+            def call(r=request, feed=x):
+                r.infer({0: feed})
+                return r.get_output_tensor(0).data
+
+            calls[f"openvino {hint} {Path(path).name}"] = call
+    return calls
+
+
 def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int | None, keras_weights: str | None,
-        image: np.ndarray | None = None, seed: int = 0, torch_peer: bool = False, torch_compile: bool = False) -> dict:
+        image: np.ndarray | None = None, seed: int = 0, torch_peer: bool = False, torch_compile: bool = False,
+        openvino: bool = False) -> dict:
     """Time every candidate once per round, in turn, for `rounds` rounds; return raw times and summaries.
 
     `image` (uint8 RGB, size x size) is the input; without it seeded noise,
@@ -90,6 +123,8 @@ def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int 
         calls[path] = (lambda s=sess, f=feed: s.run(None, f)[0])
     if torch_peer or torch_compile:
         calls.update(_torch_calls(models[0], image, torch_compile))
+    if openvino:
+        calls.update(_openvino_calls(models, image, threads))
     for name, fn in calls.items():
         for _ in range(max(warmup, 1)):  # one untimed run at least: its output is the candidate's mask
             out = np.asarray(fn())
@@ -164,12 +199,14 @@ def _bad_arguments(args) -> str | None:
 
     if (args.torch or args.torch_compile) and torch_missing():
         return torch_missing()
+    if args.openvino and importlib.util.find_spec("openvino") is None:
+        return "--openvino needs OpenVINO: pip install 'unet-onnx[openvino]' (an optional peer, never a dependency)"
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "bench-unet ab") -> int:
     """Command line; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="python -m unet_bench.ab", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                  formatter_class=DefaultsHelpFormatter)
     ap.add_argument("models", nargs="+", help="ONNX files (the first is the baseline unless --keras-weights)")
     ap.add_argument("--out", required=True, type=Path, help="output prefix: PREFIX.json and PREFIX.md")
@@ -184,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time the PyTorch twin (fp32, CPU) with the first model's weights (needs torch and a "
                          "plain export of the first model)")
     ap.add_argument("--torch-compile", action="store_true", help="also time the twin under torch.compile(max-autotune)")
+    ap.add_argument("--openvino", action="store_true",
+                    help="also OpenVINO (CPU) on the same files: f32 and bf16 (where the CPU has it) for fp32 graphs, "
+                         "INT8 for QDQ graphs")
     args = ap.parse_args(argv)
     problem = _bad_arguments(args)
     if problem:
@@ -193,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run(args.models, rounds=args.rounds, warmup=args.warmup, size=args.size, threads=args.threads,
                  keras_weights=args.keras_weights, image=_load_image(args.image, args.size) if args.image else None,
-                 torch_peer=args.torch, torch_compile=args.torch_compile)
-    meta = {"command": "python -m unet_bench.ab " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+                 torch_peer=args.torch, torch_compile=args.torch_compile, openvino=args.openvino)
+    meta = {"command": f"{prog} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
             "image": args.image or "seeded noise"}
     table = to_markdown(result, meta)

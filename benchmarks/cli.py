@@ -15,6 +15,7 @@ import importlib.util
 import shlex
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add PyTorch channels_last peer rows with the same weights (needs torch): fp16 on the GPU when "
                         "--providers has cuda or tensorrt, else fp32 on the CPU")
     p.add_argument("--torch-compile", action="store_true", help="also a torch.compile(max-autotune) row (minutes to compile)")
+    p.add_argument("--torch-fold", action="store_true",
+                   help="also the PyTorch twin with the decoder fold (ConvTranspose form): the same exact rewrite "
+                        "the ONNX export applies, so the rows separate what the graph gives from what the runtime gives")
     p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
     p.add_argument("--fold-upsample", nargs="+", default=["auto"], choices=FOLD_CHOICES,
                    help="decoder fold forms passed to export-unet (auto: phase_nhwc for int8, convtranspose for fp16, "
@@ -73,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-from", type=Path, help="use pre-exported models PRECISION-HEAD-SIZE.onnx from this folder "
                    "(weight-stripped ones are refilled) instead of exporting")
     p.add_argument("--save-models", type=Path, help="also save the exported models here, weight-stripped (for carrying)")
-    p.add_argument("--images", type=Path, help="folder of PNG/JPEG images to time and check on (default: seeded noise)")
+    p.add_argument("--images", type=Path, help="folder of PNG/JPEG images to time and check on, any number (repeated to "
+                   "fill the batch; default: seeded noise)")
+    p.add_argument("--labels", type=Path, help="folder of label PNGs with the --images' stems (class ids as grey levels, "
+                   "palette indices, or VOC colours): every row gets pixel accuracy and mIoU against them")
+    p.add_argument("--agreement-images", type=int, default=8,
+                   help="images every row's masks are compared over (at least the largest batch)")
     p.add_argument("--iters", type=int, default=30, help="timed runs per row (after warm-up)")
     p.add_argument("--keras-iters", type=int, help="timed runs of the Keras rows (default: --iters)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs per row")
@@ -92,6 +101,10 @@ def _validate(args) -> None:
         raise BenchError(f"--iters {args.iters} must be >= 1 and --warmup {args.warmup} >= 0")
     if args.models_from and not args.models_from.is_dir():
         raise BenchError(f"--models-from {str(args.models_from)!r} is not a folder")
+    if args.labels and not args.images:
+        raise BenchError("--labels needs --images: the labels are matched to the images by file name")
+    if args.agreement_images < 1:
+        raise BenchError(f"--agreement-images {args.agreement_images} must be >= 1")
     from .report import out_prefix_problem
 
     problem = out_prefix_problem(args.out)
@@ -115,71 +128,90 @@ class _Bar:
             print(f"\r{text:<80}", file=sys.stderr, flush=True)
 
 
-def _model_name(precision, head, size, input_dtype="float32", fold="off", pad="off"):
-    return (f"{precision}-{head}-{size}{'-u8' if input_dtype == 'uint8' else ''}{'' if fold == 'off' else '-fold_' + fold}"
-            f"{'-pad8' if pad == 'on' else ''}.onnx")
+@dataclass(frozen=True)
+class Variant:
+    """One exported model of the matrix: what export-unet is asked for, its file name and its rows' label."""
+
+    precision: str
+    head: str
+    input_dtype: str = "float32"
+    fold: str = "off"
+    pad: bool = False
+
+    def file_name(self, size: int) -> str:
+        """``PRECISION-HEAD-SIZE[-u8][-fold_FORM][-pad8].onnx`` (the --models-from / --save-models names)."""
+        return (f"{self.precision}-{self.head}-{size}{'-u8' if self.input_dtype == 'uint8' else ''}"
+                f"{'' if self.fold == 'off' else '-fold_' + self.fold}{'-pad8' if self.pad else ''}.onnx")
+
+    def label(self, provider: str, cuda_variant: str | None = None) -> str:
+        """The row name: ``ort PROVIDER PRECISION HEAD [u8-in] [fold=F] [pad8] [[cuda variant]]``."""
+        return (f"ort {provider} {self.precision} {self.head}" + (" u8-in" if self.input_dtype == "uint8" else "")
+                + ("" if self.fold == "off" else f" fold={self.fold}") + (" pad8" if self.pad else "")
+                + (f" [{cuda_variant}]" if cuda_variant else ""))
+
+    @property
+    def plain(self) -> "Variant":
+        """The same export without fold and padding (what a fold or padding is derived from)."""
+        return Variant(self.precision, self.head, self.input_dtype)
 
 
-def _row_keys(args):
-    """(precision, head, input dtype, fold, pad) of every ONNX Runtime row, in order, once each.
+#: The numeric reference of every row: the seed graph in fp32 with probabilities out.
+REFERENCE = Variant("fp32", "softmax")
+
+
+def variants(args) -> list[Variant]:
+    """Every ONNX Runtime model of the matrix, in order, once each.
 
     ``auto`` is resolved to the fold export-unet applies for the precision,
     so that a row and its model file name say which graph ran; int8 is never padded.
     """
     from unet_export.fold import auto_fold_form
 
-    keys = [(p, h, d, auto_fold_form(p) if f == "auto" else f, pad) for p in args.precision for h in args.head
-            for d in args.input_dtype for f in args.fold_upsample for pad in args.pad_channels
-            if not (p == "int8" and pad == "on")]
-    return list(dict.fromkeys(keys))
+    out = [Variant(p, h, d, auto_fold_form(p) if f == "auto" else f, pad == "on")
+           for p in args.precision for h in args.head for d in args.input_dtype for f in args.fold_upsample
+           for pad in args.pad_channels if not (p == "int8" and pad == "on")]
+    return list(dict.fromkeys(out))
 
 
 def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], object] | None]:
-    """{(precision, head, size, input dtype, fold, pad): path} and a Keras model factory (size -> model, or None).
-
-    Export reports go to ``exports``.
-    """
+    """{(variant, size): path} and a Keras model factory (size -> model, or None). Export reports go to ``exports``."""
     import onnx
 
     from unet_bench.weights import is_stripped, refill, strip
 
     models = {}
-    # The rows' models, plus the fp32 softmax model: the numeric reference.
-    want = {("fp32", "softmax", s, "float32", "off", "off") for s in args.size}
-    want |= {(p, h, s, d, f, pad) for (p, h, d, f, pad) in _row_keys(args) for s in args.size}
+    want = {(REFERENCE, s) for s in args.size} | {(v, s) for v in variants(args) for s in args.size}
     if args.models_from:
-        for key in sorted(want):
-            precision, _, _, _, fold, pad = key
-            src = args.models_from / _model_name(*key)
+        for variant, size in sorted(want, key=lambda k: (k[1], k[0].file_name(k[1]))):
+            src = args.models_from / variant.file_name(size)
             # A fold or padding of an fp32/fp16 model is derived here from the plain one, after refilling,
             # so all rows carry the same weights (int8 graphs are folded before calibration).
-            derive = not src.is_file() and precision != "int8" and (fold != "off" or pad == "on")
-            plain = args.models_from / _model_name(*key[:4])
-            source = plain if derive else src
+            derive = not src.is_file() and variant.precision != "int8" and (variant.fold != "off" or variant.pad)
+            source = args.models_from / variant.plain.file_name(size) if derive else src
             if not source.is_file():
                 raise BenchError(f"--models-from: {str(source)!r} is missing; export it (bench-unet --save-models) first")
             m = onnx.load(str(source))
             if is_stripped(m):
                 m = refill(m, seed=args.seed)
-            if derive and fold != "off":
+            if derive and variant.fold != "off":
                 from unet_export.fold import fold_upsample_convs
 
-                m, _ = fold_upsample_convs(m, fold)
-            if derive and pad == "on":
+                m, _ = fold_upsample_convs(m, variant.fold)
+            if derive and variant.pad:
                 from unet_export.pad import pad_channels
 
                 m, _ = pad_channels(m)
             dst = tmp / src.name
             onnx.save(m, str(dst))
-            models[key] = dst
+            models[(variant, size)] = dst
         return models, None
     missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
     if missing:
         raise BenchError(f"exporting needs {' and '.join(missing)} (pip install 'unet-onnx[export]'), or pass --models-from")
-    for key in sorted(want):
-        out = tmp / _model_name(*key)
-        exports[out.name] = _export_subprocess(args, key, out)
-        models[key] = out
+    for variant, size in sorted(want, key=lambda k: (k[1], k[0].file_name(k[1]))):
+        out = tmp / variant.file_name(size)
+        exports[out.name] = _export_subprocess(args, variant, size, out)
+        models[(variant, size)] = out
         if args.save_models:
             args.save_models.mkdir(parents=True, exist_ok=True)
             onnx.save(strip(onnx.load(str(out))), str(args.save_models / out.name))
@@ -190,34 +222,50 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
     return models, functools.partial(keras_model, seed=args.seed, weights=args.weights)
 
 
-def _export_subprocess(args, key, out: Path) -> dict:
+def _export_subprocess(args, variant: Variant, size: int, out: Path) -> dict:
     """Run export-unet in a child process; return the key figures of its report.
 
-    A child, not a call: TensorFlow's graphs and INT8 calibration's
-    activations would otherwise stay in this process (ANCHORS: ~8 GB per
-    export) and the timed rows would run under memory pressure on a 24 GB
-    machine.
+    A child, not a call: TensorFlow keeps the memory its graphs and calls
+    used, and the timed rows should not run beside it.
     """
     import json
     import subprocess
 
-    precision, head, size, input_dtype, fold, pad = key
     cmd = [sys.executable, "-m", "unet_export.cli", "--out", str(out), "--report", str(out.with_suffix(".json")),
-           "--input-size", str(size), str(size), "--precision", precision, "--head", head, "--layout", args.layout,
-           "--input-dtype", input_dtype, "--fold-upsample", fold, "--seed", str(args.seed), "-q"]
-    if pad == "on":
+           "--input-size", str(size), str(size), "--precision", variant.precision, "--head", variant.head,
+           "--layout", args.layout, "--input-dtype", variant.input_dtype, "--fold-upsample", variant.fold,
+           "--seed", str(args.seed), "-q"]
+    if variant.pad:
         cmd.append("--pad-channels")
     if args.weights:
         cmd += ["--weights", args.weights]
-    if precision == "int8" and args.calibration_images:
+    if variant.precision == "int8" and args.calibration_images:
         cmd += ["--calibration-images", args.calibration_images]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
         raise BenchError(f"exporting {out.name} failed: {last}")
     rep = json.loads(out.with_suffix(".json").read_text())
-    return {k: rep.get(k) for k in ("verification", "calibration", "ops", "steps", "fold_upsample",
-                                    "pad_channels")}
+    return {k: rep.get(k) for k in ("verification", "calibration", "ops", "steps", "fold_upsample", "pad_channels")}
+
+
+def _bench_images(args, size: int, count: int) -> tuple[list, list | None]:
+    """``count`` images at ``size`` (a folder's, repeated if it has fewer; else seeded noise), and their labels."""
+    if args.images is None:
+        rng = np.random.default_rng(args.seed)
+        return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)], None
+    from unet_export.calibration import image_files, load_images
+
+    from .labels import load_labels
+
+    try:
+        files = image_files(args.images, minimum=1, flag="--images")
+        images = load_images(files, size, size)
+        labels = load_labels(args.labels, files, size) if args.labels else None
+    except Exception as exc:  # ConfigError / LabelError: one line, named
+        raise BenchError(str(exc)) from exc
+    reps = -(-count // len(images))
+    return (images * reps)[:max(count, len(images))], (labels * reps)[:max(count, len(images))] if labels else None
 
 
 #: ``bench-unet NAME ...``: module (in this package) whose ``main(argv, prog)`` runs it. Without a name,
@@ -228,6 +276,10 @@ SUBCOMMANDS = {
     "serve": ("serve_load", "latency and throughput of segment-unet serve under concurrent clients"),
     "frames": ("frames", "host-to-host time per camera frame: resizes on the host (numpy, OpenCV) or in the graph"),
     "tiles": ("tiles", "a large image at native resolution in windows: windows/s, ms per megapixel, memory"),
+    "ab": ("ab", "interleaved A/B timing of ONNX files on the CPU (and Keras, PyTorch, OpenVINO peers)"),
+    "profile": ("profile", "where the CPU time goes: ONNX Runtime's profiler per op type and node"),
+    "micro": ("micro", "the runtime's host-side steps alone: resizes, normalization, argmax"),
+    "fixture": ("fixture", "train the labelled shapes fixture (trained weights and labelled images for the benchmarks)"),
 }
 
 
@@ -282,91 +334,85 @@ def _run(args, argv) -> int:
     return 0
 
 
+def _reference(args, size: int, images: list, models: dict, make_keras) -> tuple[list, str, object]:
+    """Per image, the fp32 probabilities every row is compared with: Keras', or the fp32 ONNX model's on the CPU."""
+    from unet_runtime import Segmenter
+
+    keras_model = make_keras(size) if make_keras else None
+    if keras_model is not None:
+        from unet_runtime.images import to_model_input
+
+        probs = [np.asarray(keras_model(to_model_input([x], (0, 0, 0), (1, 1, 1), "nhwc"), training=False))[0]
+                 for x in images]
+        return probs, "Keras fp32", keras_model
+    with Segmenter(models[(REFERENCE, size)], providers="cpu") as seg:
+        return [seg.predict_proba(x) for x in images], "ONNX Runtime CPU fp32", None
+
+
 def _run_rows(args, results) -> None:
     """Export or load the models, then time every row, handing each to ``results`` as it finishes."""
+    import onnx
+
     from unet_runtime import images as im
 
     from .flops import conv_flops
     from .runner import Row, agreement, bench_ort
     from .timing import summarize, time_calls
 
-    n_ort = len(args.providers) * len(_row_keys(args)) * len(args.batch) * len(args.size) * len(args.cuda_variants)
+    n_ort = len(args.providers) * len(variants(args)) * len(args.batch) * len(args.size) * len(args.cuda_variants)
     bar = _Bar(n_ort * args.iters * 2, args.quiet)
+    count = max(max(args.batch), args.agreement_images)
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmpdir:
         tmp = Path(tmpdir)
         bar.line("exporting / loading models ...")
         models, make_keras = _get_models(args, tmp, results.meta["exports"])
-        rng = np.random.default_rng(args.seed)
-        import onnx
-
         for size in args.size:
-            if args.images:
-                from unet_export.calibration import load_images
-
-                images = load_images(args.images, size, size)[: max(args.batch)]
-            else:
-                images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batch))]
-            ref_key = ("fp32", "softmax", size, "float32", "off", "off")
-            ref_model = onnx.load(str(models[ref_key]), load_external_data=False)
-            flops_1 = conv_flops(ref_model, 1, size, size)
-            x1 = im.to_model_input(images[:1], (0, 0, 0), (1, 1, 1), "nhwc")
-            keras_model = make_keras(size) if make_keras else None
-            if keras_model is not None:
-                ref_probs = np.asarray(keras_model(x1, training=False))[0]
-                ref_src = "Keras fp32"
-            else:
-                import onnxruntime as ort
-
-                s = ort.InferenceSession(str(models[ref_key]), providers=["CPUExecutionProvider"])
-                # The saved models' layout, not --layout: --models-from may hold either.
-                nchw = s.get_inputs()[0].shape[1] == 3
-                xin = x1.transpose(0, 3, 1, 2) if nchw else x1
-                out = s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(xin)})[0][0]
-                ref_probs = out.transpose(1, 2, 0) if nchw else out
-                ref_src = "ONNX Runtime CPU fp32"
-            bar.line(f"size {size}: {flops_1 / 1e9:.1f} GFLOP per image; reference: {ref_src}")
+            images, labels = _bench_images(args, size, count)
+            ref_probs, ref_src, keras_model = _reference(args, size, images, models, make_keras)
+            flops_1 = conv_flops(onnx.load(str(models[(REFERENCE, size)]), load_external_data=False), 1, size, size)
+            bar.line(f"size {size}: {flops_1 / 1e9:.1f} GFLOP per image; reference: {ref_src} on {len(images)} images")
             for batch in args.batch:
                 flops = flops_1 * batch
                 if keras_model is not None:
                     from .peers import keras_rows
 
                     xb = im.to_model_input(images[:batch], (0, 0, 0), (1, 1, 1), "nhwc")
-                    k_iters = args.keras_iters or args.iters
                     for name, fn in keras_rows(keras_model, xb).items():
-                        raw = time_calls(fn, warmup=min(args.warmup, 2), iters=k_iters)
+                        raw = time_calls(fn, warmup=min(args.warmup, 2), iters=args.keras_iters or args.iters)
                         row = Row(name=name, engine="keras", provider="cpu", precision="fp32", head="softmax",
                                   size=size, batch=batch, raw_device_s=raw, device=summarize(raw, batch, flops),
-                                  numerics=agreement(ref_probs, np.asarray(fn())[0] if name != "keras.predict" else fn()[0], "softmax"))
+                                  numerics=agreement(ref_probs, [p.argmax(-1) for p in ref_probs], "argmax", labels),
+                                  note="the reference itself" if batch == args.batch[0] else "")
                         results.add(row)
                         bar.line(f"{name} b{batch} {size}px: {row.device['median_ms']:.1f} ms")
                 for provider in args.providers:
-                    for precision, head, input_dtype, fold, pad in _row_keys(args):
-                        variants = args.cuda_variants if provider != "cpu" else ["default"]
-                        for variant in variants:
-                            if variant == "exact" and precision != "fp32":
+                    for variant in variants(args):
+                        for cuda_variant in (args.cuda_variants if provider != "cpu" else [None]):
+                            if cuda_variant == "exact" and variant.precision != "fp32":
                                 continue
-                            name = (f"ort {provider} {precision} {head}" + (" u8-in" if input_dtype == "uint8" else "")
-                                    + ("" if fold == "off" else f" fold={fold}") + (" pad8" if pad == "on" else "")
-                                    + (f" [{variant}]" if provider != "cpu" else ""))
-                            row = bench_ort(models[(precision, head, size, input_dtype, fold, pad)], provider=provider,
-                                            config=_config(variant), head=head, precision=precision, size=size,
-                                            batch=batch, images=images, ref_probs=ref_probs, warmup=args.warmup,
-                                            iters=args.iters, flops=flops, name=name, progress=bar.tick)
-                            row.note = f"numerics vs {ref_src}"
+                            name = variant.label(provider, cuda_variant)
+                            row = bench_ort(models[(variant, size)], provider=provider,
+                                            config=_config(cuda_variant or "default"), head=variant.head,
+                                            precision=variant.precision, size=size, batch=batch, images=images,
+                                            ref_probs=ref_probs, labels=labels, warmup=args.warmup, iters=args.iters,
+                                            flops=flops, name=name, progress=bar.tick)
+                            row.note = f"numerics vs {ref_src}" + (" (FLOPs: the seed graph's)" if variant.fold != "off"
+                                                                    else "")
                             results.add(row)
                             bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, "
                                      f"host {row.host['median_ms']:.2f} ms")
-            # The PyTorch peer after every ONNX Runtime row of this size: a torch.compile max-autotune
-            # takes minutes per batch size, and on a time-limited GPU call it is the row to lose, not
+            # The PyTorch peers after every ONNX Runtime row of this size: a torch.compile max-autotune
+            # takes minutes per batch size, and on a time-limited run it is the row to lose, not
             # the ORT rows of the next batch size (every row is saved as it finishes).
-            if args.torch or args.torch_compile:
+            if args.torch or args.torch_compile or args.torch_fold:
                 from . import torch_bench
 
                 for batch in args.batch:
-                    for row in torch_bench.torch_rows(ref_model_path=models[ref_key], images=images[:batch],
+                    for row in torch_bench.torch_rows(ref_model_path=models[(REFERENCE, size)], images=images,
                                                       size=size, batch=batch, flops=flops_1 * batch,
                                                       warmup=args.warmup, iters=args.iters, ref_probs=ref_probs,
-                                                      compile_too=args.torch_compile, device=_torch_device(args)):
+                                                      labels=labels, compile_too=args.torch_compile,
+                                                      fold=args.torch_fold, device=_torch_device(args)):
                         results.add(row)
                         bar.line(f"{row.name} b{batch} {size}px: {row.device['median_ms']:.2f} ms")
 

@@ -10,14 +10,16 @@ test fixture, not a useful segmenter; nothing it produces is committed.
 Two sizes:
 
 * the full network, for the benchmarks' accuracy columns and the INT8
-  bounds (``python -m unet_bench.fixture --out fixture/``: ~10 minutes on
-  2 cores at 64x64 crops);
+  bounds (``bench-unet fixture --out fixture/``: ~10 minutes on 2 cores at
+  64x64 crops);
 * :func:`small_fixture`, for the test suite: 1/8 of the filters, 5 classes,
   64x64 crops, 300 steps (~12 s on 2 cores), pixel accuracy ~0.99.
 
-``--out DIR`` writes DIR/weights.weights.h5, DIR/images/*.png, their labels
-in DIR/labels/*.png (class ids as grey levels, the same stems; what
-``bench-unet --labels`` reads) and DIR/fixture.json (the training run).
+``--out DIR`` writes DIR/weights.weights.h5, DIR/images/*.png (calibration
+images), their labels in DIR/labels/*.png (class ids as grey levels, the
+same stems), DIR/eval/images and DIR/eval/labels (images of another seed
+to score on: ``bench-unet --images DIR/eval/images --labels DIR/eval/labels``)
+and DIR/fixture.json (the training run).
 """
 
 from __future__ import annotations
@@ -131,17 +133,18 @@ def write_labelled_images(folder: Path, count: int, size: int, seed: int, num_cl
         Image.fromarray(label).save(folder / "labels" / f"{i:03d}.png")
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "bench-unet fixture") -> int:
     """Entry point: train and write the fixture folder."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    p = argparse.ArgumentParser(prog="python -m unet_bench.fixture", description=__doc__.split("\n\n")[0],
-                                formatter_class=DefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     p.add_argument("--steps", type=int, default=700, help="training steps")
     p.add_argument("--batch", type=int, default=8, help="images per step")
     p.add_argument("--size", type=int, default=64, help="training crop size")
     p.add_argument("--image-size", type=int, default=512, help="size of the labelled images written")
-    p.add_argument("--images", type=int, default=40, help="labelled images written")
+    p.add_argument("--images", type=int, default=40, help="labelled images written (calibration: every 4th is held out)")
+    p.add_argument("--eval-images", type=int, default=16,
+                   help="labelled images written to OUT/eval/ from another seed (for bench-unet --images/--labels)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything")
     args = p.parse_args(argv)
     model, summary = train_fixture(args.steps, args.batch, args.size, args.seed,
@@ -149,6 +152,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_weights(args.out / "weights.weights.h5")
     write_labelled_images(args.out, args.images, args.image_size, args.seed + 99)
+    write_labelled_images(args.out / "eval", args.eval_images, args.image_size, args.seed + 1234)
     (args.out / "fixture.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary), file=sys.stderr)
     return 0

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet int8") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
-    p.add_argument("--weights", help="trained weights (python -m unet_bench.fixture); default: untrained")
+    p.add_argument("--weights", help="trained weights (bench-unet fixture); default: untrained")
     p.add_argument("--counts", type=int, nargs="+", default=[8, 16, 24, 32], help="calibration image counts")
     p.add_argument("--size", type=int, default=512, help="image size (square)")
     p.add_argument("--labelled", type=int, default=8, help="labelled fixture images scored")

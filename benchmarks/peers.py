@@ -42,24 +42,30 @@ def keras_rows(model, x_nhwc: np.ndarray) -> dict[str, Callable[[], object]]:
     }
 
 
-def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True, device: str = "cuda"):
-    """A PyTorch VGG19-UNet carrying the ONNX model's Conv weights (same network, same weights)."""
+def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True, device: str = "cuda",
+                    fold: bool = False):
+    """A PyTorch VGG19-UNet carrying the ONNX model's Conv weights (same network, same weights).
+
+    ``fold``: the decoder's upsample + concat + first conv as a 3x3 conv on
+    the skip plus a 4x4 stride-2 ConvTranspose on the coarse map, the exact
+    rewrite ``export-unet --fold-upsample convtranspose`` applies
+    (unet_export.fold), so that PyTorch gets the same graph-level saving.
+    """
     import torch
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model_proto.graph.initializer}
     convs = [n for n in model_proto.graph.node if n.op_type == "Conv"]
-    net = TorchUNet.build(num_classes=int(inits[convs[-1].input[1]].dims[0]))
+    net = TorchUNet.build(num_classes=int(inits[convs[-1].input[1]].dims[0]), fold=fold)
     if len(convs) != len(net.convs()):  # a folded or padded graph: its Conv weights do not map onto the twin
         raise ValueError(f"the model has {len(convs)} Conv nodes, the seed network {len(net.convs())}; give the plain "
                          "fp32/fp16 export (no --fold-upsample, no --pad-channels)")
     with torch.no_grad():
         for layer, node in zip(net.convs(), convs):
-            layer.weight.copy_(torch.from_numpy(numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)))
-            if len(node.input) > 2 and node.input[2]:
-                layer.bias.copy_(torch.from_numpy(numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)))
-            else:
-                layer.bias.zero_()
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 and node.input[2] \
+                else np.zeros(w.shape[0], np.float32)
+            layer.load(w, b)
     net = net.eval().to(device)
     if dtype == "fp16":
         net = net.half()
@@ -72,18 +78,45 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
     """Factory for the PyTorch twin of the seed network (NCHW)."""
 
     @staticmethod
-    def build(num_classes: int = 21):
+    def build(num_classes: int = 21, fold: bool = False):
         """The network as an ``nn.Module`` (float32, random init); ``torch_from_onnx`` loads real weights.
 
         ``forward(x, head)`` takes NCHW input; head ``"argmax"`` (uint8 mask),
-        ``"softmax"`` or ``"logits"``. ``convs()`` lists the convolutions in
-        the order of the ONNX graph's Conv nodes (encoder, decoder, head).
+        ``"softmax"`` or ``"logits"``. ``convs()`` lists one loader per
+        convolution of the seed, in the order of the ONNX graph's Conv nodes
+        (encoder, decoder, head); each ``load(w, b)`` takes the seed's OIHW
+        kernel and bias (a folded stage splits its first kernel, see
+        ``unet_export.fold``).
         """
         import torch
         from torch import nn
 
+        from unet_export.fold import _transpose_kernel
+
         enc = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
         dec = (512, 256, 128, 64)
+
+        class Plain(nn.Conv2d):
+            def load(self, w, b):
+                self.weight.copy_(torch.from_numpy(w))
+                self.bias.copy_(torch.from_numpy(b))
+
+        class Folded(nn.Module):
+            """conv3x3(concat(skip, up2(x))) as conv3x3_skip(skip) + convtranspose4x4(x): the same function."""
+
+            def __init__(self, c_skip: int, c_up: int, out: int):
+                super().__init__()
+                self.c_skip = c_skip
+                self.skip = nn.Conv2d(c_skip, out, 3, padding=1)
+                self.up = nn.ConvTranspose2d(c_up, out, 4, stride=2, padding=1, bias=False)
+
+            def load(self, w, b):
+                self.skip.weight.copy_(torch.from_numpy(np.ascontiguousarray(w[:, :self.c_skip])))
+                self.skip.bias.copy_(torch.from_numpy(b))
+                self.up.weight.copy_(torch.from_numpy(_transpose_kernel(w[:, self.c_skip:])))
+
+            def forward(self, skip, x):
+                return self.skip(skip) + self.up(x)
 
         class Net(nn.Module):
             def __init__(self):
@@ -93,16 +126,16 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
                 for filters, depth in enc:
                     block = nn.ModuleList()
                     for _ in range(depth):
-                        block.append(nn.Conv2d(cin, filters, 3, padding=1))
+                        block.append(Plain(cin, filters, 3, padding=1))
                         cin = filters
                     self.encoder.append(block)
                 skips = [f for f, _ in enc][:-1][::-1]  # 512, 256, 128, 64
                 self.decoder = nn.ModuleList()
                 for skip, filters in zip(skips, dec):
-                    self.decoder.append(nn.ModuleList([nn.Conv2d(skip + cin, filters, 3, padding=1),
-                                                       nn.Conv2d(filters, filters, 3, padding=1)]))
+                    first = Folded(skip, cin, filters) if fold else Plain(skip + cin, filters, 3, padding=1)
+                    self.decoder.append(nn.ModuleList([first, Plain(filters, filters, 3, padding=1)]))
                     cin = filters
-                self.head = nn.Conv2d(cin, num_classes, 1)
+                self.head = Plain(cin, num_classes, 1)
 
             def convs(self):
                 return [c for b in self.encoder for c in b] + [c for b in self.decoder for c in b] + [self.head]
@@ -116,10 +149,14 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
                         x = torch.relu(conv(x))
                     skips.append(x)
                 x = skips.pop()
-                for block in self.decoder:
-                    x = torch.cat([skips.pop(), torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")], 1)
-                    for conv in block:
-                        x = torch.relu(conv(x))
+                for first, second in self.decoder:
+                    skip = skips.pop()
+                    if fold:
+                        x = torch.relu(first(skip, x))
+                    else:
+                        up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+                        x = torch.relu(first(torch.cat([skip, up], 1)))
+                    x = torch.relu(second(x))
                 logits = self.head(x)
                 if head == "argmax":
                     return logits.argmax(1).to(torch.uint8)

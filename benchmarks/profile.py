@@ -2,13 +2,13 @@
 
 On the CPU execution provider every node runs synchronously on the calling
 threads, so the profiler's per-node durations add up to the run (unlike CUDA,
-where launches are asynchronous; see scripts/gpu_profile.py for that case).
+where launches are asynchronous, and a per-kernel profile comes from Nsight Systems or torch.profiler).
 The summary answers the questions an INT8 graph raises: how much of the run
 is convolution, and how much is QuantizeLinear/DequantizeLinear, layout
 changes and float ops left between the integer kernels.
 
 Usage:
-    python -m unet_bench.profile MODEL.onnx [--runs 5] [--batch 1] [--out summary.md]
+    bench-unet profile MODEL.onnx [--runs 5] [--batch 1] [--out summary.md]
 """
 
 from __future__ import annotations
@@ -157,11 +157,11 @@ def _bad_arguments(args) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "bench-unet profile") -> int:
     """Command line: profile one or more models and print (or write) the Markdown summary."""
     from unet_runtime._help import DefaultsHelpFormatter
 
-    ap = argparse.ArgumentParser(prog="python -m unet_bench.profile", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                  formatter_class=DefaultsHelpFormatter)
     ap.add_argument("models", nargs="+", help="ONNX files to profile (CPU provider)")
     ap.add_argument("--runs", type=int, default=5, help="profiled runs after warm-up")

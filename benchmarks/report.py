@@ -221,11 +221,12 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         "device = the session (or model call) alone on a prepared input (IO binding, device buffers on GPU); "
         "host = uint8 images in, masks out (pre/post-processing and copies included); pre/post = the runtime's "
         "own processing alone, share = of the device time. Medians of n timed runs "
-        "after warm-up; agreement = class-mask agreement with the fp32 reference on confident pixels (margin >= 0.05).",
+        "after warm-up; agreement = class-mask agreement with the fp32 reference on confident pixels (margin >= 0.05), "
+        "over every benchmark image (count in brackets); accuracy / mIoU = against --labels.",
         "",
         "| row | size | batch | device median ms | p90 | ms/img | img/s | TFLOP/s | host median ms | pre/post ms (share) | "
-        f"vs {baseline or 'baseline'} | setup s | agreement (px) | rel L2 | peak RSS MB | GPU MB | n |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"vs {baseline or 'baseline'} | setup s | agreement (px, images) | rel L2 | accuracy / mIoU | peak RSS MB | GPU MB | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d, h = r.device, r.host
@@ -234,21 +235,23 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         speed = f"{b / d['median_ms']:.2f}x" if b else ""
         num = r.numerics or {}
         agree = ""
+        images = f", {num['agreement_images']} img" if num.get("agreement_images") else ""
         if num.get("confident_agreement") is not None:
-            agree = f"{num['confident_agreement'] * 100:.2f}% ({num['confident_pixels']:,})"
+            agree = f"{num['confident_agreement'] * 100:.2f}% ({num['confident_pixels']:,} px{images})"
         elif num.get("mask_agreement") is not None:  # no confident pixel: say so, with the all-pixel figure
-            agree = f"{num['mask_agreement'] * 100:.2f}% of all (0 confident)"
+            agree = f"{num['mask_agreement'] * 100:.2f}% of all (0 confident{images})"
+        labels = f"{num['pixel_accuracy']:.4f} / {num['mean_iou']:.4f}" if "mean_iou" in num else ""
         lines.append(
             f"| {r.name} | {r.size} | {r.batch} | {d['median_ms']:.2f} | {d['p90_ms']:.2f} | {d['ms_per_image']:.2f} | "
             f"{d['images_per_s']:.1f} | {_fmt(d.get('tflops'), '.1f')} | {_fmt(h and h['median_ms'])} | {over} | {speed} | "
-            f"{_fmt(r.setup_s, '.1f')} | {agree} | {_fmt(num.get('rel_l2'), '.1e')} | {_fmt(r.peak_rss_mb, '.0f')} | "
+            f"{_fmt(r.setup_s, '.1f')} | {agree} | {_fmt(num.get('rel_l2'), '.1e')} | {labels} | {_fmt(r.peak_rss_mb, '.0f')} | "
             f"{_fmt(r.peak_gpu_mb, '.0f')} | {d['n']} |"
         )
     notes = [f"- {r.name}: {r.note}" for r in rows if r.note]
     if any((r.numerics or {}).get("confident_pixels") == 0 for r in rows):
         notes.append("- '0 confident': the reference has no pixel with a top-1/top-2 margin >= 0.05 (untrained "
                      "weights give a flat softmax), so agreement is over all pixels, where near-ties flip freely; "
-                     "pass --weights with a trained model (or python -m unet_bench.fixture) for a meaningful figure")
+                     "pass --weights with a trained model (bench-unet fixture) for a meaningful figure")
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"

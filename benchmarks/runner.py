@@ -60,25 +60,31 @@ def _gpu_mem_mb() -> float | None:
     return None
 
 
-def agreement(ref_probs: np.ndarray, out: np.ndarray, head: str, margin: float = 0.05) -> dict:
-    """Mask agreement (all and confident pixels) and, for probabilities, relative L2 vs the fp32 reference.
+def agreement(ref_probs: list, masks: list, head: str = "argmax", labels: list | None = None,
+              probs: list | None = None, margin: float = 0.05) -> dict:
+    """A row's masks (and probabilities) against the fp32 reference, over every benchmark image; and the labels.
 
-    ``ref_probs``: (H, W, C) fp32 reference probabilities; ``out``: the
-    row's output for the same image, NHWC (or an (H, W) mask).
+    ``ref_probs``: per image ``(H, W, C)`` fp32 reference probabilities;
+    ``masks``: the row's ``(H, W)`` masks for the same images; ``probs``:
+    its probabilities (softmax/logits rows), for the relative L2 error;
+    ``labels``: ground truth, for pixel accuracy and mean IoU.
     """
-    from unet_runtime.metrics import compare, mask_agreement
+    from unet_runtime.metrics import compare, label_scores, mask_agreement
 
-    agree = mask_agreement(ref_probs, out if head == "argmax" else out.argmax(-1), margin)
-    res = {"mask_agreement": agree["agreement"], "confident_pixels": agree["confident_pixels"],
-           "confident_agreement": agree["confident_agreement"]}
-    if head == "softmax":
-        res["rel_l2"] = compare(ref_probs, out)["rel_l2"]
+    ref = np.stack(ref_probs[:len(masks)])
+    agree = mask_agreement(ref, np.stack(masks), margin)
+    res = {"agreement_images": len(masks), "pixels": agree["pixels"], "mask_agreement": agree["agreement"],
+           "confident_pixels": agree["confident_pixels"], "confident_agreement": agree["confident_agreement"]}
+    if probs is not None:
+        res["rel_l2"] = compare(ref, np.stack(probs))["rel_l2"]
+    if labels is not None:
+        res.update(label_scores(labels[:len(masks)], masks, ref.shape[-1]))
     return res
 
 
 def bench_ort(model_path, *, provider: str, config, head: str, precision: str, size: int, batch: int,
-              images: list, ref_probs: np.ndarray | None, warmup: int, iters: int, flops: int | None,
-              name: str | None = None, progress=None) -> Row:
+              images: list, ref_probs: list | None, warmup: int, iters: int, flops: int | None,
+              name: str | None = None, progress=None, labels: list | None = None) -> Row:
     """Time one ONNX Runtime configuration through :class:`unet_runtime.Segmenter`.
 
     device: the session alone on a prepared input (IO binding with
@@ -111,13 +117,20 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
         warmup = max(warmup, CUDA_GRAPH_CAPTURE_RUNS)
     row.raw_device_s = time_calls(call.run, warmup=warmup, iters=iters, on_iter=progress)
     row.device = summarize(row.raw_device_s, batch, flops)
-    out = fetch()[0]
-    if head != "argmax":
-        out = im.channels_last(out[None], info.layout)[0]
-    if head == "logits":
-        out = im.softmax(out.astype(np.float32))
     if ref_probs is not None:
-        row.numerics = agreement(ref_probs, out, "argmax" if head == "argmax" else "softmax")
+        # Every benchmark image, in batches of the row's batch size, through the same session.
+        masks, probs = [], []
+        for first in range(0, len(ref_probs), batch):
+            chunk = images[first:first + batch]
+            out = seg.run(seg.prepare(chunk))
+            if head == "argmax":
+                masks += list(out)
+                continue
+            out = im.channels_last(out, info.layout).astype(np.float32)
+            out = im.softmax(out) if head == "logits" else out
+            probs += list(out)
+            masks += [p.argmax(-1) for p in out]
+        row.numerics = agreement(ref_probs, masks, head, labels, probs if head != "argmax" else None)
     if on_gpu:
         # The host path goes through Segmenter.predict: same buffers, plus copies and pre/post-processing.
         row.raw_host_s = time_calls(lambda: seg.predict(images[:batch]), warmup=max(2, warmup // 2),

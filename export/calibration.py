@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["load_images", "synthetic_images", "held_out_count", "MIN_CALIBRATION_IMAGES", "HELD_OUT_MIN",
+__all__ = ["image_files", "load_images", "synthetic_images", "held_out_count", "MIN_CALIBRATION_IMAGES", "HELD_OUT_MIN",
            "IMAGE_SUFFIXES"]
 
 #: Fewer images give activation ranges set by a handful of frames; 8 is the
@@ -28,8 +28,29 @@ HELD_OUT_MIN = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def load_images(folder: str | Path, height: int, width: int) -> list[np.ndarray]:
-    """Read every image in ``folder`` as RGB uint8, resized to ``(height, width)``.
+def image_files(folder: str | Path, *, minimum: int = MIN_CALIBRATION_IMAGES,
+                flag: str = "--calibration-images") -> list[Path]:
+    """The image files of ``folder`` (sorted), at least ``minimum`` of them.
+
+    Raises:
+        ConfigError: missing folder or too few images, naming ``flag``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {str(folder)!r} is not a folder; give a folder of PNG/JPEG images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < minimum:
+        need = (f"INT8 calibration needs at least {minimum} (32 or more recommended)" if minimum > 1
+                else "give at least one")
+        raise ConfigError(f"{flag} {str(folder)!r} has {len(files)} images ({', '.join(IMAGE_SUFFIXES)}); {need}")
+    return files
+
+
+def load_images(source, height: int, width: int) -> list[np.ndarray]:
+    """Read images as RGB uint8, resized to ``(height, width)`` as the runtime resizes.
+
+    ``source``: a folder (its :func:`image_files`, at least
+    ``MIN_CALIBRATION_IMAGES``) or a list of files.
 
     Raises:
         ConfigError: missing folder, too few images, or an unreadable file
@@ -37,26 +58,18 @@ def load_images(folder: str | Path, height: int, width: int) -> list[np.ndarray]
     """
     from unet_runtime.images import resize_image
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"--calibration-images {str(folder)!r} is not a folder; give a folder of PNG/JPEG images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < MIN_CALIBRATION_IMAGES:
-        raise ConfigError(
-            f"--calibration-images {str(folder)!r} has {len(files)} images ({', '.join(IMAGE_SUFFIXES)}); "
-            f"INT8 calibration needs at least {MIN_CALIBRATION_IMAGES} (32 or more recommended)"
-        )
+    files = image_files(source) if isinstance(source, (str, Path)) else list(source)
     try:
         from PIL import Image
     except ImportError as exc:
-        raise ConfigError("reading calibration images needs Pillow: pip install 'unet-onnx[images]'") from exc
+        raise ConfigError("reading images needs Pillow: pip install 'unet-onnx[images]'") from exc
     out = []
     for path in files:
         try:
             with Image.open(path) as img:
                 rgb = np.asarray(img.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ConfigError(f"calibration image {str(path)!r} cannot be read ({type(exc).__name__}); remove or replace it") from exc
+            raise ConfigError(f"image {str(path)!r} cannot be read ({type(exc).__name__}); remove or replace it") from exc
         out.append(resize_image(rgb, height, width))
     return out
 

@@ -43,7 +43,7 @@ def test_json_table_and_plot(full_width_run):
     table = (root / "r.md").read_text()
     assert "| keras.predict | 32 | 1 |" in table and "vs keras.predict" in table
     # Seeded random weights: no confident pixel, and the table says so instead of leaving the column blank.
-    assert "% of all (0 confident) |" in table and "'0 confident': the reference has no pixel" in table
+    assert "% of all (0 confident, 8 img) |" in table and "'0 confident': the reference has no pixel" in table
     assert (root / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -207,10 +207,16 @@ def test_torch_peer_is_the_same_network(full_width_run, tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     rows = torch_rows(ref_model_path=path, images=images, size=32, batch=2, flops=10**9, warmup=0, iters=2,
-                      ref_probs=ref[0], device="cpu")
+                      ref_probs=list(ref), device="cpu", fold=True)
     row = next(rows)  # handed out before any compile would start
     assert row.name == "torch fp32 channels_last" and row.batch == 2 and row.device["n"] == 2
-    assert row.numerics["mask_agreement"] >= 0.99
+    assert row.numerics["mask_agreement"] >= 0.99 and row.numerics["agreement_images"] == 2
+    folded = next(rows)  # the decoder fold is the same function in PyTorch too
+    assert folded.name == "torch fp32 channels_last fold=convtranspose" and folded.numerics["mask_agreement"] >= 0.99
+    net = torch_from_onnx(model, "fp32", channels_last=False, device="cpu", fold=True)
+    with torch.inference_mode():
+        folded_probs = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), "softmax").numpy()
+    assert np.linalg.norm(folded_probs.transpose(0, 2, 3, 1) - ref) / np.linalg.norm(ref) < 1e-5
     assert next(rows, None) is None
 
 
@@ -260,15 +266,47 @@ def test_rows_name_the_fold_auto_stands_for():
     and ``auto`` beside the form it stands for is one row, not two."""
     from argparse import Namespace
 
-    from unet_bench.cli import _model_name, _row_keys
+    from unet_bench.cli import Variant, variants
 
     args = Namespace(precision=["fp32", "fp16", "int8"], head=["argmax"], input_dtype=["uint8"],
                      fold_upsample=["auto", "convtranspose"], pad_channels=["off"])
-    assert _row_keys(args) == [("fp32", "argmax", "uint8", "off", "off"),
-                               ("fp32", "argmax", "uint8", "convtranspose", "off"),
-                               ("fp16", "argmax", "uint8", "convtranspose", "off"),
-                               ("int8", "argmax", "uint8", "phase_nhwc", "off"),
-                               ("int8", "argmax", "uint8", "convtranspose", "off")]
+    assert variants(args) == [Variant("fp32", "argmax", "uint8", "off"),
+                              Variant("fp32", "argmax", "uint8", "convtranspose"),
+                              Variant("fp16", "argmax", "uint8", "convtranspose"),
+                              Variant("int8", "argmax", "uint8", "phase_nhwc"),
+                              Variant("int8", "argmax", "uint8", "convtranspose")]
     # The seed graph keeps the plain name (models saved before the fp16 default changed still load).
-    assert _model_name("fp16", "argmax", 512, "uint8", "off") == "fp16-argmax-512-u8.onnx"
-    assert _model_name("fp16", "argmax", 512, "uint8", "convtranspose") == "fp16-argmax-512-u8-fold_convtranspose.onnx"
+    assert Variant("fp16", "argmax", "uint8").file_name(512) == "fp16-argmax-512-u8.onnx"
+    v = Variant("fp16", "argmax", "uint8", "convtranspose", pad=True)
+    assert v.file_name(512) == "fp16-argmax-512-u8-fold_convtranspose-pad8.onnx"
+    assert v.label("cuda", "graph") == "ort cuda fp16 argmax u8-in fold=convtranspose pad8 [graph]"
+    assert v.plain == Variant("fp16", "argmax", "uint8")
+
+
+def test_three_photos_and_their_labels(full_width_run, tmp_path):
+    """A user timing on three photos: no calibration minimum, the images repeated to fill the batch, every
+    row scored over all of them and against the labels (VOC palette PNGs)."""
+    from PIL import Image
+
+    from unet_runtime.images import voc_palette
+
+    _, root = full_width_run
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "img" / f"p{i}.jpg")
+        label = Image.fromarray(rng.integers(0, 21, (40, 48), dtype=np.uint8), mode="P")
+        label.putpalette(voc_palette().flatten().tolist())
+        label.save(tmp_path / "lab" / f"p{i}.png")
+    proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "r"), "--size", "32", "--batch", "4", "--iters", "1",
+                   "--warmup", "0", "--models-from", str(root / "models"), "--images", str(tmp_path / "img"),
+                   "--labels", str(tmp_path / "lab"), "--agreement-images", "5", "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert row["batch"] == 4 and row["numerics"]["agreement_images"] == 5
+    assert 0 <= row["numerics"]["mean_iou"] <= 1 and row["numerics"]["pixels"] == 5 * 32 * 32
+    (tmp_path / "lab" / "p2.png").unlink()
+    proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "s"), "--size", "32", "--models-from", str(root / "models"),
+                   "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"), "-q")
+    assert proc.returncode == 1 and "p2.png' is missing" in proc.stderr.strip().splitlines()[-1]

@@ -35,7 +35,7 @@ def test_profile_of_a_real_model(narrow_export):
 
 def test_ab_interleaves_and_writes_both_files(narrow_export, tmp_path):
     a, b = narrow_export().path, narrow_export(fold_upsample="phase").path
-    proc = run_cli("unet_bench.ab", "--out", str(tmp_path / "ab"), "--rounds", "3", "--warmup", "0", "--size", "32",
+    proc = run_cli("unet_bench.cli", "ab", "--out", str(tmp_path / "ab"), "--rounds", "3", "--warmup", "0", "--size", "32",
                    str(a), str(b))  # no warm-up asked: the mask still comes from one untimed run
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "ab.json").read_text())
@@ -46,9 +46,9 @@ def test_ab_interleaves_and_writes_both_files(narrow_export, tmp_path):
 
 
 def test_ab_and_profile_refuse_missing_models(tmp_path):
-    for module in ("unet_bench.ab", "unet_bench.profile"):
-        args = ("--out", str(tmp_path / "x")) if module.endswith("ab") else ()
-        proc = run_cli(module, *args, str(tmp_path / "nope.onnx"))
+    for tool in ("ab", "profile"):
+        args = ("--out", str(tmp_path / "x")) if tool == "ab" else ()
+        proc = run_cli("unet_bench.cli", tool, *args, str(tmp_path / "nope.onnx"))
         assert proc.returncode == 1 and "does not exist" in proc.stderr.strip().splitlines()[-1]
         assert not (tmp_path / "x.json").exists()
 
@@ -75,7 +75,7 @@ def test_ab_and_profile_refuse_bad_flags_before_any_work(tool, flags, message, t
     args = ["--out", str(tmp_path / "x")] if tool == "ab" else []
     assert module.main([*args, *flags, str(model)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"python -m unet_bench.{tool}: error: ") and message in err, err
+    assert err.startswith(f"bench-unet {tool}: error: ") and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
@@ -84,14 +84,31 @@ def test_ab_keras_candidate_on_an_image_file(tmp_path):
 
     from unet_bench import ab
     from unet_bench.peers import keras_model
-    from unet_runtime.images import resize_bilinear
+    from unet_runtime.images import resize_image
 
     rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "in.png")
     image = ab._load_image(str(tmp_path / "in.png"), 32)
     # Resized as the runtime resizes (not Pillow's own filter), so A/B inputs match bench-unet's.
-    assert image.dtype == np.uint8 and np.array_equal(image, np.clip(np.rint(resize_bilinear(rgb, 32, 32)), 0, 255))
+    assert image.dtype == np.uint8 and np.array_equal(image, resize_image(rgb, 32, 32))
     keras_model(32, seed=3).save_weights(str(tmp_path / "w.weights.h5"))
     result = ab.run([], rounds=2, warmup=1, size=32, threads=None, keras_weights=str(tmp_path / "w.weights.h5"), image=image)
     (row,) = result["rows"]
     assert result["first"] == row["name"] == "keras.predict" and len(row["raw_s"]) == 2 and row["median_ms"] > 0
+
+
+def test_ab_times_openvino_on_the_same_files(narrow_export, tmp_path):
+    """OpenVINO reads the fp32 graph (f32, and bf16 where the CPU has it) and the QDQ graph (INT8)."""
+    from unet_bench import ab
+    from unet_bench.report import cpu_flags
+
+    fp32 = str(narrow_export(head="argmax").path)
+    int8 = str(narrow_export(head="argmax", precision="int8", calibration_count=8).path)
+    res = ab.run([fp32, int8], rounds=2, warmup=1, size=32, threads=None, keras_weights=None, openvino=True)
+    rows = {r["name"]: r for r in res["rows"]}
+    names = [n.split(" ")[1] for n in rows if n.startswith("openvino")]
+    assert names == ["f32"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()) else []) + ["int8"]
+    for name, row in rows.items():
+        assert len(row["raw_s"]) == 2
+        if name.startswith("openvino f32"):  # the same fp32 function: the same masks
+            assert row["mask_agreement_vs_first"] >= 0.99

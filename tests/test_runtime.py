@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from unet_export.verify import FP32_TIE_MARGIN, mask_agreement
+from unet_export.verify import FP32_TIE_MARGIN
+from unet_runtime.metrics import mask_agreement
 from unet_runtime import (
     InputImageError,
     ModelFileError,
