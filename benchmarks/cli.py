@@ -32,10 +32,14 @@ class BenchError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    # numpy and onnx only (fold.py imports no TensorFlow): the GPU machine has no TensorFlow.
+    # numpy and onnx only (config.py and fold.py import no TensorFlow): bench-unet --models-from runs without it.
+    from unet_export.config import ExportConfig
     from unet_export.fold import FOLD_CHOICES
     from unet_runtime import __version__
     from unet_runtime._help import DefaultsHelpFormatter
+    from unet_runtime.model_info import HEADS, INPUT_DTYPES, LAYOUTS, PRECISIONS
+
+    d = ExportConfig()
 
     p = argparse.ArgumentParser(prog="bench-unet", formatter_class=DefaultsHelpFormatter,
                                 description=__doc__.split("\n\n")[0],
@@ -46,13 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs="+", default=[512], help="square image sizes (multiples of 16)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
     p.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="ONNX Runtime providers")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"), help="exported precisions")
-    p.add_argument("--head", nargs="+", default=["softmax"], choices=("softmax", "logits", "argmax"), help="exported heads")
-    p.add_argument("--input-dtype", nargs="+", default=["float32"], choices=("float32", "uint8"),
+    p.add_argument("--precision", nargs="+", default=[d.precision], choices=PRECISIONS, help="exported precisions")
+    p.add_argument("--head", nargs="+", default=[d.head], choices=HEADS, help="exported heads")
+    p.add_argument("--input-dtype", nargs="+", default=[d.input_dtype], choices=INPUT_DTYPES,
                    help="exported input types: float32 (host normalizes) and/or uint8 (normalized in the graph)")
     # nhwc, as export-unet: an image is HWC, so a uint8 NHWC model needs no host-side transpose
     # (benchmarks/results/h100-pad-layout-prediction-2026-11-25.md).
-    p.add_argument("--layout", default="nhwc", choices=("nhwc", "nchw"), help="exported input layout")
+    p.add_argument("--layout", default=d.layout, choices=LAYOUTS, help="exported input layout")
     p.add_argument("--cuda-variants", nargs="+", default=["default"],
                    choices=("default", "plain", "graph", "exact"),
                    help="CUDA option sets: default (prefer_nhwc, fuse_conv_bias for non-exact), plain (ORT defaults), "
@@ -75,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", help="int8 rows: calibration folder passed to export-unet (default: synthetic shapes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init")
     p.add_argument("--models-from", type=Path, help="use pre-exported models PRECISION-HEAD-SIZE.onnx from this folder "
-                   "(weight-stripped ones are refilled) instead of exporting")
-    p.add_argument("--save-models", type=Path, help="also save the exported models here, weight-stripped (for carrying)")
+                   "instead of exporting (weight-free ones from --save-models get seeded weights)")
+    p.add_argument("--save-models", type=Path, help="also save the exported models here without their weights (a few KB "
+                   "each), for --models-from on a machine without TensorFlow")
     p.add_argument("--images", type=Path, help="folder of PNG/JPEG images to time and check on, any number (repeated to "
                    "fill the batch; default: seeded noise)")
     p.add_argument("--labels", type=Path, help="folder of label PNGs with the --images' stems (class ids as grey levels, "

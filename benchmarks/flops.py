@@ -1,9 +1,11 @@
 """FLOPs of an ONNX model, computed from its graph (never hard-coded).
 
-Counts multiply-adds of Conv and Gemm/MatMul nodes (2 FLOPs each) after
-shape inference at a concrete input size; activations, pooling and resize
-are memory-bound and left out, as is customary (ANCHORS: 494 GFLOP per
-512x512 image for this network).
+Counts the multiply-adds of Conv and ConvTranspose nodes (2 FLOPs each: the
+network has no Gemm or MatMul) after shape inference at a concrete input
+size; activations, pooling and resize are memory-bound and left out, as is
+customary. The seed network is 494 GFLOP per 512x512 image. bench-unet
+divides every row's time by the seed graph's count, so a folded graph (15%
+fewer multiply-adds) shows its speed in the seed's FLOPs, which its note says.
 """
 
 from __future__ import annotations
@@ -39,11 +41,17 @@ def conv_flops(model, batch: int, height: int, width: int) -> int:
     }
     total = 0
     for node in inferred.graph.node:
-        if node.op_type == "Conv":
-            w = shapes.get(node.input[1]) or value_shapes.get(node.input[1])
-            out = value_shapes.get(node.output[0])
-            if not w or not out or 0 in out:
-                raise ValueError(f"cannot infer the shapes of Conv {node.name!r}")
-            cout, cin_per_group, *k = w
+        if node.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        w = shapes.get(node.input[1]) or value_shapes.get(node.input[1])
+        out = value_shapes.get(node.output[0])
+        src = value_shapes.get(node.input[0])
+        if not w or not out or 0 in out or (node.op_type == "ConvTranspose" and not src):
+            raise ValueError(f"cannot infer the shapes of {node.op_type} {node.name!r}")
+        if node.op_type == "Conv":  # W: [out, in/group, kh, kw]; each output value is a dot product
+            _, cin_per_group, *k = w
             total += 2 * int(np.prod(out)) * cin_per_group * int(np.prod(k))
+        else:  # W: [in, out/group, kh, kw]; each input value is scattered to kh*kw*out/group outputs
+            _, cout_per_group, *k = w
+            total += 2 * int(np.prod(src)) * cout_per_group * int(np.prod(k))
     return total

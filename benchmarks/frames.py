@@ -92,13 +92,15 @@ def frame_rows(plain: Path, graph: Path, frames: list, *, providers: str, warmup
 
 def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
     """Command line; returns the exit code."""
+    from unet_runtime.model_info import PRECISIONS
+
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     p.add_argument("--frame-size", type=_size, nargs="+", default=[(1080, 1920)], metavar="WxH",
                    help="frame sizes, width x height")
     p.add_argument("--size", type=int, default=512, help="the network's size (square)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8", help="exported precision")
+    p.add_argument("--precision", choices=PRECISIONS, default="int8", help="exported precision")
     p.add_argument("--providers", default="cpu", help="'auto' or a comma list (cuda,cpu)")
     p.add_argument("--weights", help="trained weights for both exports (default: seeded random init)")
     p.add_argument("--models-from", type=Path, help="a folder holding plain.onnx and graph.onnx (skips the exports)")

@@ -1,7 +1,7 @@
 """The peers ONNX Runtime is measured against: Keras (TensorFlow) and PyTorch.
 
 Both are optional imports: Keras rows need the ``export`` extra; the
-PyTorch peer needs torch (present on the GPU machine, never a dependency).
+PyTorch peer needs torch (an optional peer, never a dependency).
 """
 
 from __future__ import annotations

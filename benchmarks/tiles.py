@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from unet_runtime._help import DefaultsHelpFormatter
+from unet_runtime.tiling import BLENDS
 
 __all__ = ["main"]
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
     p.add_argument("--image-size", type=int, nargs=2, default=[4096, 4096], metavar=("H", "W"), help="image size")
     p.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"), help="window size (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap")
-    p.add_argument("--blend", default="gaussian", choices=("gaussian", "constant", "deepest"), help="stitching")
+    p.add_argument("--blend", default="gaussian", choices=BLENDS, help="stitching")
     p.add_argument("--tile-batch", type=int, help="windows per session call (default: the runtime's)")
     p.add_argument("--providers", default="cpu", help="'auto' or a comma list (cuda,cpu)")
     args = p.parse_args(argv)

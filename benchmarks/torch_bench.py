@@ -1,6 +1,6 @@
 """PyTorch peer rows: the same network and weights, channels_last; fp16 on the GPU, fp32 on the CPU.
 
-Optional: torch is present on the GPU machine and is never a dependency of
+Optional: torch is never a dependency of
 unet-onnx. The rows answer "what would a user get by writing this network in
 PyTorch instead", measured in the same process as the ORT rows.
 """
@@ -40,7 +40,7 @@ def torch_twin(model_path, images, device: str, fold: bool = False):
 
 
 def compile_max_autotune(net):
-    """``torch.compile`` as the peer is measured (ANCHORS' row): max-autotune, one static graph per input shape.
+    """``torch.compile`` as a deployment would use it for speed: max-autotune, one static graph per input shape.
 
     dynamic=False: autotuned for each shape, as a deployment would; without
     it, a second shape in the process makes dynamo recompile with symbolic sizes.

@@ -1,11 +1,11 @@
-"""Carry a full-size model as a few kilobytes: strip big initializers, refill them elsewhere.
+"""Ship a full-size model as a few kilobytes: strip big initializers, refill them elsewhere.
 
-The GPU machine has no TensorFlow and a 64 MiB carry limit, while the
-512x512 model is 120 MB. Speed does not depend on the weight values, and
-numeric checks there compare providers on the *same* weights, so the graph
-travels without its large tensors and :func:`refill` regenerates them
-deterministically from each initializer's name (so an fp32 and an fp16
-export of one network get the same values, up to fp16 rounding).
+A benchmark host without TensorFlow cannot export the model, and copying a
+120 MB file to every machine is slow. Speed does not depend on the weight
+values, and numeric checks compare providers on the *same* weights, so the
+graph can travel without its large tensors and :func:`refill` regenerates
+them deterministically from each initializer's name (so an fp32 and an
+fp16 export of one network get the same values, up to fp16 rounding).
 """
 
 from __future__ import annotations

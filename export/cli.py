@@ -156,7 +156,7 @@ def _sigint_deferred():
     A KeyboardInterrupt raised while a native extension module initializes
     aborts the whole process instead of unwinding (onnx's nanobind module:
     "terminate called after throwing an instance of 'nanobind::python_error'",
-    seen here as exit -6 in 1 of 15 interrupted exports), so the cleanup
+    an exit code of -6), so the cleanup
     message and exit code 130 never came.
     """
     if threading.current_thread() is not threading.main_thread() or \

@@ -3,7 +3,7 @@
 cuDNN's fast fp16 NHWC convolution kernels need channel counts that are
 multiples of 8 (16-byte aligned rows). Two layers of the seed miss that:
 ``conv1-1`` reads the 3 RGB channels, and the 1x1 head writes 21 classes.
-On an H100 (session 1's kernel profile, benchmarks/results/
+On an H100 (kernel profile in benchmarks/results/
 h100-2026-11-25-profile-fp16-u8-b1.txt) they fall back to slow kernels:
 conv1-1 to an ``indexed_wo_smem`` kernel (0.036 ms, ~25 TFLOP/s) and the
 head to an ``align1`` CUTLASS GEMM (0.044 ms, ~16 TFLOP/s), where the 3x3

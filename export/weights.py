@@ -1,7 +1,7 @@
 """Loading a user's weights into the seed's model, and fingerprinting them.
 
 Keras 3 ``.weights.h5`` files and ``Model.set_weights`` match layers by
-*order*, not by name (ANCHORS), so a file from another architecture may
+*order*, not by name (keras/src/saving/saving_lib.py), so a file from another architecture may
 "load" into the wrong layers or fail deep inside h5py. Every path here checks
 shapes layer by layer first and names the first layer that does not fit.
 """

@@ -23,6 +23,7 @@ from . import __version__
 from ._atomic import atomic_write_bytes
 from ._help import DefaultsHelpFormatter
 from .errors import SegmenterError
+from .tiling import BLENDS
 
 __all__ = ["main", "build_parser"]
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment each image in overlapping windows of HxW pixels (multiples of 16; 'model': the "
                         "model's own size), stitched at the image's resolution, the mask PNG written band by band")
     t.add_argument("--overlap", type=float, default=0.25, help="--tile: fraction of a window its neighbours overlap")
-    t.add_argument("--blend", choices=("gaussian", "constant", "deepest"), default="gaussian",
+    t.add_argument("--blend", choices=BLENDS, default="gaussian",
                    help="--tile: weights that blend the windows' scores, or deepest: each pixel from the window it "
                         "lies deepest in (argmax models always)")
     t.add_argument("--tile-batch", type=int, help="--tile: windows per session call (default: 8 on a GPU, 1 on the CPU)")

@@ -8,10 +8,10 @@ the options are built here, and after the session exists
 
 Options follow ONNX Runtime's provider documentation
 (onnxruntime.ai/docs/execution-providers/{TensorRT,CUDA}-ExecutionProvider).
-The CUDA defaults come from measurements on an H100 (shared ANCHORS):
-``prefer_nhwc`` helps fp32 and fp16 (4.72 -> 4.12 ms, 3.33 -> 2.67 ms at
-batch 1), ``fuse_conv_bias`` helps fp16 (2.67 -> 2.07 ms) but makes exact
-fp32 (TF32 off) twice as slow at batch 8, so it is off when ``exact``.
+The CUDA defaults were chosen by measurement on an H100 (``bench-unet
+--cuda-variants`` re-measures them): ``prefer_nhwc`` speeds up fp32 and
+fp16, ``fuse_conv_bias`` speeds up fp16 but halves exact-fp32 (TF32 off)
+throughput at batch 8, so it is off when ``exact``.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def tensorrt_loadable(capi_dir: str | None = None) -> bool:
 
     onnxruntime-gpu lists TensorrtExecutionProvider as available whether or
     not TensorRT is installed; a session asked for it then logs a load error
-    and falls back to CUDA (seen on an H100 without TensorRT). The provider
+    and falls back to CUDA. The provider
     library carries no RUNPATH, so loading it here resolves libnvinfer,
     libcudart ... exactly as ONNX Runtime's own load would (same process,
     same library path, same libraries already loaded, e.g. by

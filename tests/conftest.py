@@ -40,7 +40,7 @@ def _cuda_device_present() -> bool:
 def pytest_collection_modifyitems(config, items):
     if _has_cuda():
         return
-    skip = pytest.mark.skip(reason="needs onnxruntime-gpu with a CUDA device (none on this machine)")
+    skip = pytest.mark.skip(reason="needs onnxruntime-gpu and a CUDA device: neither is present")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -50,7 +50,7 @@ def test_json_table_and_plot(full_width_run):
 def test_flops_come_from_the_graph(full_width_run):
     _, root = full_width_run
     model = refill(onnx.load(str(root / "models" / "fp32-softmax-32.onnx")))
-    # ANCHORS: about 494 GFLOP at 512x512; cost scales with H*W.
+    # The seed network: about 494 GFLOP at 512x512; cost scales with H*W.
     assert conv_flops(model, 1, 512, 512) == pytest.approx(494e9, rel=0.01)
     assert conv_flops(model, 2, 256, 256) == conv_flops(model, 1, 512, 512) // 2
 

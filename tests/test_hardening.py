@@ -1,4 +1,4 @@
-"""Hostile inputs, load, long runs and faults (issue #7). Every case: a clear error, no crash, nothing written."""
+"""Hostile inputs, load, long runs and faults. Every case: a clear error, no crash, nothing written."""
 
 import os
 import signal
