@@ -16,10 +16,7 @@ Writes PREFIX.json (every raw timing, machine, versions, command) and PREFIX.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -102,7 +99,7 @@ def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int 
 
     `image` (uint8 RGB, size x size) is the input; without it seeded noise,
     on which a trained model's masks mean little (the agreement column is
-    then only a smoke check). `torch_peer` adds the PyTorch twin carrying
+    then only a smoke check). `torch_peer` adds the PyTorch twin with
     the first model's weights (and `torch_compile` its compiled form) after
     the ONNX models.
     """
@@ -161,9 +158,9 @@ def _load_image(path: str, size: int) -> np.ndarray:
 
 def to_markdown(result: dict, meta: dict) -> str:
     """One table: median/min/p90 per candidate and the median per-round speed-up over the first."""
-    lines = [f"# Interleaved A/B on {meta['machine'].get('cpu', '?')}", "",
-             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"].get("versions", {}).items()), "",
+    from .report import header_lines
+
+    lines = [*header_lines("Interleaved A/B", meta),
              f"{result['rounds']} rounds; each round runs every candidate once, in this order, on the same "
              f"{result['size']}x{result['size']} input (batch 1). Speed-up = first candidate's time / this one's, "
              "per round; median (min-max) over rounds. Mask agreement: argmax masks vs the first candidate on that input "
@@ -229,18 +226,13 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet ab") -> int:
     if problem:
         print(f"{ap.prog}: error: {problem}", file=sys.stderr)
         return 1
-    from .report import machine_info, write_text_atomic
+    from .report import run_meta, save_results
 
     result = run(args.models, rounds=args.rounds, warmup=args.warmup, size=args.size, threads=args.threads,
                  keras_weights=args.keras_weights, image=_load_image(args.image, args.size) if args.image else None,
                  torch_peer=args.torch, torch_compile=args.torch_compile, openvino=args.openvino)
-    meta = {"command": f"{prog} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
-            "image": args.image or "seeded noise"}
-    table = to_markdown(result, meta)
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps({**meta, **result}, indent=1) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), table)
-    print(table)
+    meta = run_meta(prog, argv, image=args.image or "seeded noise")
+    save_results(args.out, {**meta, **result}, to_markdown(result, meta))
     return 0
 
 

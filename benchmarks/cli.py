@@ -9,10 +9,8 @@ PREFIX.png with ``--plot``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import importlib.util
-import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -318,13 +316,8 @@ def _run(args, argv) -> int:
 
     if (args.torch or args.torch_compile) and torch_missing():
         raise BenchError(torch_missing())
-    meta = {
-        "command": "bench-unet " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": report.machine_info(),
-        "images": str(args.images) if args.images else "seeded uniform noise",
-        "exports": {},
-    }
+    meta = report.run_meta("bench-unet", argv, images=str(args.images) if args.images else "seeded uniform noise",
+                           exports={})
     # Rows are written as they finish: a run cut short (a GPU call's time limit) keeps what it measured.
     results = report.Results(args.out, meta)
     try:

@@ -11,7 +11,6 @@ gives each step's time and peak memory; the table puts them side by side.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import shlex
@@ -92,17 +91,11 @@ def measure(args: list[str], workdir: Path) -> dict:
 
 def to_markdown(rows: dict, meta: dict) -> str:
     """The cost table: one line per configuration, each step's seconds and peak GiB."""
-    from .report import machine_line
+    from .report import header_lines
 
     steps = next((list(r["steps"]) for r in rows.values() if "steps" in r), [])
     lines = [
-        f"# bench-unet export: {machine_line(meta['machine'])}",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()) + "  ",
-        f"Commit: {meta['machine'].get('git_commit') or 'not a git checkout'}",
-        "",
+        *header_lines("bench-unet export", meta),
         "wall = the whole `export-unet` process, start to exit; peak = resident memory of its process tree, sampled "
         f"every {SAMPLE_S * 1000:.0f} ms from outside; each step: seconds / peak GiB (sampled inside the export).",
         "",
@@ -140,7 +133,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="configurations to export")
     args = p.parse_args(argv)
-    from .report import machine_info, out_prefix_problem, write_text_atomic
+    from .report import out_prefix_problem, run_meta, save_results
 
     problem = out_prefix_problem(args.out)
     if problem:
@@ -149,9 +142,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
     if importlib.util.find_spec("psutil") is None:  # checked before minutes of work
         print(f"{prog}: error: measuring the process tree needs psutil: pip install 'unet-onnx[bench]'", file=sys.stderr)
         return 1
-    meta = {"command": command,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info()}
+    meta = {**run_meta(prog, argv), "command": command}
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         for name in args.rows:
@@ -160,10 +151,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
             r = rows[name]
             print(f"{prog}: {name}: {r['wall_s']:.1f} s, {r['peak_tree_rss_mb'] / 1024:.2f} GiB"
                   + (f", FAILED: {r['error']}" if "error" in r else ""), file=sys.stderr, flush=True)
-    table = to_markdown(rows, meta)
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), table)
-    print(table)
+    save_results(args.out, {**meta, "rows": rows}, to_markdown(rows, meta))
     return 0 if all("error" not in r for r in rows.values()) else 1
 
 

@@ -26,7 +26,7 @@ def conv_flops(model, batch: int, height: int, width: int) -> int:
     dims = inp.type.tensor_type.shape.dim
     nchw = dims[1].dim_value == 3
     concrete = (batch, 3, height, width) if nchw else (batch, height, width, 3)
-    for d, v in zip(dims, concrete):
+    for d, v in zip(dims, concrete, strict=True):
         d.ClearField("dim_param")
         d.dim_value = v
     # Shapes stored for the exported size would contradict the new one.

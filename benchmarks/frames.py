@@ -15,9 +15,6 @@ with the numpy host path.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -74,9 +71,9 @@ def frame_rows(plain: Path, graph: Path, frames: list, *, providers: str, warmup
                 batch = seg.prepare([seg.pipeline.prepare(frame)[0]])
                 call = seg.bind(batch)
                 device = time_calls(call.run, warmup=warmup, iters=iters)
-                host = time_calls(lambda: seg.predict(frame), warmup=warmup, iters=iters)
+                host = time_calls(lambda frame=frame: seg.predict(frame), warmup=warmup, iters=iters)
                 cached = seg.run(batch)
-                pre_post = time_calls(lambda: seg.pipeline.predict(frame, lambda _x: cached), warmup=1, iters=iters)
+                pre_post = time_calls(lambda frame=frame, cached=cached: seg.pipeline.predict(frame, lambda _x: cached), warmup=1, iters=iters)
                 mask = seg.predict(frame)
                 reference = mask if reference is None else reference
                 rows.append({
@@ -108,14 +105,13 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per row")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the frames")
     args = p.parse_args(argv)
-    from .report import machine_info, machine_line, out_prefix_problem, write_text_atomic
+    from .report import header_lines, out_prefix_problem, run_meta, save_results
 
     problem = out_prefix_problem(args.out)
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
-    meta = {"command": f"{prog} " + " ".join(shlex.quote(a) for a in argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info()}
+    meta = run_meta(prog, argv)
     providers = "auto" if args.providers == "auto" else [s.strip() for s in args.providers.split(",")]
     rng = np.random.default_rng(args.seed)
     frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in args.frame_size]
@@ -126,10 +122,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
             _export(folder / "graph.onnx", args, resize=True)
         rows = frame_rows(folder / "plain.onnx", folder / "graph.onnx", frames, providers=providers,
                           warmup=args.warmup, iters=args.iters)
-    lines = [f"# bench-unet frames: {machine_line(meta['machine'])}", "",
-             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()) + "  ",
-             f"Commit: {meta['machine'].get('git_commit') or 'not a git checkout'}", "",
+    lines = [*header_lines("bench-unet frames", meta),
              f"{args.precision} argmax model, {args.size}x{args.size} network, uint8 input; host = "
              "Segmenter.predict(frame): frame in, mask at its size out; model = the session alone on its prepared "
              "input; pre/post = the runtime's own processing (predict with the model output cached). Medians.", "",
@@ -139,10 +132,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
         lines.append(f"| {r['frame']} | {r['way']} | {'x'.join(map(str, r['model_input']))} | "
                      f"{r['host']['median_ms']:.2f} | {r['device']['median_ms']:.2f} | {r['pre_post_ms']:.2f} | "
                      f"{r['pre_post_ms'] / r['device']['median_ms']:.2%} | {r['mask_agreement_vs_numpy_host']:.4%} |")
-    table = "\n".join(lines) + "\n"
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), table)
-    print(table)
+    save_results(args.out, {**meta, "rows": rows}, "\n".join(lines) + "\n")
     return 0
 
 

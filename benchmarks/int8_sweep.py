@@ -19,9 +19,7 @@ These figures set the export's INT8 bounds and its default calibration count.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -56,7 +54,7 @@ def _score(runner, refs: list[dict], images: list, labels: list | None, num_clas
     sq_diff = sq_ref = 0.0
     same = n_conf = 0
     masks = []
-    for image, ref in zip(images, refs):
+    for image, ref in zip(images, refs, strict=True):
         out = runner.run([image])
         sq_diff += float(np.square(out["logits"].astype(np.float64) - ref["logits"]).sum())
         sq_ref += float(np.square(ref["logits"].astype(np.float64)).sum())
@@ -112,12 +110,9 @@ def sweep(counts: list[int], *, size: int, weights: str | None, seed: int, label
 
 def to_markdown(result: dict, meta: dict) -> str:
     """One table per image set: a row per calibration count."""
-    from .report import machine_line
+    from .report import header_lines
 
-    lines = [f"# bench-unet int8: {machine_line(meta['machine'])}", "",
-             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()) + "  ",
-             f"Commit: {meta['machine'].get('git_commit') or 'not a git checkout'}", "",
+    lines = [*header_lines("bench-unet int8", meta),
              f"{result['size']}x{result['size']}, weights: {result['weights']}. INT8 (QDQ U8S8, per-channel, minmax, "
              "phase_nhwc fold) against the fp32 graph it was quantized from; calibration on synthetic shape images.",
              ""]
@@ -148,21 +143,16 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet int8") -> int:
     p.add_argument("--held-out", type=int, default=8, help="synthetic held-out images scored")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and of every image set")
     args = p.parse_args(argv)
-    from .report import machine_info, out_prefix_problem, write_text_atomic
+    from .report import out_prefix_problem, run_meta, save_results
 
     problem = out_prefix_problem(args.out)
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
-    meta = {"command": f"{prog} " + " ".join(shlex.quote(a) for a in argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info()}
+    meta = run_meta(prog, argv)
     result = sweep(args.counts, size=args.size, weights=args.weights, seed=args.seed, labelled=args.labelled,
                    held_out=args.held_out, log=lambda s: print(s, file=sys.stderr, flush=True))
-    table = to_markdown(result, meta)
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps({**meta, **result}, indent=1) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), table)
-    print(table)
+    save_results(args.out, {**meta, **result}, to_markdown(result, meta))
     return 0
 
 

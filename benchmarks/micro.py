@@ -12,9 +12,6 @@ back (bilinear, numpy and OpenCV) and the argmax of a probability map.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import shlex
 import sys
 import timeit
 from pathlib import Path
@@ -67,7 +64,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
     args = p.parse_args(argv)
     from unet_runtime import images as im
 
-    from .report import machine_info, machine_line, out_prefix_problem, write_text_atomic
+    from .report import header_lines, out_prefix_problem, run_meta, save_results
 
     try:
         w, h = (int(v) for v in args.frame_size.lower().split("x"))
@@ -78,8 +75,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
-    meta = {"command": f"{prog} " + " ".join(shlex.quote(a) for a in argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info()}
+    meta = run_meta(prog, argv)
     rows = []
     for name, (backend, fn) in steps((h, w), args.size).items():
         if backend:
@@ -89,17 +85,11 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
         im.set_resize_backend("auto")
         rows.append({"step": name, "median_ms": float(np.median(times)) * 1e3, "min_ms": float(np.min(times)) * 1e3,
                      "raw_s": times})
-    lines = [f"# bench-unet micro: {machine_line(meta['machine'])}", "", f"Command: `{meta['command']}`  ",
-             f"Date: {meta['date']}  ",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()) + "  ",
-             f"Commit: {meta['machine'].get('git_commit') or 'not a git checkout'}", "",
+    lines = [*header_lines("bench-unet micro", meta),
              f"Each step alone, {args.repeat} calls, one thread of numpy (OpenCV uses its own pool).", "",
              "| step | median ms | min ms |", "|---|---|---|"]
     lines += [f"| {r['step']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} |" for r in rows]
-    table = "\n".join(lines) + "\n"
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), table)
-    print(table)
+    save_results(args.out, {**meta, "rows": rows}, "\n".join(lines) + "\n")
     return 0
 
 

@@ -44,7 +44,7 @@ def keras_rows(model, x_nhwc: np.ndarray) -> dict[str, Callable[[], object]]:
 
 def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True, device: str = "cuda",
                     fold: bool = False):
-    """A PyTorch VGG19-UNet carrying the ONNX model's Conv weights (same network, same weights).
+    """A PyTorch VGG19-UNet holding the ONNX model's Conv weights (same network, same weights).
 
     ``fold``: the decoder's upsample + concat + first conv as a 3x3 conv on
     the skip plus a 4x4 stride-2 ConvTranspose on the coarse map, the exact
@@ -61,7 +61,7 @@ def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True
         raise ValueError(f"the model has {len(convs)} Conv nodes, the seed network {len(net.convs())}; give the plain "
                          "fp32/fp16 export (no --fold-upsample, no --pad-channels)")
     with torch.no_grad():
-        for layer, node in zip(net.convs(), convs):
+        for layer, node in zip(net.convs(), convs, strict=True):
             w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
             b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 and node.input[2] \
                 else np.zeros(w.shape[0], np.float32)
@@ -131,7 +131,7 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
                     self.encoder.append(block)
                 skips = [f for f, _ in enc][:-1][::-1]  # 512, 256, 128, 64
                 self.decoder = nn.ModuleList()
-                for skip, filters in zip(skips, dec):
+                for skip, filters in zip(skips, dec, strict=True):
                     first = Folded(skip, cin, filters) if fold else Plain(skip + cin, filters, 3, padding=1)
                     self.decoder.append(nn.ModuleList([first, Plain(filters, filters, 3, padding=1)]))
                     cin = filters

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
-
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from unet_runtime._atomic import atomic_write_bytes, folder_problem, new_folders, remove_empty
 
 __all__ = ["Results", "machine_info", "machine_line", "cpu_flags", "git_commit", "write_json", "write_text_atomic",
-           "markdown", "plot"]
+           "run_meta", "header_lines", "save_results", "markdown", "plot"]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -145,6 +147,30 @@ def machine_line(machine: dict) -> str:
     return f"{machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} cores; {flags})"
 
 
+def run_meta(prog: str, argv=None, **extra) -> dict:
+    """What every results file records first: the exact command, the UTC date, the machine (:func:`machine_info`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return {"command": f"{prog} " + " ".join(shlex.quote(a) for a in argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(), **extra}
+
+
+def header_lines(title: str, meta: dict, *, partial: str | None = None) -> list[str]:
+    """The Markdown header of a results file: title and machine, command, date, versions, commit, a blank line."""
+    machine = meta["machine"]
+    return [f"# {title}: {machine_line(machine)}", "",
+            f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ", *([partial] if partial else []),
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items()) + "  ",
+            f"Commit: {machine.get('git_commit') or 'not a git checkout'}", ""]
+
+
+def save_results(prefix: Path, data: dict, table: str) -> None:
+    """PREFIX.json (``data``, every raw figure) and PREFIX.md (``table``), each atomically; prints the table."""
+    write_text_atomic(Path(prefix).with_suffix(".json"), json.dumps(data, indent=1, default=str) + "\n")
+    write_text_atomic(Path(prefix).with_suffix(".md"), table)
+    print(table)
+
+
 def write_json(path: Path, rows, meta: dict) -> None:
     """All rows with their raw timings, plus machine and command (write-then-rename)."""
     data = {**meta, "rows": [asdict(r) for r in rows]}
@@ -208,16 +234,9 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         if baseline and r.name == baseline:
             base[(r.size, r.batch)] = r.device["median_ms"]
     lines = [
-        f"# bench-unet: {machine_line(meta['machine'])}",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}  ",
-        *([] if meta.get("complete", True) else
-          [f"**Partial run: {len(rows)} rows so far.** The process has not finished (still running, or cut short); "
-           "the rows below are complete measurements.  "]),
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()) + "  ",
-        f"Commit: {meta['machine'].get('git_commit') or 'not a git checkout'}",
-        "",
+        *header_lines("bench-unet", meta, partial=None if meta.get("complete", True) else (
+            f"**Partial run: {len(rows)} rows so far.** The process has not finished (still running, or cut short); "
+            "the rows below are complete measurements.  ")),
         "device = the session (or model call) alone on a prepared input (IO binding, device buffers on GPU); "
         "host = uint8 images in, masks out (pre/post-processing and copies included); pre/post = the runtime's "
         "own processing alone, share = of the device time. Medians of n timed runs "

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
-import json
-import shlex
 import socket
 import subprocess
 import sys
@@ -84,7 +81,7 @@ def load_test(model: Path, *, clients: int, requests: int, batch: int, protocol:
                         t0 = time.perf_counter()
                         masks = c.predict([images[j] for j in idx])
                         times.append(time.perf_counter() - t0)
-                        wrong += sum(not np.array_equal(m, expected[j]) for m, j in zip(masks, idx))
+                        wrong += sum(not np.array_equal(m, expected[j]) for m, j in zip(masks, idx, strict=True))
                 return times, wrong
 
             t0 = time.perf_counter()
@@ -119,21 +116,17 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet serve") -> int:
     p.add_argument("--protocol", choices=("http", "grpc", "both"), default="both", help="both: half the clients each")
     p.add_argument("--providers", default="cpu", help="the server's providers")
     args = p.parse_args(argv)
-    from .report import machine_info, machine_line, out_prefix_problem, write_text_atomic
+    from .report import header_lines, out_prefix_problem, run_meta, save_results
 
     problem = out_prefix_problem(args.out) or (None if args.model.is_file() else f"--model {str(args.model)!r} is not a file")
     if problem or min(args.clients, args.requests, args.batch) < 1:
         print(f"{prog}: error: {problem or '--clients, --requests and --batch must be >= 1'}", file=sys.stderr)
         return 1
-    meta = {"command": f"{prog} " + " ".join(shlex.quote(a) for a in argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info()}
+    meta = run_meta(prog, argv)
     r = load_test(args.model, clients=args.clients, requests=args.requests, batch=args.batch, protocol=args.protocol,
                   providers=args.providers)
     table = "\n".join([
-        f"# bench-unet serve: {machine_line(meta['machine'])}", "",
-        f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()) + "  ",
-        f"Commit: {meta['machine'].get('git_commit') or 'not a git checkout'}", "",
+        *header_lines("bench-unet serve", meta),
         "segment-unet serve (KServe's Open Inference Protocol server) on the loopback interface, clients in the same "
         "machine (they share its cores); latency per request as a client sees it (pre-processing, request, "
         "post-processing).", "",
@@ -143,9 +136,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet serve") -> int:
         f"| {Path(r['model']).name} | {r['size'][0]}x{r['size'][1]} | {r['providers']} | {r['clients']} x "
         f"{r['requests_per_client']} | {r['batch']} | {r['protocol']} | {r['images_per_s']:.2f} | {r['p50_ms']:.1f} | "
         f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['wrong_masks']} | {r['server_exit_code']} |", ""])
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps({**meta, **r}, indent=1) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), table)
-    print(table)
+    save_results(args.out, {**meta, **r}, table)
     return 0 if r["wrong_masks"] == 0 and r["server_exit_code"] == 0 else 1
 
 

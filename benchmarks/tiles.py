@@ -11,9 +11,6 @@ resident memory of the process (sampled), with the machine.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import shlex
 import sys
 import threading
 import time
@@ -49,14 +46,13 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
     args = p.parse_args(argv)
     from unet_runtime import Segmenter
 
-    from .report import machine_info, machine_line, out_prefix_problem, write_text_atomic
+    from .report import header_lines, out_prefix_problem, run_meta, save_results
 
     problem = out_prefix_problem(args.out) or (None if args.model.is_file() else f"--model {str(args.model)!r} is not a file")
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
-    meta = {"command": f"{prog} " + " ".join(shlex.quote(a) for a in argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info()}
+    meta = run_meta(prog, argv)
     providers = "auto" if args.providers == "auto" else [s.strip() for s in args.providers.split(",")]
     h, w = args.image_size
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -88,10 +84,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
                 "ms_per_megapixel": seconds * 1e3 / (h * w / 1e6), "accumulator_mb": stats["accumulator_bytes"] / 2**20,
                 "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak[0], 1), "rows": rows}
     table = "\n".join([
-        f"# bench-unet tiles: {machine_line(meta['machine'])}", "",
-        f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items()) + "  ",
-        f"Commit: {meta['machine'].get('git_commit') or 'not a git checkout'}", "",
+        *header_lines("bench-unet tiles", meta),
         "Segmenter.iter_tiles on a seeded image; peak RSS of the whole process (the image itself included), sampled "
         "every 10 ms; band = what the stitcher holds.", "",
         "| model | image | tile, overlap, blend | windows | seconds | windows/s | ms per megapixel | band MB | "
@@ -99,9 +92,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
         f"| {info['model']} ({info['precision']} {info['head']}) | {h}x{w} | {info['tile']}, {args.overlap}, {args.blend} | "
         f"{info['windows']} | {info['seconds']:.1f} | {info['windows_per_s']:.2f} | {info['ms_per_megapixel']:.0f} | "
         f"{info['accumulator_mb']:.1f} | {info['rss_before_mb']:.0f} / {info['peak_rss_mb']:.0f} |", ""])
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps({**meta, **info}, indent=1) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), table)
-    print(table)
+    save_results(args.out, {**meta, **info}, table)
     return 0
 
 

@@ -79,7 +79,7 @@ def torch_rows(*, ref_model_path, images, size: int, batch: int, flops: int, war
             if sync:
                 sync()
             setup = time.perf_counter() - t0
-            raw = time_calls(lambda: fn(x, "argmax"), warmup=warmup, iters=iters, sync=sync)
+            raw = time_calls(lambda fn=fn, x=x: fn(x, "argmax"), warmup=warmup, iters=iters, sync=sync)
             # Every image, in batches of the timed shape (another shape would recompile); each output copied out
             # at once: max-autotune replays CUDA graphs, which reuse their output buffers on the next call.
             masks = []

@@ -3,9 +3,9 @@
 TensorFlow is imported lazily, on first use, so ``import unet_export`` is cheap.
 """
 
+from .config import ExportConfig
 from .errors import ConfigError, ConversionError, ExportError, VerificationError, WeightsError
 from .model import SEED_PARAMS, build_vgg19_unet
-from .config import ExportConfig
 from .pipeline import ExportResult, export_model
 
 __all__ = [

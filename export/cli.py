@@ -29,7 +29,9 @@ class _Formatter(DefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs). Choices and defaults come from their one home."""
-    from unet_runtime import __version__  # the distribution's version (one number for the three packages)
+    from unet_runtime import (
+        __version__,  # the distribution's version (one number for the three packages)
+    )
     from unet_runtime.model_info import HEADS, INPUT_DTYPES, LAYOUTS, PRECISIONS
 
     from .config import ExportConfig

@@ -77,7 +77,7 @@ def _twin(model):
             )
 
         def compute_output_shape(self, shape):
-            h, w = (None if d is None else d * s for d, s in zip(shape[1:3], self.size))
+            h, w = (None if d is None else d * s for d, s in zip(shape[1:3], self.size, strict=True))
             return (shape[0], h, w, shape[3])
 
     def swap(layer):

@@ -182,7 +182,7 @@ def fold_upsample_convs(model, form: str):
         base = conv.name or conv.output[0]
         out = conv.output[0]
 
-        def init(suffix, arr, dtype=w_native.dtype):
+        def init(suffix, arr, dtype=w_native.dtype, base=base):
             """A new initializer; kernels default to the graph's own weight type (fp16 stays fp16)."""
             name = f"{base}/fold_{suffix}"
             new_inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(arr, dtype)), name))

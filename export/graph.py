@@ -101,7 +101,7 @@ def attach_weights(model, weights: Mapping[str, np.ndarray], names: Mapping[str,
         opts.log_severity_level = 3
         session = ort.InferenceSession(sub_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         feeds = {i.name: weights[i.name] for i in sub.input}
-        values.update(zip(computed, session.run(computed, feeds)))
+        values.update(zip(computed, session.run(computed, feeds), strict=True))
         del session
     rename: dict[str, str] = {}
     taken = constants | {o for n in g.node for o in n.output} | {i.name for i in g.input}
@@ -142,7 +142,7 @@ def resize_to_scales(model, factors: Sequence[tuple[int, int]]):
         raise ConversionError(
             f"expected {len(factors)} Resize nodes (one per UpSampling2D), tf2onnx produced {len(resizes)}"
         )
-    for i, (node, (fh, fw)) in enumerate(zip(resizes, factors)):
+    for i, (node, (fh, fw)) in enumerate(zip(resizes, factors, strict=True)):
         name = f"upsample_scales_{i}"
         model.graph.initializer.append(
             numpy_helper.from_array(np.array([1.0, 1.0, fh, fw], dtype=np.float32), name)

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from unet_runtime._atomic import atomic_write_bytes, check_writable_target, new_folders, remove_empty
+from unet_runtime._atomic import (
+    atomic_write_bytes,
+    check_writable_target,
+    new_folders,
+    remove_empty,
+)
 from unet_runtime.model_info import OUTPUT_NAMES
 
 from ._resources import StepMeter, process_peak_mb
@@ -123,7 +128,8 @@ def clean(state: ExportState) -> str:
     """The graph passes: constant Resize scales, I/O names, onnxslim, then the decoder fold and padding; one check."""
     import keras
 
-    from .graph import GraphPass, clean as clean_graph
+    from .graph import GraphPass
+    from .graph import clean as clean_graph
 
     c = state.config
     extra = []

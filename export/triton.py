@@ -248,7 +248,6 @@ def _escape(value: str) -> str:
 def config_keys(config_text: str) -> dict[str, list[str]]:
     """Every accelerator and model-level parameter key in a config.pbtxt, by where it sits (tests check them)."""
     from google.protobuf import text_format
-
     from tritonclient.grpc import model_config_pb2
 
     cfg = text_format.Parse(config_text, model_config_pb2.ModelConfig())

@@ -33,7 +33,14 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from unet_runtime.images import channels_last, softmax, to_model_input
-from unet_runtime.metrics import compare, mask_agreement, mean_iou, confusion_matrix, pixel_accuracy, top2_margin
+from unet_runtime.metrics import (
+    compare,
+    confusion_matrix,
+    mask_agreement,
+    mean_iou,
+    pixel_accuracy,
+    top2_margin,
+)
 
 from .errors import VerificationError
 from .model import HEAD_LAYER
@@ -284,7 +291,7 @@ class Runner:
         x = to_model_input(list(pixels), self.mean, self.std, self.layout, dtype=self.dtype)
         names = list(dict.fromkeys([self.output_name, self.logits_name, *self.extra]))
         t0 = time.perf_counter()
-        outs = dict(zip(names, self.session.run(names, {self.input_name: x})))
+        outs = dict(zip(names, self.session.run(names, {self.input_name: x}), strict=True))
         self.seconds += time.perf_counter() - t0
         # The class axis last; a padded head (pad.py) has extra classes after the real ones.
         logits = np.moveaxis(outs[self.logits_name], self.logits_axis, -1)[..., :self.num_classes]
@@ -375,7 +382,7 @@ def verify_export(keras_model, model, *, head: str, layout: str, precision: str,
     skipped: list[dict] = []
     shapes: list[str] = []  # shape mismatches: no figure to gate, a failure of their own
     rows = []
-    for case, out in zip(cases, outputs):
+    for case, out in zip(cases, outputs, strict=True):
         keys = [(s, case.height, case.width) for s in case.seeds]
         ref_logits, ref_probs = reference.logits(keys), reference.probs(keys)
         row: dict = {"batch": case.batch, "height": case.height, "width": case.width}

@@ -49,7 +49,7 @@ def _assign(target, source_layers, what: str) -> None:
             f"{what} has {len(theirs)} layers with weights, the VGG19-UNet has {len(ours)}: "
             "it is not this architecture"
         )
-    for mine, other in zip(ours, theirs):
+    for mine, other in zip(ours, theirs, strict=True):
         got = [tuple(w.shape) for w in other.weights]
         want = [tuple(w.shape) for w in mine.weights]
         if got != want:
@@ -57,7 +57,7 @@ def _assign(target, source_layers, what: str) -> None:
                 f"{what}: layer {other.name!r} has weight shapes {got} but layer {mine.name!r} needs {want}; "
                 "check --num-classes and that the file is this architecture"
             )
-    for mine, other in zip(ours, theirs):
+    for mine, other in zip(ours, theirs, strict=True):
         mine.set_weights(other.get_weights())
 
 

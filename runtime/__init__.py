@@ -7,7 +7,13 @@ Needs only numpy and onnxruntime (or onnxruntime-gpu); never TensorFlow.
         mask = seg.predict(image)  # (H, W, 3) uint8 RGB in, (H, W) uint8 classes out
 """
 
-from .errors import InputImageError, ModelFileError, ProviderError, SegmenterClosedError, SegmenterError
+from .errors import (
+    InputImageError,
+    ModelFileError,
+    ProviderError,
+    SegmenterClosedError,
+    SegmenterError,
+)
 from .model_info import VOC_CLASSES, ModelInfo
 from .providers import ProviderConfig
 from .segmenter import Segmenter

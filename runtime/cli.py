@@ -321,14 +321,14 @@ def main(argv: list[str] | None = None) -> int:
             if arrays:
                 try:
                     if args.probabilities:  # one run gives both
-                        masks, probs = map(list, zip(*segmenter.predict_with_proba(arrays)))
+                        masks, probs = map(list, zip(*segmenter.predict_with_proba(arrays), strict=True))
                     else:
                         masks, probs = segmenter.predict(arrays), [None] * len(arrays)
                 except SegmenterError as exc:
                     failures += len(arrays)
                     print(f"\nsegment-unet: skipped {', '.join(map(str, chunk))}: {exc}", file=sys.stderr)
                     masks, probs = [], []
-                for path, image, mask, prob in zip(chunk, arrays, masks, probs):
+                for path, image, mask, prob in zip(chunk, arrays, masks, probs, strict=True):
                     out = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
                     out.putpalette(palette)
                     names = iter(_outputs(path, args.overlay, args.probabilities))

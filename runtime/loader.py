@@ -20,7 +20,13 @@ import numpy as np
 from .errors import ModelFileError, SegmenterError
 from .model_file import check_model_file
 from .model_info import ModelInfo
-from .providers import ProviderConfig, check_fallback, prepare_trt_cache, provider_options, resolve_providers
+from .providers import (
+    ProviderConfig,
+    check_fallback,
+    prepare_trt_cache,
+    provider_options,
+    resolve_providers,
+)
 
 __all__ = ["TensorSpec", "OpenedModel", "open_model", "session_options", "MAX_MODEL_SIDE", "ORT_DTYPES"]
 
@@ -172,7 +178,7 @@ def open_model(
         del probe
         popts = provider_options(requested, config, model=str(path), input_name=inp.name, input_shape=list(inp.shape),
                                  layout=info.layout)
-        for name, o in zip(requested, popts):
+        for name, o in zip(requested, popts, strict=True):
             if name == "TensorrtExecutionProvider":
                 prepare_trt_cache(o)
         try:

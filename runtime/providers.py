@@ -205,7 +205,7 @@ def trt_profile(input_name: str, input_shape: Sequence, layout: str, config: Pro
         fixed = all(isinstance(input_shape[a], int) for a in hw_axes)
         sizes = [tuple(input_shape[a] for a in hw_axes)] * 3 if fixed else [(64, 64), (512, 512), (1024, 1024)]
         shapes = [(batch, h, w, 3) if layout == "nhwc" else (batch, 3, h, w)
-                  for batch, (h, w) in zip((1, 1, config.trt_max_batch), sizes)]
+                  for batch, (h, w) in zip((1, 1, config.trt_max_batch), sizes, strict=True)]
     if len(shapes) != 3:
         raise ProviderError(f"trt_profile {shapes!r} must be (min, opt, max) shapes")
     low, opt, high = (_shape_str(input_name, s) for s in shapes)

@@ -90,7 +90,7 @@ def _build_model(name: str, segmenter, max_batch_size: int):
             if x.datatype != in_type:
                 raise InvalidInput(f"input {inp.name!r} has datatype {x.datatype}; this model takes {in_type}")
             shape = list(x.shape)
-            if len(shape) != 1 + len(in_dims) or any(want not in (-1, got) for want, got in zip(in_dims, shape[1:])):
+            if len(shape) != 1 + len(in_dims) or any(want not in (-1, got) for want, got in zip(in_dims, shape[1:], strict=True)):
                 raise InvalidInput(f"input {inp.name!r} has shape {shape}; this model takes [-1, {', '.join(map(str, in_dims))}] "
                                    "(-1: any)")
             if not 1 <= shape[0] <= max_batch_size:

@@ -212,7 +212,7 @@ def tile_bands(image: np.ndarray, spec: TileSpec, run: Callable[[list], list], *
         for first in range(0, len(windows), spec.batch):
             chunk = windows[first:first + spec.batch]
             outs = run([padded[y:y + th, x:x + tw] for y, x in chunk])
-            for (y, x), out in zip(chunk, outs):
+            for (y, x), out in zip(chunk, outs, strict=True):
                 band.add(x, out, _depth(th, tw, y == 0, y + th >= Hp, x == 0, x + tw >= Wp))
             done += len(chunk)
             if progress is not None:

@@ -60,7 +60,7 @@ def test_accuracy_against_labels_and_keras(precision, labelled, keras_scores, ex
     with Segmenter(exports[precision].path, providers="cpu") as seg:
         masks = seg.predict(labelled.images)
     ours = label_scores(labelled.labels, masks, labelled.num_classes)
-    agreement = float(np.mean([(a == b).mean() for a, b in zip(masks, keras_masks)]))
+    agreement = float(np.mean([(a == b).mean() for a, b in zip(masks, keras_masks, strict=True)]))
     if precision == "fp32":
         assert agreement == 1.0 and ours == keras, (ours, keras)
     else:

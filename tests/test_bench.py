@@ -146,12 +146,12 @@ def test_keras_peer_is_the_seed_model_at_the_timed_size(tmp_path):
     a, b = keras_model(32, seed=0), keras_model(64, seed=0)
     # The seed's fixed-size model, one per timed size, with the same seeded weights at every size.
     assert a.input_shape == (None, 32, 32, 3) and b.input_shape == (None, 64, 64, 3)
-    assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+    assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
     other = keras_model(32, seed=1)
     assert not np.array_equal(other.get_weights()[0], a.get_weights()[0])
     other.save_weights(str(tmp_path / "w.weights.h5"))
     loaded = keras_model(32, seed=0, weights=str(tmp_path / "w.weights.h5"))
-    assert all(np.array_equal(x, y) for x, y in zip(loaded.get_weights(), other.get_weights()))
+    assert all(np.array_equal(x, y) for x, y in zip(loaded.get_weights(), other.get_weights(), strict=True))
 
 
 @pytest.mark.parametrize("args, message", [

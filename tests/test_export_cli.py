@@ -10,8 +10,8 @@ import pytest
 from tests.conftest import run_cli
 from unet_export import ExportConfig, VerificationError, export_model
 from unet_export import verify as verify_mod
-from unet_runtime._atomic import atomic_write_bytes
 from unet_export.graph import FORBIDDEN_OPS, op_histogram
+from unet_runtime._atomic import atomic_write_bytes
 
 KERNEL_WEIGHTS = 30_194_688  # the seed's 30,202,133 parameters minus 7,445 biases
 
@@ -125,8 +125,7 @@ def test_missing_output_folders_are_made_only_for_a_verified_model(tmp_path, con
 
 
 def test_a_failed_write_removes_the_folders_it_made(tmp_path, monkeypatch):
-    from unet_export import ExportError
-    from unet_export import pipeline
+    from unet_export import ExportError, pipeline
 
     def disk_full(path, data):
         raise OSError(28, "No space left on device")

@@ -29,7 +29,7 @@ def _keras(model, pixels, mean=(0, 0, 0), std=(1, 1, 1)):
     """Keras' (logits, probabilities) for a list of uint8 images."""
     ref = KerasReference(model, mean, std)
     keys = list(range(len(pixels)))
-    ref.compute(dict(zip(keys, pixels)))
+    ref.compute(dict(zip(keys, pixels, strict=True)))
     return ref.logits(keys), ref.probs(keys)
 
 # (size or None for dynamic, layout, head, precision, opset[, fold_upsample])

@@ -54,7 +54,7 @@ def test_masks_at_the_frames_size_equal_the_host_pipeline(exports, backend):
             ours, theirs = graph.predict(frames), host.predict(frames)
     finally:
         im.set_resize_backend("auto")
-    for frame, a, b in zip(frames, ours, theirs):
+    for frame, a, b in zip(frames, ours, theirs, strict=True):
         assert a.shape == b.shape == frame.shape[:2]
         # The two resizes may round a value differently by one grey level; masks differ only near ties.
         assert (a == b).mean() >= 0.99, (frame.shape, (a == b).mean())

@@ -105,7 +105,7 @@ def test_cuda_exact_fp32_matches_cpu(models, reference):
     with Segmenter(models["plain"], providers=["cuda"], strict=True, config=ProviderConfig(exact=True)) as seg:
         assert seg.providers[0] == "CUDAExecutionProvider"
         probs = seg.predict_proba(imgs)
-    for r, p in zip(ref, probs):
+    for r, p in zip(ref, probs, strict=True):
         rel = np.linalg.norm(p - r) / np.linalg.norm(r)
         print(f"exact fp32 CUDA vs CPU: rel L2 {rel:.2e}")
         assert rel <= EXACT_REL_L2
@@ -120,7 +120,7 @@ def test_tf32_and_fp16_masks_agree_on_confident_pixels(models, reference, name, 
     with Segmenter(models[name], providers=["cuda"], strict=True, config=ProviderConfig(**config)) as seg:
         masks = seg.predict(imgs)
         again = seg.predict(imgs)  # buffers reused (and the CUDA graph replayed)
-    for r, m, m2 in zip(ref, masks, again):
+    for r, m, m2 in zip(ref, masks, again, strict=True):
         agree, n = _confident_agreement(r, m)
         print(f"{name} {config}: agreement {agree:.4%} on {n} confident pixels of {m.size}")
         assert n > 0.2 * m.size and agree >= MASK_MIN
@@ -143,7 +143,7 @@ def test_cuda_graph_serves_every_batch_shape(models, reference):
         first = seg.predict(imgs)
         runs = [seg.predict(imgs[1]) for _ in range(3)] + [seg.predict(imgs[0])]  # capture, replays, new input
         last = seg.predict(imgs)
-    for r, m in zip(ref, first):
+    for r, m in zip(ref, first, strict=True):
         agree, n = _confident_agreement(r, m)
         assert n > 0.2 * m.size and agree >= MASK_MIN
     for m in runs[1:3]:  # same shape, same kernels: the replays repeat the capture exactly
@@ -154,7 +154,7 @@ def test_cuda_graph_serves_every_batch_shape(models, reference):
         print(f"batch-1 graph replay: agreement {agree:.4%} on {n} confident pixels; "
               f"{int((m != batch2).sum())} pixels differ from batch 2")
         assert n > 0.2 * m.size and agree >= MASK_MIN
-    for m, f in zip(last, first):
+    for m, f in zip(last, first, strict=True):
         np.testing.assert_array_equal(m, f)
 
 
@@ -178,12 +178,12 @@ def test_warmup_then_another_thread_gets_the_same_masks(models, reference):
         worker.start()
         worker.join(timeout=300)
     assert not worker.is_alive() and len(there) == 5
-    for r, m in zip(ref, here[4]):
+    for r, m in zip(ref, here[4], strict=True):
         agree, n = _confident_agreement(r, m)
         assert n > 0.2 * m.size and agree >= MASK_MIN
-    for a, b in zip(here[:4], there[:4]):
+    for a, b in zip(here[:4], there[:4], strict=True):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(here[4], there[4]):
+    for a, b in zip(here[4], there[4], strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -211,7 +211,7 @@ def test_fold_and_padding_keep_the_fp16_masks_on_the_gpu(u8_variants, reference)
     for path in u8_variants:
         with Segmenter(path, providers=["cuda"], strict=True, config=ProviderConfig(cuda_graph=True)) as seg:
             masks[path.stem] = seg.predict(imgs)
-    for r, m, p in zip(ref, masks["rewritten"], masks["plain"]):
+    for r, m, p in zip(ref, masks["rewritten"], masks["plain"], strict=True):
         agree, n = _confident_agreement(r, m)
         part = np.partition(r, -2, axis=-1)
         conf = (part[..., -1] - part[..., -2]) >= 0.05

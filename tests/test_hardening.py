@@ -18,7 +18,14 @@ from onnx import external_data_helper
 
 from tests.conftest import run_cli
 from unet_export import ExportConfig, ExportError, export_model
-from unet_runtime import InputImageError, ModelFileError, ProviderConfig, ProviderError, Segmenter, SegmenterClosedError
+from unet_runtime import (
+    InputImageError,
+    ModelFileError,
+    ProviderConfig,
+    ProviderError,
+    Segmenter,
+    SegmenterClosedError,
+)
 from unet_runtime.model_file import external_data_locations
 from unet_runtime.providers import prepare_trt_cache, provider_options
 

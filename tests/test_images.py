@@ -85,7 +85,7 @@ def test_normalization_is_the_graphs_float32_formula_in_both_layouts():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     # What export-unet puts in a uint8 model's graph: float32 constants, a Mul then an Add.
     scale = np.array([1.0 / (255.0 * s) for s in std], np.float32)
-    shift = np.array([-m / s for m, s in zip(mean, std)], np.float32)
+    shift = np.array([-m / s for m, s in zip(mean, std, strict=True)], np.float32)
     ref = np.stack(imgs).astype(np.float32) * scale + shift
     nhwc = im.to_model_input(imgs, mean, std, "nhwc")
     nchw = im.to_model_input(imgs, mean, std, "nchw")

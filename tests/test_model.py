@@ -17,9 +17,9 @@ def test_param_count_is_the_seeds(seed_model):
 
 
 def test_every_layer_matches_the_seed_summary(seed_model):
-    got = [(l.name, tuple(l.output.shape[1:]), l.count_params()) for l in seed_model.layers]
+    got = [(layer.name, tuple(layer.output.shape[1:]), layer.count_params()) for layer in seed_model.layers]
     assert len(got) == len(SEED_SUMMARY)
-    for row_got, row_seed in zip(got, SEED_SUMMARY):
+    for row_got, row_seed in zip(got, SEED_SUMMARY, strict=True):
         assert row_got == row_seed
 
 
@@ -42,8 +42,8 @@ def test_seed_makes_init_reproducible():
     a = build_vgg19_unet((32, 32, 3), 3, seed=1, width_multiplier=0.125).get_weights()
     b = build_vgg19_unet((32, 32, 3), 3, seed=1, width_multiplier=0.125).get_weights()
     c = build_vgg19_unet((32, 32, 3), 3, seed=2, width_multiplier=0.125).get_weights()
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_seeding_leaves_the_global_random_state_alone():

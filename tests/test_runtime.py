@@ -11,7 +11,6 @@ import onnx
 import pytest
 
 from unet_export.verify import FP32_TIE_MARGIN
-from unet_runtime.metrics import mask_agreement
 from unet_runtime import (
     InputImageError,
     ModelFileError,
@@ -22,6 +21,7 @@ from unet_runtime import (
     SegmenterError,
 )
 from unet_runtime import images as im
+from unet_runtime.metrics import mask_agreement
 from unet_runtime.providers import check_fallback, provider_options, resolve_providers
 
 
@@ -56,7 +56,7 @@ def test_float32_and_uint8_input_models_see_the_same_input(narrow_export):
                              fold_upsample="off", input_size=(64, 96)).path
         with Segmenter(path, providers="cpu") as seg:
             outs.append(seg.predict_proba(imgs))
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -79,7 +79,7 @@ def test_batch_equals_one_by_one_with_mixed_sizes(narrow_export):
             batch = seg.predict(imgs)
             single = [seg.predict(x) for x in imgs]
             probs = seg.predict_proba(imgs)
-        for b, s, p, x in zip(batch, single, probs, imgs):
+        for b, s, p, x in zip(batch, single, probs, imgs, strict=True):
             assert b.shape == x.shape[:2] and p.shape == (*x.shape[:2], 5)
             np.testing.assert_array_equal(b, s)
             assert np.allclose(p.sum(-1), 1, atol=1e-4)
@@ -98,7 +98,7 @@ def test_predict_with_proba_is_predict_and_predict_proba_in_one_run(narrow_expor
     assert isinstance(single, tuple) and len(pairs) == 3
     np.testing.assert_array_equal(single[0], masks[1])
     np.testing.assert_array_equal(single[1], probs[1])
-    for (m, p), mask, prob in zip(pairs, masks, probs):
+    for (m, p), mask, prob in zip(pairs, masks, probs, strict=True):
         np.testing.assert_array_equal(m, mask)
         np.testing.assert_array_equal(p, prob)
 
@@ -118,7 +118,7 @@ def test_warmup_runs_each_batch_shape_and_leaves_results_unchanged(narrow_export
     assert sorted(timings) == [1, 2] and all(len(t) == 3 and min(t) > 0 for t in timings.values())
     assert seen == [(1, 32, 32, 3)] * 3 + [(2, 32, 32, 3)] * 3  # the network's shapes, each run 3 times
     assert seg.bound_shapes == ((1, 32, 32, 3), (2, 32, 32, 3))  # buffers and graph ids made by the warm-up
-    for got, want in zip(seg.predict(imgs), expected):
+    for got, want in zip(seg.predict(imgs), expected, strict=True):
         np.testing.assert_array_equal(got, want)
     seg.close()
 

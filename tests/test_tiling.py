@@ -84,7 +84,7 @@ def test_window_starts_cover_the_image_on_the_grid():
         starts = window_starts(length, tile, stride)
         padded = -(-length // 16) * 16
         assert starts[0] == 0 and all(s % 16 == 0 for s in starts)
-        assert starts[-1] + tile >= min(padded, length) and all(b - a <= tile for a, b in zip(starts, starts[1:]))
+        assert starts[-1] + tile >= min(padded, length) and all(b - a <= tile for a, b in zip(starts, starts[1:], strict=True))
 
 
 def test_tiles_on_fixed_size_models_and_lists(narrow_export):

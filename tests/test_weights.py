@@ -27,7 +27,7 @@ def test_round_trip(trained, fmt):
     fresh = build_vgg19_unet((32, 32, 3), 4, seed=99, width_multiplier=NARROW)
     digest = load_weights(fresh, paths[fmt])
     assert digest == sha256_file(paths[fmt]) and len(digest) == 64
-    for a, b in zip(model.get_weights(), fresh.get_weights()):
+    for a, b in zip(model.get_weights(), fresh.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -38,7 +38,7 @@ def test_weights_trained_at_another_size_load(trained, fmt, shape):
     model, paths = trained
     other = build_vgg19_unet(shape, 4, seed=99, width_multiplier=NARROW)
     load_weights(other, paths[fmt])
-    for a, b in zip(model.get_weights(), other.get_weights()):
+    for a, b in zip(model.get_weights(), other.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -119,7 +119,7 @@ def test_corrupt_or_truncated_files(trained, tmp_path, suffix):
         with pytest.raises(WeightsError, match="cannot load|not this architecture"):
             load_weights(model, path)
     # A failed load leaves the model as it was.
-    for a, b in zip(before, model.get_weights()):
+    for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
