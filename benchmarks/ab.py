@@ -40,7 +40,9 @@ def _input_for(sess, image: np.ndarray) -> np.ndarray:
 
     inp = sess.get_inputs()[0]
     layout = "nchw" if inp.shape[1] == 3 else "nhwc"
-    return to_model_input([image], (0, 0, 0), (1, 1, 1), layout, dtype=np.uint8 if "uint8" in inp.type else np.float32)
+    return to_model_input(
+        [image], (0, 0, 0), (1, 1, 1), layout, dtype=np.uint8 if "uint8" in inp.type else np.float32
+    )
 
 
 def _torch_calls(model_path: str, image: np.ndarray, compile_too: bool) -> dict:
@@ -75,7 +77,10 @@ def _openvino_calls(models: list[str], image: np.ndarray, threads: int | None) -
     for path in models:
         sess = _session(path, threads)
         x = _input_for(sess, image)
-        qdq = any(n.op_type == "QuantizeLinear" for n in onnx.load(path, load_external_data=False).graph.node)
+        qdq = any(
+            n.op_type == "QuantizeLinear"
+            for n in onnx.load(path, load_external_data=False).graph.node
+        )
         hints = ["int8"] if qdq else ["f32"] + (["bf16"] if bf16 else [])
         for hint in hints:
             config = {"INFERENCE_PRECISION_HINT": "f32" if hint == "int8" else hint}
@@ -92,9 +97,20 @@ def _openvino_calls(models: list[str], image: np.ndarray, threads: int | None) -
     return calls
 
 
-def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int | None, keras_weights: str | None,
-        image: np.ndarray | None = None, seed: int = 0, torch_peer: bool = False, torch_compile: bool = False,
-        openvino: bool = False) -> dict:
+def run(
+    models: list[str],
+    *,
+    rounds: int,
+    warmup: int,
+    size: int,
+    threads: int | None,
+    keras_weights: str | None,
+    image: np.ndarray | None = None,
+    seed: int = 0,
+    torch_peer: bool = False,
+    torch_compile: bool = False,
+    openvino: bool = False,
+) -> dict:
     """Time every candidate once per round, in turn, for `rounds` rounds; return raw times and summaries.
 
     `image` (uint8 RGB, size x size) is the input; without it seeded noise,
@@ -112,18 +128,22 @@ def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int 
         from .peers import keras_model
 
         km = keras_model(size, weights=keras_weights)
-        x = to_model_input([image], (0, 0, 0), (1, 1, 1), "nhwc")  # mean 0 / std 1, as the exports' default
+        x = to_model_input(
+            [image], (0, 0, 0), (1, 1, 1), "nhwc"
+        )  # mean 0 / std 1, as the exports' default
         calls["keras.predict"] = lambda: km.predict(x, verbose=0, batch_size=1)
     for path in models:
         sess = _session(path, threads)
         feed = {sess.get_inputs()[0].name: _input_for(sess, image)}
-        calls[path] = (lambda s=sess, f=feed: s.run(None, f)[0])
+        calls[path] = lambda s=sess, f=feed: s.run(None, f)[0]
     if torch_peer or torch_compile:
         calls.update(_torch_calls(models[0], image, torch_compile))
     if openvino:
         calls.update(_openvino_calls(models, image, threads))
     for name, fn in calls.items():
-        for _ in range(max(warmup, 1)):  # one untimed run at least: its output is the candidate's mask
+        for _ in range(
+            max(warmup, 1)
+        ):  # one untimed run at least: its output is the candidate's mask
             out = np.asarray(fn())
         p = out[0]  # (H, W) mask, (H, W, C) or (C, H, W) scores: the class axis is the short one
         masks[name] = p if p.ndim == 2 else p.argmax(-1 if p.shape[-1] <= p.shape[0] else 0)
@@ -137,11 +157,22 @@ def run(models: list[str], *, rounds: int, warmup: int, size: int, threads: int 
     rows = []
     for name, times in raw.items():
         t = np.array(times) * 1e3
-        ratio = np.array(raw[first]) / np.array(times)  # per round: how many times faster than the first candidate
-        rows.append({"name": name, "median_ms": float(np.median(t)), "min_ms": float(t.min()),
-                     "p90_ms": float(np.percentile(t, 90)), "speedup_vs_first_median": float(np.median(ratio)),
-                     "speedup_vs_first_min": float(ratio.min()), "speedup_vs_first_max": float(ratio.max()),
-                     "mask_agreement_vs_first": float((masks[name] == masks[first]).mean()), "raw_s": times})
+        ratio = np.array(raw[first]) / np.array(
+            times
+        )  # per round: how many times faster than the first candidate
+        rows.append(
+            {
+                "name": name,
+                "median_ms": float(np.median(t)),
+                "min_ms": float(t.min()),
+                "p90_ms": float(np.percentile(t, 90)),
+                "speedup_vs_first_median": float(np.median(ratio)),
+                "speedup_vs_first_min": float(ratio.min()),
+                "speedup_vs_first_max": float(ratio.max()),
+                "mask_agreement_vs_first": float((masks[name] == masks[first]).mean()),
+                "raw_s": times,
+            }
+        )
     return {"first": first, "rounds": rounds, "size": size, "rows": rows}
 
 
@@ -160,16 +191,22 @@ def to_markdown(result: dict, meta: dict) -> str:
     """One table: median/min/p90 per candidate and the median per-round speed-up over the first."""
     from .report import header_lines
 
-    lines = [*header_lines("Interleaved A/B", meta),
-             f"{result['rounds']} rounds; each round runs every candidate once, in this order, on the same "
-             f"{result['size']}x{result['size']} input (batch 1). Speed-up = first candidate's time / this one's, "
-             "per round; median (min-max) over rounds. Mask agreement: argmax masks vs the first candidate on that input "
-             f"({meta['image']}).", "",
-             "| candidate | median ms | min ms | p90 ms | speed-up vs first | mask agreement |", "|---|---|---|---|---|---|"]
+    lines = [
+        *header_lines("Interleaved A/B", meta),
+        f"{result['rounds']} rounds; each round runs every candidate once, in this order, on the same "
+        f"{result['size']}x{result['size']} input (batch 1). Speed-up = first candidate's time / this one's, "
+        "per round; median (min-max) over rounds. Mask agreement: argmax masks vs the first candidate on that input "
+        f"({meta['image']}).",
+        "",
+        "| candidate | median ms | min ms | p90 ms | speed-up vs first | mask agreement |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {Path(r['name']).name} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {r['p90_ms']:.0f} | "
-                     f"{r['speedup_vs_first_median']:.2f}x ({r['speedup_vs_first_min']:.2f}-{r['speedup_vs_first_max']:.2f}) | "
-                     f"{r['mask_agreement_vs_first']:.2%} |")
+        lines.append(
+            f"| {Path(r['name']).name} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {r['p90_ms']:.0f} | "
+            f"{r['speedup_vs_first_median']:.2f}x ({r['speedup_vs_first_min']:.2f}-{r['speedup_vs_first_max']:.2f}) | "
+            f"{r['mask_agreement_vs_first']:.2%} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -183,7 +220,11 @@ def _bad_arguments(args) -> str | None:
     problem = out_prefix_problem(args.out)
     if problem:
         return problem
-    for flag, value, low in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0), ("--size", args.size, 16)):
+    for flag, value, low in (
+        ("--rounds", args.rounds, 1),
+        ("--warmup", args.warmup, 0),
+        ("--size", args.size, 16),
+    ):
         if value < low:
             return f"{flag} {value} is not allowed: it must be >= {low}"
     if args.size % 16:
@@ -203,24 +244,50 @@ def _bad_arguments(args) -> str | None:
 
 def main(argv: list[str] | None = None, prog: str = "bench-unet ab") -> int:
     """Command line; returns the exit code."""
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                 formatter_class=DefaultsHelpFormatter)
-    ap.add_argument("models", nargs="+", help="ONNX files (the first is the baseline unless --keras-weights)")
-    ap.add_argument("--out", required=True, type=Path, help="output prefix: PREFIX.json and PREFIX.md")
+    ap = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    ap.add_argument(
+        "models", nargs="+", help="ONNX files (the first is the baseline unless --keras-weights)"
+    )
+    ap.add_argument(
+        "--out", required=True, type=Path, help="output prefix: PREFIX.json and PREFIX.md"
+    )
     ap.add_argument("--rounds", type=int, default=12, help="timed rounds")
-    ap.add_argument("--warmup", type=int, default=2,
-                    help="untimed runs per candidate first (at least one is made: its output gives the mask)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed runs per candidate first (at least one is made: its output gives the mask)",
+    )
     ap.add_argument("--size", type=int, default=512, help="input size for models with dynamic H, W")
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
-    ap.add_argument("--image", help="input image (PNG/JPEG; resized to --size); default: seeded noise")
-    ap.add_argument("--keras-weights", help="also time Keras model.predict with these weights, as the first candidate")
-    ap.add_argument("--torch", action="store_true",
-                    help="also time the PyTorch twin (fp32, CPU) with the first model's weights (needs torch and a "
-                         "plain export of the first model)")
-    ap.add_argument("--torch-compile", action="store_true", help="also time the twin under torch.compile(max-autotune)")
-    ap.add_argument("--openvino", action="store_true",
-                    help="also OpenVINO (CPU) on the same files: f32 and bf16 (where the CPU has it) for fp32 graphs, "
-                         "INT8 for QDQ graphs")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: physical cores)"
+    )
+    ap.add_argument(
+        "--image", help="input image (PNG/JPEG; resized to --size); default: seeded noise"
+    )
+    ap.add_argument(
+        "--keras-weights",
+        help="also time Keras model.predict with these weights, as the first candidate",
+    )
+    ap.add_argument(
+        "--torch",
+        action="store_true",
+        help="also time the PyTorch twin (fp32, CPU) with the first model's weights (needs torch and a "
+        "plain export of the first model)",
+    )
+    ap.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="also time the twin under torch.compile(max-autotune)",
+    )
+    ap.add_argument(
+        "--openvino",
+        action="store_true",
+        help="also OpenVINO (CPU) on the same files: f32 and bf16 (where the CPU has it) for fp32 graphs, "
+        "INT8 for QDQ graphs",
+    )
     args = ap.parse_args(argv)
     problem = _bad_arguments(args)
     if problem:
@@ -228,9 +295,18 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet ab") -> int:
         return 1
     from .report import run_meta, save_results
 
-    result = run(args.models, rounds=args.rounds, warmup=args.warmup, size=args.size, threads=args.threads,
-                 keras_weights=args.keras_weights, image=_load_image(args.image, args.size) if args.image else None,
-                 torch_peer=args.torch, torch_compile=args.torch_compile, openvino=args.openvino)
+    result = run(
+        args.models,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        size=args.size,
+        threads=args.threads,
+        keras_weights=args.keras_weights,
+        image=_load_image(args.image, args.size) if args.image else None,
+        torch_peer=args.torch,
+        torch_compile=args.torch_compile,
+        openvino=args.openvino,
+    )
     meta = run_meta(prog, argv, image=args.image or "seeded noise")
     save_results(args.out, {**meta, **result}, to_markdown(result, meta))
     return 0

@@ -30,7 +30,8 @@ class BenchError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    # numpy and onnx only (config.py and fold.py import no TensorFlow): bench-unet --models-from runs without it.
+    # numpy and onnx only (config.py and fold.py import no TensorFlow): bench-unet --models-from
+    # runs without it.
     from unet_export.config import ExportConfig
     from unet_export.fold import FOLD_CHOICES
     from unet_runtime import __version__
@@ -39,57 +40,135 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = ExportConfig()
 
-    p = argparse.ArgumentParser(prog="bench-unet", formatter_class=DefaultsHelpFormatter,
-                                description=__doc__.split("\n\n")[0],
-                                epilog="Other benchmarks: " + "; ".join(f"bench-unet {name} --help: {what}"
-                                                                         for name, (_, what) in SUBCOMMANDS.items()))
+    p = argparse.ArgumentParser(
+        prog="bench-unet",
+        formatter_class=DefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        epilog="Other benchmarks: "
+        + "; ".join(f"bench-unet {name} --help: {what}" for name, (_, what) in SUBCOMMANDS.items()),
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
-    p.add_argument("--size", type=int, nargs="+", default=[512], help="square image sizes (multiples of 16)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
+    )
+    p.add_argument(
+        "--size", type=int, nargs="+", default=[512], help="square image sizes (multiples of 16)"
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
-    p.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="ONNX Runtime providers")
-    p.add_argument("--precision", nargs="+", default=[d.precision], choices=PRECISIONS, help="exported precisions")
+    p.add_argument(
+        "--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="ONNX Runtime providers"
+    )
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=[d.precision],
+        choices=PRECISIONS,
+        help="exported precisions",
+    )
     p.add_argument("--head", nargs="+", default=[d.head], choices=HEADS, help="exported heads")
-    p.add_argument("--input-dtype", nargs="+", default=[d.input_dtype], choices=INPUT_DTYPES,
-                   help="exported input types: float32 (host normalizes) and/or uint8 (normalized in the graph)")
+    p.add_argument(
+        "--input-dtype",
+        nargs="+",
+        default=[d.input_dtype],
+        choices=INPUT_DTYPES,
+        help="exported input types: float32 (host normalizes) and/or uint8 (normalized in the graph)",
+    )
     # nhwc, as export-unet: an image is HWC, so a uint8 NHWC model needs no host-side transpose
     # (benchmarks/results/h100-pad-layout-prediction-2026-11-25.md).
     p.add_argument("--layout", default=d.layout, choices=LAYOUTS, help="exported input layout")
-    p.add_argument("--cuda-variants", nargs="+", default=["default"],
-                   choices=("default", "plain", "graph", "exact"),
-                   help="CUDA option sets: default (prefer_nhwc, fuse_conv_bias for non-exact), plain (ORT defaults), "
-                        "graph (+ CUDA graph), exact (fp32 without TF32)")
-    p.add_argument("--keras", choices=("auto", "on", "off"), default="auto", help="Keras rows (auto: when TensorFlow is installed)")
-    p.add_argument("--torch", action="store_true",
-                   help="add PyTorch channels_last peer rows with the same weights (needs torch): fp16 on the GPU when "
-                        "--providers has cuda or tensorrt, else fp32 on the CPU")
-    p.add_argument("--torch-compile", action="store_true", help="also a torch.compile(max-autotune) row (minutes to compile)")
-    p.add_argument("--torch-fold", action="store_true",
-                   help="also the PyTorch twin with the decoder fold (ConvTranspose form): the same exact rewrite "
-                        "the ONNX export applies, so the rows separate what the graph gives from what the runtime gives")
+    p.add_argument(
+        "--cuda-variants",
+        nargs="+",
+        default=["default"],
+        choices=("default", "plain", "graph", "exact"),
+        help="CUDA option sets: default (prefer_nhwc, fuse_conv_bias for non-exact), plain (ORT defaults), "
+        "graph (+ CUDA graph), exact (fp32 without TF32)",
+    )
+    p.add_argument(
+        "--keras",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Keras rows (auto: when TensorFlow is installed)",
+    )
+    p.add_argument(
+        "--torch",
+        action="store_true",
+        help="add PyTorch channels_last peer rows with the same weights (needs torch): fp16 on the GPU when "
+        "--providers has cuda or tensorrt, else fp32 on the CPU",
+    )
+    p.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="also a torch.compile(max-autotune) row (minutes to compile)",
+    )
+    p.add_argument(
+        "--torch-fold",
+        action="store_true",
+        help="also the PyTorch twin with the decoder fold (ConvTranspose form): the same exact rewrite "
+        "the ONNX export applies, so the rows separate what the graph gives from what the runtime gives",
+    )
     p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
-    p.add_argument("--fold-upsample", nargs="+", default=["auto"], choices=FOLD_CHOICES,
-                   help="decoder fold forms passed to export-unet (auto: phase_nhwc for int8, convtranspose for fp16, "
-                        "off for fp32; rows name the form)")
-    p.add_argument("--pad-channels", nargs="+", default=["off"], choices=("off", "on"),
-                   help="export-unet --pad-channels (conv1-1 input and argmax head to multiples of 8) off and/or on; "
-                        "int8 rows are never padded")
-    p.add_argument("--calibration-images", help="int8 rows: calibration folder passed to export-unet (default: synthetic shapes)")
+    p.add_argument(
+        "--fold-upsample",
+        nargs="+",
+        default=["auto"],
+        choices=FOLD_CHOICES,
+        help="decoder fold forms passed to export-unet (auto: phase_nhwc for int8, convtranspose for fp16, "
+        "off for fp32; rows name the form)",
+    )
+    p.add_argument(
+        "--pad-channels",
+        nargs="+",
+        default=["off"],
+        choices=("off", "on"),
+        help="export-unet --pad-channels (conv1-1 input and argmax head to multiples of 8) off and/or on; "
+        "int8 rows are never padded",
+    )
+    p.add_argument(
+        "--calibration-images",
+        help="int8 rows: calibration folder passed to export-unet (default: synthetic shapes)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random init")
-    p.add_argument("--models-from", type=Path, help="use pre-exported models PRECISION-HEAD-SIZE.onnx from this folder "
-                   "instead of exporting (weight-free ones from --save-models get seeded weights)")
-    p.add_argument("--save-models", type=Path, help="also save the exported models here without their weights (a few KB "
-                   "each), for --models-from on a machine without TensorFlow")
-    p.add_argument("--images", type=Path, help="folder of PNG/JPEG images to time and check on, any number (repeated to "
-                   "fill the batch; default: seeded noise)")
-    p.add_argument("--labels", type=Path, help="folder of label PNGs with the --images' stems (class ids as grey levels, "
-                   "palette indices, or VOC colours): every row gets pixel accuracy and mIoU against them")
-    p.add_argument("--agreement-images", type=int, default=8,
-                   help="images every row's masks are compared over (at least the largest batch)")
+    p.add_argument(
+        "--models-from",
+        type=Path,
+        help="use pre-exported models PRECISION-HEAD-SIZE.onnx from this folder "
+        "instead of exporting (weight-free ones from --save-models get seeded weights)",
+    )
+    p.add_argument(
+        "--save-models",
+        type=Path,
+        help="also save the exported models here without their weights (a few KB "
+        "each), for --models-from on a machine without TensorFlow",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        help="folder of PNG/JPEG images to time and check on, any number (repeated to "
+        "fill the batch; default: seeded noise)",
+    )
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="folder of label PNGs with the --images' stems (class ids as grey levels, "
+        "palette indices, or VOC colours): every row gets pixel accuracy and mIoU against them",
+    )
+    p.add_argument(
+        "--agreement-images",
+        type=int,
+        default=8,
+        help="images every row's masks are compared over (at least the largest batch)",
+    )
     p.add_argument("--iters", type=int, default=30, help="timed runs per row (after warm-up)")
-    p.add_argument("--keras-iters", type=int, help="timed runs of the Keras rows (default: --iters)")
+    p.add_argument(
+        "--keras-iters", type=int, help="timed runs of the Keras rows (default: --iters)"
+    )
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs per row")
-    p.add_argument("--plot", action="store_true", help="write PREFIX.png (latency distributions; needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        action="store_true",
+        help="write PREFIX.png (latency distributions; needs matplotlib)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -97,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _validate(args) -> None:
     for s in args.size:
         if s < 16 or s % 16:
-            raise BenchError(f"--size {s} is not allowed: sizes must be positive multiples of 16 (e.g. {max(16, s // 16 * 16)})")
+            raise BenchError(
+                f"--size {s} is not allowed: sizes must be positive multiples of 16 (e.g. {max(16, s // 16 * 16)})"
+            )
     if any(b < 1 for b in args.batch):
         raise BenchError(f"--batch {args.batch}: every batch size must be >= 1")
     if args.iters < 1 or args.warmup < 0:
@@ -105,7 +186,9 @@ def _validate(args) -> None:
     if args.models_from and not args.models_from.is_dir():
         raise BenchError(f"--models-from {str(args.models_from)!r} is not a folder")
     if args.labels and not args.images:
-        raise BenchError("--labels needs --images: the labels are matched to the images by file name")
+        raise BenchError(
+            "--labels needs --images: the labels are matched to the images by file name"
+        )
     if args.agreement_images < 1:
         raise BenchError(f"--agreement-images {args.agreement_images} must be >= 1")
     from .report import out_prefix_problem
@@ -124,7 +207,12 @@ class _Bar:
         if not self.quiet:
             w = 30
             f = min(w, w * self.done // max(1, self.total))
-            print(f"\r[{'#' * f}{'.' * (w - f)}] {self.done}/{self.total} timed runs", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[{'#' * f}{'.' * (w - f)}] {self.done}/{self.total} timed runs",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def line(self, text):
         if not self.quiet:
@@ -143,14 +231,20 @@ class Variant:
 
     def file_name(self, size: int) -> str:
         """``PRECISION-HEAD-SIZE[-u8][-fold_FORM][-pad8].onnx`` (the --models-from / --save-models names)."""
-        return (f"{self.precision}-{self.head}-{size}{'-u8' if self.input_dtype == 'uint8' else ''}"
-                f"{'' if self.fold == 'off' else '-fold_' + self.fold}{'-pad8' if self.pad else ''}.onnx")
+        return (
+            f"{self.precision}-{self.head}-{size}{'-u8' if self.input_dtype == 'uint8' else ''}"
+            f"{'' if self.fold == 'off' else '-fold_' + self.fold}{'-pad8' if self.pad else ''}.onnx"
+        )
 
     def label(self, provider: str, cuda_variant: str | None = None) -> str:
         """The row name: ``ort PROVIDER PRECISION HEAD [u8-in] [fold=F] [pad8] [[cuda variant]]``."""
-        return (f"ort {provider} {self.precision} {self.head}" + (" u8-in" if self.input_dtype == "uint8" else "")
-                + ("" if self.fold == "off" else f" fold={self.fold}") + (" pad8" if self.pad else "")
-                + (f" [{cuda_variant}]" if cuda_variant else ""))
+        return (
+            f"ort {provider} {self.precision} {self.head}"
+            + (" u8-in" if self.input_dtype == "uint8" else "")
+            + ("" if self.fold == "off" else f" fold={self.fold}")
+            + (" pad8" if self.pad else "")
+            + (f" [{cuda_variant}]" if cuda_variant else "")
+        )
 
     @property
     def plain(self) -> "Variant":
@@ -170,9 +264,15 @@ def variants(args) -> list[Variant]:
     """
     from unet_export.fold import auto_fold_form
 
-    out = [Variant(p, h, d, auto_fold_form(p) if f == "auto" else f, pad == "on")
-           for p in args.precision for h in args.head for d in args.input_dtype for f in args.fold_upsample
-           for pad in args.pad_channels if not (p == "int8" and pad == "on")]
+    out = [
+        Variant(p, h, d, auto_fold_form(p) if f == "auto" else f, pad == "on")
+        for p in args.precision
+        for h in args.head
+        for d in args.input_dtype
+        for f in args.fold_upsample
+        for pad in args.pad_channels
+        if not (p == "int8" and pad == "on")
+    ]
     return list(dict.fromkeys(out))
 
 
@@ -187,12 +287,19 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
     if args.models_from:
         for variant, size in sorted(want, key=lambda k: (k[1], k[0].file_name(k[1]))):
             src = args.models_from / variant.file_name(size)
-            # A fold or padding of an fp32/fp16 model is derived here from the plain one, after refilling,
+            # A fold or padding of an fp32/fp16 model is derived here from the plain one, after
+            # refilling,
             # so all rows carry the same weights (int8 graphs are folded before calibration).
-            derive = not src.is_file() and variant.precision != "int8" and (variant.fold != "off" or variant.pad)
+            derive = (
+                not src.is_file()
+                and variant.precision != "int8"
+                and (variant.fold != "off" or variant.pad)
+            )
             source = args.models_from / variant.plain.file_name(size) if derive else src
             if not source.is_file():
-                raise BenchError(f"--models-from: {str(source)!r} is missing; export it (bench-unet --save-models) first")
+                raise BenchError(
+                    f"--models-from: {str(source)!r} is missing; export it (bench-unet --save-models) first"
+                )
             m = onnx.load(str(source))
             if is_stripped(m):
                 m = refill(m, seed=args.seed)
@@ -210,7 +317,9 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
         return models, None
     missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
     if missing:
-        raise BenchError(f"exporting needs {' and '.join(missing)} (pip install 'unet-onnx[export]'), or pass --models-from")
+        raise BenchError(
+            f"exporting needs {' and '.join(missing)} (pip install 'unet-onnx[export]'), or pass --models-from"
+        )
     for variant, size in sorted(want, key=lambda k: (k[1], k[0].file_name(k[1]))):
         out = tmp / variant.file_name(size)
         exports[out.name] = _export_subprocess(args, variant, size, out)
@@ -234,10 +343,31 @@ def _export_subprocess(args, variant: Variant, size: int, out: Path) -> dict:
     import json
     import subprocess
 
-    cmd = [sys.executable, "-m", "unet_export.cli", "--out", str(out), "--report", str(out.with_suffix(".json")),
-           "--input-size", str(size), str(size), "--precision", variant.precision, "--head", variant.head,
-           "--layout", args.layout, "--input-dtype", variant.input_dtype, "--fold-upsample", variant.fold,
-           "--seed", str(args.seed), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unet_export.cli",
+        "--out",
+        str(out),
+        "--report",
+        str(out.with_suffix(".json")),
+        "--input-size",
+        str(size),
+        str(size),
+        "--precision",
+        variant.precision,
+        "--head",
+        variant.head,
+        "--layout",
+        args.layout,
+        "--input-dtype",
+        variant.input_dtype,
+        "--fold-upsample",
+        variant.fold,
+        "--seed",
+        str(args.seed),
+        "-q",
+    ]
     if variant.pad:
         cmd.append("--pad-channels")
     if args.weights:
@@ -246,10 +376,17 @@ def _export_subprocess(args, variant: Variant, size: int, out: Path) -> dict:
         cmd += ["--calibration-images", args.calibration_images]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        last = (
+            proc.stderr.strip().splitlines()[-1]
+            if proc.stderr.strip()
+            else f"exit {proc.returncode}"
+        )
         raise BenchError(f"exporting {out.name} failed: {last}")
     rep = json.loads(out.with_suffix(".json").read_text())
-    return {k: rep.get(k) for k in ("verification", "calibration", "ops", "steps", "fold_upsample", "pad_channels")}
+    return {
+        k: rep.get(k)
+        for k in ("verification", "calibration", "ops", "steps", "fold_upsample", "pad_channels")
+    }
 
 
 def _bench_images(args, size: int, count: int) -> tuple[list, list | None]:
@@ -268,7 +405,9 @@ def _bench_images(args, size: int, count: int) -> tuple[list, list | None]:
     except Exception as exc:  # ConfigError / LabelError: one line, named
         raise BenchError(str(exc)) from exc
     reps = -(-count // len(images))
-    return (images * reps)[:max(count, len(images))], (labels * reps)[:max(count, len(images))] if labels else None
+    return (images * reps)[: max(count, len(images))], (labels * reps)[
+        : max(count, len(images))
+    ] if labels else None
 
 
 #: ``bench-unet NAME ...``: module (in this package) whose ``main(argv, prog)`` runs it. Without a name,
@@ -276,13 +415,28 @@ def _bench_images(args, size: int, count: int) -> tuple[list, list | None]:
 SUBCOMMANDS = {
     "export": ("export_cost", "wall time and peak memory of export-unet per configuration"),
     "int8": ("int8_sweep", "INT8 accuracy against the number of calibration images"),
-    "serve": ("serve_load", "latency and throughput of segment-unet serve under concurrent clients"),
-    "frames": ("frames", "host-to-host time per camera frame: resizes on the host (numpy, OpenCV) or in the graph"),
-    "tiles": ("tiles", "a large image at native resolution in windows: windows/s, ms per megapixel, memory"),
-    "ab": ("ab", "interleaved A/B timing of ONNX files on the CPU (and Keras, PyTorch, OpenVINO peers)"),
+    "serve": (
+        "serve_load",
+        "latency and throughput of segment-unet serve under concurrent clients",
+    ),
+    "frames": (
+        "frames",
+        "host-to-host time per camera frame: resizes on the host (numpy, OpenCV) or in the graph",
+    ),
+    "tiles": (
+        "tiles",
+        "a large image at native resolution in windows: windows/s, ms per megapixel, memory",
+    ),
+    "ab": (
+        "ab",
+        "interleaved A/B timing of ONNX files on the CPU (and Keras, PyTorch, OpenVINO peers)",
+    ),
     "profile": ("profile", "where the CPU time goes: ONNX Runtime's profiler per op type and node"),
     "micro": ("micro", "the runtime's host-side steps alone: resizes, normalization, argmax"),
-    "fixture": ("fixture", "train the labelled shapes fixture (trained weights and labelled images for the benchmarks)"),
+    "fixture": (
+        "fixture",
+        "train the labelled shapes fixture (trained weights and labelled images for the benchmarks)",
+    ),
 }
 
 
@@ -316,17 +470,24 @@ def _run(args, argv) -> int:
 
     if (args.torch or args.torch_compile) and torch_missing():
         raise BenchError(torch_missing())
-    meta = report.run_meta("bench-unet", argv, images=str(args.images) if args.images else "seeded uniform noise",
-                           exports={})
-    # Rows are written as they finish: a run cut short (a GPU call's time limit) keeps what it measured.
+    meta = report.run_meta(
+        "bench-unet",
+        argv,
+        images=str(args.images) if args.images else "seeded uniform noise",
+        exports={},
+    )
+    # Rows are written as they finish: a run cut short (a GPU call's time limit) keeps what it
+    # measured.
     results = report.Results(args.out, meta)
     try:
         _run_rows(args, results)
         table = results.finish(with_plot=args.plot)
     except OSError as exc:
         results.discard()  # nothing half-written left behind
-        raise BenchError(f"cannot write results to {str(args.out)!r}.*: {exc.strerror or exc}; "
-                         "free space or choose another --out") from exc
+        raise BenchError(
+            f"cannot write results to {str(args.out)!r}.*: {exc.strerror or exc}; "
+            "free space or choose another --out"
+        ) from exc
     if not args.quiet:
         print(table, file=sys.stderr)
     return 0
@@ -340,8 +501,12 @@ def _reference(args, size: int, images: list, models: dict, make_keras) -> tuple
     if keras_model is not None:
         from unet_runtime.images import to_model_input
 
-        probs = [np.asarray(keras_model(to_model_input([x], (0, 0, 0), (1, 1, 1), "nhwc"), training=False))[0]
-                 for x in images]
+        probs = [
+            np.asarray(
+                keras_model(to_model_input([x], (0, 0, 0), (1, 1, 1), "nhwc"), training=False)
+            )[0]
+            for x in images
+        ]
         return probs, "Keras fp32", keras_model
     with Segmenter(models[(REFERENCE, size)], providers="cpu") as seg:
         return [seg.predict_proba(x) for x in images], "ONNX Runtime CPU fp32", None
@@ -357,7 +522,13 @@ def _run_rows(args, results) -> None:
     from .runner import Row, agreement, bench_ort
     from .timing import summarize, time_calls
 
-    n_ort = len(args.providers) * len(variants(args)) * len(args.batch) * len(args.size) * len(args.cuda_variants)
+    n_ort = (
+        len(args.providers)
+        * len(variants(args))
+        * len(args.batch)
+        * len(args.size)
+        * len(args.cuda_variants)
+    )
     bar = _Bar(n_ort * args.iters * 2, args.quiet)
     count = max(max(args.batch), args.agreement_images)
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmpdir:
@@ -367,8 +538,12 @@ def _run_rows(args, results) -> None:
         for size in args.size:
             images, labels = _bench_images(args, size, count)
             ref_probs, ref_src, keras_model = _reference(args, size, images, models, make_keras)
-            flops_1 = conv_flops(onnx.load(str(models[(REFERENCE, size)]), load_external_data=False), 1, size, size)
-            bar.line(f"size {size}: {flops_1 / 1e9:.1f} GFLOP per image; reference: {ref_src} on {len(images)} images")
+            flops_1 = conv_flops(
+                onnx.load(str(models[(REFERENCE, size)]), load_external_data=False), 1, size, size
+            )
+            bar.line(
+                f"size {size}: {flops_1 / 1e9:.1f} GFLOP per image; reference: {ref_src} on {len(images)} images"
+            )
             for batch in args.batch:
                 flops = flops_1 * batch
                 if keras_model is not None:
@@ -376,41 +551,79 @@ def _run_rows(args, results) -> None:
 
                     xb = im.to_model_input(images[:batch], (0, 0, 0), (1, 1, 1), "nhwc")
                     for name, fn in keras_rows(keras_model, xb).items():
-                        raw = time_calls(fn, warmup=min(args.warmup, 2), iters=args.keras_iters or args.iters)
-                        row = Row(name=name, engine="keras", provider="cpu", precision="fp32", head="softmax",
-                                  size=size, batch=batch, raw_device_s=raw, device=summarize(raw, batch, flops),
-                                  numerics=agreement(ref_probs, [p.argmax(-1) for p in ref_probs], "argmax", labels),
-                                  note="the reference itself" if batch == args.batch[0] else "")
+                        raw = time_calls(
+                            fn, warmup=min(args.warmup, 2), iters=args.keras_iters or args.iters
+                        )
+                        row = Row(
+                            name=name,
+                            engine="keras",
+                            provider="cpu",
+                            precision="fp32",
+                            head="softmax",
+                            size=size,
+                            batch=batch,
+                            raw_device_s=raw,
+                            device=summarize(raw, batch, flops),
+                            numerics=agreement(
+                                ref_probs, [p.argmax(-1) for p in ref_probs], "argmax", labels
+                            ),
+                            note="the reference itself" if batch == args.batch[0] else "",
+                        )
                         results.add(row)
                         bar.line(f"{name} b{batch} {size}px: {row.device['median_ms']:.1f} ms")
                 for provider in args.providers:
                     for variant in variants(args):
-                        for cuda_variant in (args.cuda_variants if provider != "cpu" else [None]):
+                        for cuda_variant in args.cuda_variants if provider != "cpu" else [None]:
                             if cuda_variant == "exact" and variant.precision != "fp32":
                                 continue
                             name = variant.label(provider, cuda_variant)
-                            row = bench_ort(models[(variant, size)], provider=provider,
-                                            config=_config(cuda_variant or "default"), head=variant.head,
-                                            precision=variant.precision, size=size, batch=batch, images=images,
-                                            ref_probs=ref_probs, labels=labels, warmup=args.warmup, iters=args.iters,
-                                            flops=flops, name=name, progress=bar.tick)
-                            row.note = f"numerics vs {ref_src}" + (" (FLOPs: the seed graph's)" if variant.fold != "off"
-                                                                    else "")
+                            row = bench_ort(
+                                models[(variant, size)],
+                                provider=provider,
+                                config=_config(cuda_variant or "default"),
+                                head=variant.head,
+                                precision=variant.precision,
+                                size=size,
+                                batch=batch,
+                                images=images,
+                                ref_probs=ref_probs,
+                                labels=labels,
+                                warmup=args.warmup,
+                                iters=args.iters,
+                                flops=flops,
+                                name=name,
+                                progress=bar.tick,
+                            )
+                            row.note = f"numerics vs {ref_src}" + (
+                                " (FLOPs: the seed graph's)" if variant.fold != "off" else ""
+                            )
                             results.add(row)
-                            bar.line(f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, "
-                                     f"host {row.host['median_ms']:.2f} ms")
-            # The PyTorch peers after every ONNX Runtime row of this size: a torch.compile max-autotune
+                            bar.line(
+                                f"{name} b{batch} {size}px: device {row.device['median_ms']:.2f} ms, "
+                                f"host {row.host['median_ms']:.2f} ms"
+                            )
+            # The PyTorch peers after every ONNX Runtime row of this size: a torch.compile
+            # max-autotune
             # takes minutes per batch size, and on a time-limited run it is the row to lose, not
             # the ORT rows of the next batch size (every row is saved as it finishes).
             if args.torch or args.torch_compile or args.torch_fold:
                 from . import torch_bench
 
                 for batch in args.batch:
-                    for row in torch_bench.torch_rows(ref_model_path=models[(REFERENCE, size)], images=images,
-                                                      size=size, batch=batch, flops=flops_1 * batch,
-                                                      warmup=args.warmup, iters=args.iters, ref_probs=ref_probs,
-                                                      labels=labels, compile_too=args.torch_compile,
-                                                      fold=args.torch_fold, device=_torch_device(args)):
+                    for row in torch_bench.torch_rows(
+                        ref_model_path=models[(REFERENCE, size)],
+                        images=images,
+                        size=size,
+                        batch=batch,
+                        flops=flops_1 * batch,
+                        warmup=args.warmup,
+                        iters=args.iters,
+                        ref_probs=ref_probs,
+                        labels=labels,
+                        compile_too=args.torch_compile,
+                        fold=args.torch_fold,
+                        device=_torch_device(args),
+                    ):
                         results.add(row)
                         bar.line(f"{row.name} b{batch} {size}px: {row.device['median_ms']:.2f} ms")
 
@@ -424,7 +637,9 @@ def _config(variant: str):
     from unet_runtime import ProviderConfig
 
     if variant == "plain":
-        return ProviderConfig(prefer_nhwc=False, fuse_conv_bias=False, cudnn_conv_algo_search="HEURISTIC")
+        return ProviderConfig(
+            prefer_nhwc=False, fuse_conv_bias=False, cudnn_conv_algo_search="HEURISTIC"
+        )
     if variant == "graph":
         return ProviderConfig(cuda_graph=True)
     if variant == "exact":

@@ -53,7 +53,17 @@ def measure(args: list[str], workdir: Path) -> dict:
     import psutil
 
     model, report = workdir / "model.onnx", workdir / "report.json"
-    cmd = [sys.executable, "-m", "unet_export.cli", "--out", str(model), "--report", str(report), "-q", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unet_export.cli",
+        "--out",
+        str(model),
+        "--report",
+        str(report),
+        "-q",
+        *args,
+    ]
     peak = 0
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -75,16 +85,29 @@ def measure(args: list[str], workdir: Path) -> dict:
     wall = time.perf_counter() - t0
     stop.set()
     sampler.join()
-    row: dict = {"args": args, "returncode": child.returncode, "wall_s": round(wall, 2),
-                 "peak_tree_rss_mb": round(peak / 2**20, 1)}
+    row: dict = {
+        "args": args,
+        "returncode": child.returncode,
+        "wall_s": round(wall, 2),
+        "peak_tree_rss_mb": round(peak / 2**20, 1),
+    }
     if child.returncode != 0:
-        row["error"] = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {child.returncode}"
+        row["error"] = (
+            stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {child.returncode}"
+        )
         return row
     rep = json.loads(report.read_text())
     # Reports of versions that timed steps without measuring their memory hold bare seconds.
-    steps = {k: v if isinstance(v, dict) else {"seconds": v, "peak_rss_mb": None} for k, v in rep["steps"].items()}
-    row.update(steps=steps, size_bytes=rep["size_bytes"], gates=rep["verification"].get("gates", []),
-               not_applicable=rep["verification"].get("not_applicable", []))
+    steps = {
+        k: v if isinstance(v, dict) else {"seconds": v, "peak_rss_mb": None}
+        for k, v in rep["steps"].items()
+    }
+    row.update(
+        steps=steps,
+        size_bytes=rep["size_bytes"],
+        gates=rep["verification"].get("gates", []),
+        not_applicable=rep["verification"].get("not_applicable", []),
+    )
     model.unlink(missing_ok=True)
     return row
 
@@ -104,13 +127,21 @@ def to_markdown(rows: dict, meta: dict) -> str:
     ]
     for name, r in rows.items():
         if "error" in r:
-            lines.append(f"| {name} | {r['wall_s']:.1f} | {r['peak_tree_rss_mb'] / 1024:.2f} | failed: {r['error']} |")
+            lines.append(
+                f"| {name} | {r['wall_s']:.1f} | {r['peak_tree_rss_mb'] / 1024:.2f} | failed: {r['error']} |"
+            )
             continue
-        cells = [f"{r['steps'][s]['seconds']:.1f} / {(r['steps'][s]['peak_rss_mb'] or 0) / 1024:.2f}" for s in steps]
+        cells = [
+            f"{r['steps'][s]['seconds']:.1f} / {(r['steps'][s]['peak_rss_mb'] or 0) / 1024:.2f}"
+            for s in steps
+        ]
         gates = f"{sum(g['passed'] for g in r['gates'])}/{len(r['gates'])} passed"
         flags = f" `{' '.join(r['args'])}`" if r["args"] else " (defaults)"
-        lines.append(f"| {name}{flags} | {r['wall_s']:.1f} | {r['peak_tree_rss_mb'] / 1024:.2f} | "
-                     + " | ".join(cells) + f" | {r['size_bytes'] / 1e6:.1f} | {gates} |")
+        lines.append(
+            f"| {name}{flags} | {r['wall_s']:.1f} | {r['peak_tree_rss_mb'] / 1024:.2f} | "
+            + " | ".join(cells)
+            + f" | {r['size_bytes'] / 1e6:.1f} | {gates} |"
+        )
     lines += ["", "Gates (value vs bound) per export:"]
     for name, r in rows.items():
         for g in r.get("gates", []):
@@ -127,11 +158,19 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
     extra: list[str] = []
     if "--" in argv:  # everything after -- goes to every export-unet call
         cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    p = argparse.ArgumentParser(prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0],
-                                epilog="Arguments after -- are passed to every export, e.g. -- --weights my.keras")
-    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="configurations to export")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    p = argparse.ArgumentParser(
+        prog=prog,
+        formatter_class=DefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        epilog="Arguments after -- are passed to every export, e.g. -- --weights my.keras",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
+    )
+    p.add_argument(
+        "--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="configurations to export"
+    )
     args = p.parse_args(argv)
     from .report import out_prefix_problem, run_meta, save_results
 
@@ -140,7 +179,10 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
     if importlib.util.find_spec("psutil") is None:  # checked before minutes of work
-        print(f"{prog}: error: measuring the process tree needs psutil: pip install 'unet-onnx[bench]'", file=sys.stderr)
+        print(
+            f"{prog}: error: measuring the process tree needs psutil: pip install 'unet-onnx[bench]'",
+            file=sys.stderr,
+        )
         return 1
     meta = {**run_meta(prog, argv), "command": command}
     rows = {}
@@ -149,8 +191,12 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
             print(f"{prog}: {name} ...", file=sys.stderr, flush=True)
             rows[name] = measure(ROWS[name] + extra, Path(tmp))
             r = rows[name]
-            print(f"{prog}: {name}: {r['wall_s']:.1f} s, {r['peak_tree_rss_mb'] / 1024:.2f} GiB"
-                  + (f", FAILED: {r['error']}" if "error" in r else ""), file=sys.stderr, flush=True)
+            print(
+                f"{prog}: {name}: {r['wall_s']:.1f} s, {r['peak_tree_rss_mb'] / 1024:.2f} GiB"
+                + (f", FAILED: {r['error']}" if "error" in r else ""),
+                file=sys.stderr,
+                flush=True,
+            )
     save_results(args.out, {**meta, "rows": rows}, to_markdown(rows, meta))
     return 0 if all("error" not in r for r in rows.values()) else 1
 

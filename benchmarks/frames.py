@@ -41,8 +41,25 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _export(out: Path, args, resize: bool) -> None:
-    cmd = [sys.executable, "-m", "unet_export.cli", "--out", str(out), "--input-size", str(args.size), str(args.size),
-           "--precision", args.precision, "--head", "argmax", "--input-dtype", "uint8", "--seed", str(args.seed), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unet_export.cli",
+        "--out",
+        str(out),
+        "--input-size",
+        str(args.size),
+        str(args.size),
+        "--precision",
+        args.precision,
+        "--head",
+        "argmax",
+        "--input-dtype",
+        "uint8",
+        "--seed",
+        str(args.seed),
+        "-q",
+    ]
     if resize:
         cmd.append("--resize-in-graph")
     if args.weights:
@@ -52,13 +69,18 @@ def _export(out: Path, args, resize: bool) -> None:
         raise RuntimeError(f"exporting {out.name} failed: {proc.stderr.strip().splitlines()[-1]}")
 
 
-def frame_rows(plain: Path, graph: Path, frames: list, *, providers: str, warmup: int, iters: int) -> list[dict]:
+def frame_rows(
+    plain: Path, graph: Path, frames: list, *, providers: str, warmup: int, iters: int
+) -> list[dict]:
     """The three rows per frame (see the module doc)."""
     from unet_runtime import Segmenter
     from unet_runtime import images as im
 
-    ways = [("host resize, numpy", plain, "numpy"), ("host resize, OpenCV", plain, "opencv"),
-            ("resize in graph", graph, None)]
+    ways = [
+        ("host resize, numpy", plain, "numpy"),
+        ("host resize, OpenCV", plain, "opencv"),
+        ("resize in graph", graph, None),
+    ]
     rows = []
     for frame in frames:
         reference = None
@@ -71,18 +93,33 @@ def frame_rows(plain: Path, graph: Path, frames: list, *, providers: str, warmup
                 batch = seg.prepare([seg.pipeline.prepare(frame)[0]])
                 call = seg.bind(batch)
                 device = time_calls(call.run, warmup=warmup, iters=iters)
-                host = time_calls(lambda frame=frame: seg.predict(frame), warmup=warmup, iters=iters)
+                host = time_calls(
+                    lambda frame=frame: seg.predict(frame), warmup=warmup, iters=iters
+                )
                 cached = seg.run(batch)
-                pre_post = time_calls(lambda frame=frame, cached=cached: seg.pipeline.predict(frame, lambda _x: cached), warmup=1, iters=iters)
+                pre_post = time_calls(
+                    lambda frame=frame, cached=cached: seg.pipeline.predict(
+                        frame, lambda _x: cached
+                    ),
+                    warmup=1,
+                    iters=iters,
+                )
                 mask = seg.predict(frame)
                 reference = mask if reference is None else reference
-                rows.append({
-                    "way": name, "frame": f"{frame.shape[1]}x{frame.shape[0]}", "providers": seg.providers,
-                    "model_input": list(batch.shape), "host": summarize(host, 1), "device": summarize(device, 1),
-                    "pre_post_ms": float(np.median(pre_post)) * 1e3,
-                    "mask_agreement_vs_numpy_host": float((mask == reference).mean()),
-                    "raw_host_s": host, "raw_device_s": device,
-                })
+                rows.append(
+                    {
+                        "way": name,
+                        "frame": f"{frame.shape[1]}x{frame.shape[0]}",
+                        "providers": seg.providers,
+                        "model_input": list(batch.shape),
+                        "host": summarize(host, 1),
+                        "device": summarize(device, 1),
+                        "pre_post_ms": float(np.median(pre_post)) * 1e3,
+                        "mask_agreement_vs_numpy_host": float((mask == reference).mean()),
+                        "raw_host_s": host,
+                        "raw_device_s": device,
+                    }
+                )
             im.set_resize_backend("auto")
     return rows
 
@@ -92,15 +129,31 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
     from unet_runtime.model_info import PRECISIONS
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
-    p.add_argument("--frame-size", type=_size, nargs="+", default=[(1080, 1920)], metavar="WxH",
-                   help="frame sizes, width x height")
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
+    )
+    p.add_argument(
+        "--frame-size",
+        type=_size,
+        nargs="+",
+        default=[(1080, 1920)],
+        metavar="WxH",
+        help="frame sizes, width x height",
+    )
     p.add_argument("--size", type=int, default=512, help="the network's size (square)")
     p.add_argument("--precision", choices=PRECISIONS, default="int8", help="exported precision")
     p.add_argument("--providers", default="cpu", help="'auto' or a comma list (cuda,cpu)")
-    p.add_argument("--weights", help="trained weights for both exports (default: seeded random init)")
-    p.add_argument("--models-from", type=Path, help="a folder holding plain.onnx and graph.onnx (skips the exports)")
+    p.add_argument(
+        "--weights", help="trained weights for both exports (default: seeded random init)"
+    )
+    p.add_argument(
+        "--models-from",
+        type=Path,
+        help="a folder holding plain.onnx and graph.onnx (skips the exports)",
+    )
     p.add_argument("--iters", type=int, default=20, help="timed runs per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per row")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the frames")
@@ -112,7 +165,9 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
     meta = run_meta(prog, argv)
-    providers = "auto" if args.providers == "auto" else [s.strip() for s in args.providers.split(",")]
+    providers = (
+        "auto" if args.providers == "auto" else [s.strip() for s in args.providers.split(",")]
+    )
     rng = np.random.default_rng(args.seed)
     frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in args.frame_size]
     with tempfile.TemporaryDirectory(prefix="bench-frames-") as tmp:
@@ -120,18 +175,30 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
         if not args.models_from:
             _export(folder / "plain.onnx", args, resize=False)
             _export(folder / "graph.onnx", args, resize=True)
-        rows = frame_rows(folder / "plain.onnx", folder / "graph.onnx", frames, providers=providers,
-                          warmup=args.warmup, iters=args.iters)
-    lines = [*header_lines("bench-unet frames", meta),
-             f"{args.precision} argmax model, {args.size}x{args.size} network, uint8 input; host = "
-             "Segmenter.predict(frame): frame in, mask at its size out; model = the session alone on its prepared "
-             "input; pre/post = the runtime's own processing (predict with the model output cached). Medians.", "",
-             "| frame | way | model input | host ms | model ms | pre/post ms | pre/post share of model | "
-             "mask agreement vs numpy host |", "|---|---|---|---|---|---|---|---|"]
+        rows = frame_rows(
+            folder / "plain.onnx",
+            folder / "graph.onnx",
+            frames,
+            providers=providers,
+            warmup=args.warmup,
+            iters=args.iters,
+        )
+    lines = [
+        *header_lines("bench-unet frames", meta),
+        f"{args.precision} argmax model, {args.size}x{args.size} network, uint8 input; host = "
+        "Segmenter.predict(frame): frame in, mask at its size out; model = the session alone on its prepared "
+        "input; pre/post = the runtime's own processing (predict with the model output cached). Medians.",
+        "",
+        "| frame | way | model input | host ms | model ms | pre/post ms | pre/post share of model | "
+        "mask agreement vs numpy host |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['frame']} | {r['way']} | {'x'.join(map(str, r['model_input']))} | "
-                     f"{r['host']['median_ms']:.2f} | {r['device']['median_ms']:.2f} | {r['pre_post_ms']:.2f} | "
-                     f"{r['pre_post_ms'] / r['device']['median_ms']:.2%} | {r['mask_agreement_vs_numpy_host']:.4%} |")
+        lines.append(
+            f"| {r['frame']} | {r['way']} | {'x'.join(map(str, r['model_input']))} | "
+            f"{r['host']['median_ms']:.2f} | {r['device']['median_ms']:.2f} | {r['pre_post_ms']:.2f} | "
+            f"{r['pre_post_ms'] / r['device']['median_ms']:.2%} | {r['mask_agreement_vs_numpy_host']:.4%} |"
+        )
     save_results(args.out, {**meta, "rows": rows}, "\n".join(lines) + "\n")
     return 0
 

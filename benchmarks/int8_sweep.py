@@ -36,8 +36,11 @@ def _fp32_graph(size: int, weights: str | None, seed: int):
     from unet_export import ExportConfig
     from unet_export.pipeline import STEPS, ExportState
 
-    state = ExportState(config=ExportConfig(input_size=(size, size), head="logits", precision="int8", weights=weights,
-                                            seed=seed).resolved())
+    state = ExportState(
+        config=ExportConfig(
+            input_size=(size, size), head="logits", precision="int8", weights=weights, seed=seed
+        ).resolved()
+    )
     for name, step in STEPS:
         if name == "precision":
             return state.proto, state.keras_model
@@ -62,16 +65,27 @@ def _score(runner, refs: list[dict], images: list, labels: list | None, num_clas
         same += int((out["mask"] == ref["mask"])[conf].sum())
         n_conf += int(conf.sum())
         masks.append(out["mask"][0])
-    res = {"logits_rel_l2": float(np.sqrt(sq_diff / sq_ref)), "confident_pixels": n_conf,
-           "confident_agreement": same / n_conf if n_conf else None}
+    res = {
+        "logits_rel_l2": float(np.sqrt(sq_diff / sq_ref)),
+        "confident_pixels": n_conf,
+        "confident_agreement": same / n_conf if n_conf else None,
+    }
     if labels is not None:
         res["int8"] = label_scores(labels, masks, num_classes)
         res["fp32"] = label_scores(labels, [r["mask"][0] for r in refs], num_classes)
     return res
 
 
-def sweep(counts: list[int], *, size: int, weights: str | None, seed: int, labelled: int, held_out: int,
-          log=print) -> dict:
+def sweep(
+    counts: list[int],
+    *,
+    size: int,
+    weights: str | None,
+    seed: int,
+    labelled: int,
+    held_out: int,
+    log=print,
+) -> dict:
     """Quantize at each calibration count and score each model (see module doc); returns the rows."""
     from unet_bench.fixture import shapes_sample
     from unet_export.calibration import synthetic_images
@@ -81,12 +95,20 @@ def sweep(counts: list[int], *, size: int, weights: str | None, seed: int, label
 
     fp32_model, keras_model = _fp32_graph(size, weights, seed)
     num_classes = int(keras_model.output_shape[-1])
-    kwargs = dict(head="logits", layout="nhwc", input_dtype="float32", mean=(0, 0, 0), std=(1, 1, 1),
-                  num_classes=num_classes)
+    kwargs = dict(
+        head="logits",
+        layout="nhwc",
+        input_dtype="float32",
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        num_classes=num_classes,
+    )
     rng = np.random.default_rng(seed + 777)
     sets = {
         "labelled fixture images": [shapes_sample(rng, size, num_classes) for _ in range(labelled)],
-        "synthetic held-out images": [(im, None) for im in synthetic_images(held_out, size, size, seed=seed + 2000)],
+        "synthetic held-out images": [
+            (im, None) for im in synthetic_images(held_out, size, size, seed=seed + 2000)
+        ],
         "uniform noise": [(make_pixels(size, size, seed + i), None) for i in range(2)],
     }
     fp32 = Runner(fp32_model, **kwargs)
@@ -96,7 +118,9 @@ def sweep(counts: list[int], *, size: int, weights: str | None, seed: int, label
     for count in counts:
         t0 = time.perf_counter()
         calib = synthetic_images(count, size, size, seed=seed + 1000)
-        int8 = to_int8(fp32_model, (to_model_input([im], (0, 0, 0), (1, 1, 1), "nhwc") for im in calib))
+        int8 = to_int8(
+            fp32_model, (to_model_input([im], (0, 0, 0), (1, 1, 1), "nhwc") for im in calib)
+        )
         seconds = time.perf_counter() - t0
         runner = Runner(int8, **kwargs)
         row = {"calibration_images": count, "quantize_s": round(seconds, 1)}
@@ -112,21 +136,35 @@ def to_markdown(result: dict, meta: dict) -> str:
     """One table per image set: a row per calibration count."""
     from .report import header_lines
 
-    lines = [*header_lines("bench-unet int8", meta),
-             f"{result['size']}x{result['size']}, weights: {result['weights']}. INT8 (QDQ U8S8, per-channel, minmax, "
-             "phase_nhwc fold) against the fp32 graph it was quantized from; calibration on synthetic shape images.",
-             ""]
+    lines = [
+        *header_lines("bench-unet int8", meta),
+        f"{result['size']}x{result['size']}, weights: {result['weights']}. INT8 (QDQ U8S8, per-channel, minmax, "
+        "phase_nhwc fold) against the fp32 graph it was quantized from; calibration on synthetic shape images.",
+        "",
+    ]
     for name in ("labelled fixture images", "synthetic held-out images", "uniform noise"):
         labelled = name == "labelled fixture images"
-        lines += [f"## {name}", "", "| calibration images | quantize s | logits rel L2 | confident agreement (px) |"
-                  + (" mIoU int8 | mIoU fp32 |" if labelled else ""),
-                  "|---|---|---|---|" + ("---|---|" if labelled else "")]
+        lines += [
+            f"## {name}",
+            "",
+            "| calibration images | quantize s | logits rel L2 | confident agreement (px) |"
+            + (" mIoU int8 | mIoU fp32 |" if labelled else ""),
+            "|---|---|---|---|" + ("---|---|" if labelled else ""),
+        ]
         for row in result["rows"]:
             r = row[name]
-            agree = "" if r["confident_agreement"] is None else f"{r['confident_agreement']:.4%} ({r['confident_pixels']:,})"
-            extra = f" {r['int8']['mean_iou']:.4f} | {r['fp32']['mean_iou']:.4f} |" if labelled else ""
-            lines.append(f"| {row['calibration_images']} | {row['quantize_s']:.1f} | {r['logits_rel_l2']:.4f} | "
-                         f"{agree} |{extra}")
+            agree = (
+                ""
+                if r["confident_agreement"] is None
+                else f"{r['confident_agreement']:.4%} ({r['confident_pixels']:,})"
+            )
+            extra = (
+                f" {r['int8']['mean_iou']:.4f} | {r['fp32']['mean_iou']:.4f} |" if labelled else ""
+            )
+            lines.append(
+                f"| {row['calibration_images']} | {row['quantize_s']:.1f} | {r['logits_rel_l2']:.4f} | "
+                f"{agree} |{extra}"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -134,10 +172,16 @@ def to_markdown(result: dict, meta: dict) -> str:
 def main(argv: list[str] | None = None, prog: str = "bench-unet int8") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
+    )
     p.add_argument("--weights", help="trained weights (bench-unet fixture); default: untrained")
-    p.add_argument("--counts", type=int, nargs="+", default=[8, 16, 24, 32], help="calibration image counts")
+    p.add_argument(
+        "--counts", type=int, nargs="+", default=[8, 16, 24, 32], help="calibration image counts"
+    )
     p.add_argument("--size", type=int, default=512, help="image size (square)")
     p.add_argument("--labelled", type=int, default=8, help="labelled fixture images scored")
     p.add_argument("--held-out", type=int, default=8, help="synthetic held-out images scored")
@@ -150,8 +194,15 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet int8") -> int:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
     meta = run_meta(prog, argv)
-    result = sweep(args.counts, size=args.size, weights=args.weights, seed=args.seed, labelled=args.labelled,
-                   held_out=args.held_out, log=lambda s: print(s, file=sys.stderr, flush=True))
+    result = sweep(
+        args.counts,
+        size=args.size,
+        weights=args.weights,
+        seed=args.seed,
+        labelled=args.labelled,
+        held_out=args.held_out,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
     save_results(args.out, {**meta, **result}, to_markdown(result, meta))
     return 0
 

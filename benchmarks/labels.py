@@ -26,7 +26,9 @@ def _from_rgb(rgb: np.ndarray) -> np.ndarray:
 
     palette = voc_palette(256).astype(np.int32)
     code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    lookup = {int(r) << 16 | int(g) << 8 | int(b): i for i, (r, g, b) in enumerate(palette[:IGNORE])}
+    lookup = {
+        int(r) << 16 | int(g) << 8 | int(b): i for i, (r, g, b) in enumerate(palette[:IGNORE])
+    }
     out = np.full(code.shape, IGNORE, np.uint8)
     for value, cls in lookup.items():
         out[code == value] = cls
@@ -45,12 +47,16 @@ def load_labels(folder: str | Path, images: list[Path], size: int) -> list[np.nd
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"--labels {str(folder)!r} is not a folder; give the folder of label PNGs (the images' stems)")
+        raise ValueError(
+            f"--labels {str(folder)!r} is not a folder; give the folder of label PNGs (the images' stems)"
+        )
     out = []
     for image in images:
         path = folder / f"{image.stem}.png"
         if not path.is_file():
-            raise ValueError(f"--labels: {str(path)!r} is missing; every image needs a label PNG with its stem")
+            raise ValueError(
+                f"--labels: {str(path)!r} is missing; every image needs a label PNG with its stem"
+            )
         try:
             with Image.open(path) as img:
                 if img.mode in ("L", "P"):
@@ -58,6 +64,8 @@ def load_labels(folder: str | Path, images: list[Path], size: int) -> list[np.nd
                 else:
                     label = _from_rgb(np.asarray(img.convert("RGB")))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"--labels: {str(path)!r} cannot be read ({type(exc).__name__})") from exc
+            raise ValueError(
+                f"--labels: {str(path)!r} cannot be read ({type(exc).__name__})"
+            ) from exc
         out.append(np.ascontiguousarray(resize_nearest(label.astype(np.uint8), size, size)))
     return out

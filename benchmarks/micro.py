@@ -40,24 +40,44 @@ def steps(frame_hw: tuple[int, int], size: int, classes: int = 21) -> dict:
             im.set_resize_backend(backend)
         except ValueError:  # no OpenCV here
             continue
-        out[f"frame {w}x{h} -> {size}x{size} bilinear ({backend})"] = (backend, lambda: im.resize_image(frame, size, size))
+        out[f"frame {w}x{h} -> {size}x{size} bilinear ({backend})"] = (
+            backend,
+            lambda: im.resize_image(frame, size, size),
+        )
         out[f"probabilities {size}x{size}x{classes} -> {w}x{h} bilinear ({backend})"] = (
-            backend, lambda: im.resize_bilinear(probs, h, w))
+            backend,
+            lambda: im.resize_bilinear(probs, h, w),
+        )
     im.set_resize_backend("auto")
     out[f"mask {size}x{size} -> {w}x{h} nearest"] = (None, lambda: im.resize_nearest(mask, h, w))
-    out[f"to_model_input float32 NHWC, batch 1, {size}x{size}"] = (None, lambda: im.to_model_input([net], mean, std, "nhwc"))
-    out[f"to_model_input float32 NCHW, batch 1, {size}x{size}"] = (None, lambda: im.to_model_input([net], mean, std, "nchw"))
+    out[f"to_model_input float32 NHWC, batch 1, {size}x{size}"] = (
+        None,
+        lambda: im.to_model_input([net], mean, std, "nhwc"),
+    )
+    out[f"to_model_input float32 NCHW, batch 1, {size}x{size}"] = (
+        None,
+        lambda: im.to_model_input([net], mean, std, "nchw"),
+    )
     out[f"to_model_input uint8 NHWC, batch 1, {size}x{size}"] = (
-        None, lambda: im.to_model_input([net], mean, std, "nhwc", dtype=np.uint8))
-    out[f"argmax of {size}x{size}x{classes} probabilities"] = (None, lambda: probs.argmax(-1).astype(np.uint8))
+        None,
+        lambda: im.to_model_input([net], mean, std, "nhwc", dtype=np.uint8),
+    )
+    out[f"argmax of {size}x{size}x{classes} probabilities"] = (
+        None,
+        lambda: probs.argmax(-1).astype(np.uint8),
+    )
     return out
 
 
 def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
+    )
     p.add_argument("--frame-size", default="1920x1080", help="frame WIDTHxHEIGHT")
     p.add_argument("--size", type=int, default=512, help="the network's size")
     p.add_argument("--repeat", type=int, default=30, help="timed calls per step (median reported)")
@@ -69,7 +89,10 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
     try:
         w, h = (int(v) for v in args.frame_size.lower().split("x"))
     except ValueError:
-        print(f"{prog}: error: --frame-size {args.frame_size!r} is not WIDTHxHEIGHT, e.g. 1920x1080", file=sys.stderr)
+        print(
+            f"{prog}: error: --frame-size {args.frame_size!r} is not WIDTHxHEIGHT, e.g. 1920x1080",
+            file=sys.stderr,
+        )
         return 1
     problem = out_prefix_problem(args.out)
     if problem:
@@ -83,11 +106,21 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
         fn()  # warm-up: first-touch of the output buffers, OpenCV's thread pool
         times = timeit.repeat(fn, number=1, repeat=args.repeat)
         im.set_resize_backend("auto")
-        rows.append({"step": name, "median_ms": float(np.median(times)) * 1e3, "min_ms": float(np.min(times)) * 1e3,
-                     "raw_s": times})
-    lines = [*header_lines("bench-unet micro", meta),
-             f"Each step alone, {args.repeat} calls, one thread of numpy (OpenCV uses its own pool).", "",
-             "| step | median ms | min ms |", "|---|---|---|"]
+        rows.append(
+            {
+                "step": name,
+                "median_ms": float(np.median(times)) * 1e3,
+                "min_ms": float(np.min(times)) * 1e3,
+                "raw_s": times,
+            }
+        )
+    lines = [
+        *header_lines("bench-unet micro", meta),
+        f"Each step alone, {args.repeat} calls, one thread of numpy (OpenCV uses its own pool).",
+        "",
+        "| step | median ms | min ms |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['step']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} |" for r in rows]
     save_results(args.out, {**meta, "rows": rows}, "\n".join(lines) + "\n")
     return 0

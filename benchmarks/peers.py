@@ -42,8 +42,13 @@ def keras_rows(model, x_nhwc: np.ndarray) -> dict[str, Callable[[], object]]:
     }
 
 
-def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True, device: str = "cuda",
-                    fold: bool = False):
+def torch_from_onnx(
+    model_proto,
+    dtype: str = "fp16",
+    channels_last: bool = True,
+    device: str = "cuda",
+    fold: bool = False,
+):
     """A PyTorch VGG19-UNet holding the ONNX model's Conv weights (same network, same weights).
 
     ``fold``: the decoder's upsample + concat + first conv as a 3x3 conv on
@@ -57,14 +62,21 @@ def torch_from_onnx(model_proto, dtype: str = "fp16", channels_last: bool = True
     inits = {i.name: i for i in model_proto.graph.initializer}
     convs = [n for n in model_proto.graph.node if n.op_type == "Conv"]
     net = TorchUNet.build(num_classes=int(inits[convs[-1].input[1]].dims[0]), fold=fold)
-    if len(convs) != len(net.convs()):  # a folded or padded graph: its Conv weights do not map onto the twin
-        raise ValueError(f"the model has {len(convs)} Conv nodes, the seed network {len(net.convs())}; give the plain "
-                         "fp32/fp16 export (no --fold-upsample, no --pad-channels)")
+    if len(convs) != len(
+        net.convs()
+    ):  # a folded or padded graph: its Conv weights do not map onto the twin
+        raise ValueError(
+            f"the model has {len(convs)} Conv nodes, the seed network {len(net.convs())}; give the plain "
+            "fp32/fp16 export (no --fold-upsample, no --pad-channels)"
+        )
     with torch.no_grad():
         for layer, node in zip(net.convs(), convs, strict=True):
             w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-            b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 and node.input[2] \
+            b = (
+                numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+                if len(node.input) > 2 and node.input[2]
                 else np.zeros(w.shape[0], np.float32)
+            )
             layer.load(w, b)
     net = net.eval().to(device)
     if dtype == "fp16":
@@ -111,9 +123,9 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
                 self.up = nn.ConvTranspose2d(c_up, out, 4, stride=2, padding=1, bias=False)
 
             def load(self, w, b):
-                self.skip.weight.copy_(torch.from_numpy(np.ascontiguousarray(w[:, :self.c_skip])))
+                self.skip.weight.copy_(torch.from_numpy(np.ascontiguousarray(w[:, : self.c_skip])))
                 self.skip.bias.copy_(torch.from_numpy(b))
-                self.up.weight.copy_(torch.from_numpy(_transpose_kernel(w[:, self.c_skip:])))
+                self.up.weight.copy_(torch.from_numpy(_transpose_kernel(w[:, self.c_skip :])))
 
             def forward(self, skip, x):
                 return self.skip(skip) + self.up(x)
@@ -132,13 +144,23 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
                 skips = [f for f, _ in enc][:-1][::-1]  # 512, 256, 128, 64
                 self.decoder = nn.ModuleList()
                 for skip, filters in zip(skips, dec, strict=True):
-                    first = Folded(skip, cin, filters) if fold else Plain(skip + cin, filters, 3, padding=1)
-                    self.decoder.append(nn.ModuleList([first, Plain(filters, filters, 3, padding=1)]))
+                    first = (
+                        Folded(skip, cin, filters)
+                        if fold
+                        else Plain(skip + cin, filters, 3, padding=1)
+                    )
+                    self.decoder.append(
+                        nn.ModuleList([first, Plain(filters, filters, 3, padding=1)])
+                    )
                     cin = filters
                 self.head = Plain(cin, num_classes, 1)
 
             def convs(self):
-                return [c for b in self.encoder for c in b] + [c for b in self.decoder for c in b] + [self.head]
+                return (
+                    [c for b in self.encoder for c in b]
+                    + [c for b in self.decoder for c in b]
+                    + [self.head]
+                )
 
             def forward(self, x, head: str = "argmax"):
                 skips = []

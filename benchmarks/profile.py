@@ -32,7 +32,9 @@ class Profile:
     runs: int
     run_us: float  # wall time of one session.run as the profiler saw it
     by_op: dict[str, float] = field(default_factory=dict)  # op type -> us per run
-    by_node: list[tuple[str, str, float]] = field(default_factory=list)  # (name, op, us), slowest first
+    by_node: list[tuple[str, str, float]] = field(
+        default_factory=list
+    )  # (name, op, us), slowest first
 
     @property
     def op_nodes(self) -> dict[str, int]:
@@ -74,8 +76,15 @@ def summarize(trace: list[dict], runs: int) -> Profile:
     )
 
 
-def profile_model(path: str, *, runs: int = 5, warmup: int = 2, batch: int = 1, threads: int | None = None,
-                  seed: int = 0) -> Profile:
+def profile_model(
+    path: str,
+    *,
+    runs: int = 5,
+    warmup: int = 2,
+    batch: int = 1,
+    threads: int | None = None,
+    seed: int = 0,
+) -> Profile:
     """Run `path` on ORT's CPU provider with the runtime's session options and profile `runs` runs.
 
     The session is built as `unet_runtime.Segmenter` builds it (all graph
@@ -98,8 +107,10 @@ def profile_model(path: str, *, runs: int = 5, warmup: int = 2, batch: int = 1, 
         with open(sess.end_profiling()) as f:
             trace = json.load(f)
     # The profiler records from session creation; keep only the events after the warm-up runs.
-    model_runs = sorted((e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"),
-                        key=lambda e: e["ts"])
+    model_runs = sorted(
+        (e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"),
+        key=lambda e: e["ts"],
+    )
     if len(model_runs) != warmup + runs:
         raise RuntimeError(f"profiler saw {len(model_runs)} runs, expected {warmup + runs}")
     start = model_runs[warmup]["ts"]
@@ -127,13 +138,24 @@ def _random_input(inp, batch: int, seed: int) -> np.ndarray:
 def to_markdown(p: Profile, title: str, top: int = 15) -> str:
     """A per-op-type table (time, share, node count) and the `top` slowest nodes."""
     total = p.node_us
-    lines = [f"## {title}", "",
-             f"run (profiler's model_run): {p.run_us / 1e3:.1f} ms; sum of node times {total / 1e3:.1f} ms "
-             f"(executor overhead {(p.run_us - total) / 1e3:.1f} ms); mean of {p.runs} runs", "",
-             "| op type | nodes | ms/run | share |", "|---|---|---|---|"]
+    lines = [
+        f"## {title}",
+        "",
+        f"run (profiler's model_run): {p.run_us / 1e3:.1f} ms; sum of node times {total / 1e3:.1f} ms "
+        f"(executor overhead {(p.run_us - total) / 1e3:.1f} ms); mean of {p.runs} runs",
+        "",
+        "| op type | nodes | ms/run | share |",
+        "|---|---|---|---|",
+    ]
     for op, us in p.by_op.items():
         lines.append(f"| {op} | {p.op_nodes.get(op, 0)} | {us / 1e3:.2f} | {us / total:.1%} |")
-    lines += ["", f"Slowest {top} nodes:", "", "| node | op | ms/run | share |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Slowest {top} nodes:",
+        "",
+        "| node | op | ms/run | share |",
+        "|---|---|---|---|",
+    ]
     for name, op, us in p.by_node[:top]:
         lines.append(f"| {name} | {op} | {us / 1e3:.2f} | {us / total:.1%} |")
     return "\n".join(lines) + "\n"
@@ -144,8 +166,12 @@ def _bad_arguments(args) -> str | None:
     for m in args.models:
         if not os.path.isfile(m):
             return f"model {m!r} does not exist; pass the path of an exported .onnx file"
-    for flag, value, low in (("--runs", args.runs, 1), ("--warmup", args.warmup, 0), ("--batch", args.batch, 1),
-                             ("--top", args.top, 1)):
+    for flag, value, low in (
+        ("--runs", args.runs, 1),
+        ("--warmup", args.warmup, 0),
+        ("--batch", args.batch, 1),
+        ("--top", args.top, 1),
+    ):
         if value < low:
             return f"{flag} {value} is not allowed: it must be >= {low}"
     if args.threads is not None and args.threads < 1:
@@ -161,13 +187,16 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet profile") -> int
     """Command line: profile one or more models and print (or write) the Markdown summary."""
     from unet_runtime._help import DefaultsHelpFormatter
 
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                 formatter_class=DefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     ap.add_argument("models", nargs="+", help="ONNX files to profile (CPU provider)")
     ap.add_argument("--runs", type=int, default=5, help="profiled runs after warm-up")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up runs, not profiled")
     ap.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dim")
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: physical cores)"
+    )
     ap.add_argument("--top", type=int, default=15, help="slowest nodes to list")
     ap.add_argument("--out", help="write the Markdown here as well as to stdout")
     args = ap.parse_args(argv)
@@ -177,7 +206,9 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet profile") -> int
         return 1
     parts = []
     for m in args.models:
-        p = profile_model(m, runs=args.runs, warmup=args.warmup, batch=args.batch, threads=args.threads)
+        p = profile_model(
+            m, runs=args.runs, warmup=args.warmup, batch=args.batch, threads=args.threads
+        )
         parts.append(to_markdown(p, os.path.basename(m), args.top))
         print(parts[-1], flush=True)
     if args.out:

@@ -14,8 +14,20 @@ from pathlib import Path
 
 from unet_runtime._atomic import atomic_write_bytes, folder_problem, new_folders, remove_empty
 
-__all__ = ["Results", "machine_info", "machine_line", "cpu_flags", "git_commit", "write_json", "write_text_atomic",
-           "run_meta", "header_lines", "save_results", "markdown", "plot"]
+__all__ = [
+    "Results",
+    "machine_info",
+    "machine_line",
+    "cpu_flags",
+    "git_commit",
+    "write_json",
+    "write_text_atomic",
+    "run_meta",
+    "header_lines",
+    "save_results",
+    "markdown",
+    "plot",
+]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -43,7 +55,16 @@ def out_prefix_problem(prefix: Path, flag: str = "--out") -> str | None:
 
 
 #: CPU features that decide CPU speed here: fp32 FMA width (AVX2, AVX-512), INT8 dot products (VNNI), bf16, AMX.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+CPU_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 def cpu_flags() -> list[str]:
@@ -62,11 +83,20 @@ def git_commit() -> str | None:
     """The commit of the checkout this package runs from (``-dirty`` with local changes), or None outside git."""
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -76,8 +106,12 @@ def _gpu_info() -> dict:
     """Name, driver, memory and clocks of each GPU (nvidia-smi), CUDA and cuDNN versions; empty without a GPU."""
     query = "name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
     try:
-        gpu = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        gpu = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     if gpu.returncode != 0:
@@ -86,15 +120,24 @@ def _gpu_info() -> dict:
     try:  # the CUDA/cuDNN that ONNX Runtime was built against, and the pip packages it loads
         import onnxruntime as ort
 
-        build = ort.capi._pybind_state.get_build_info() if hasattr(ort.capi._pybind_state, "get_build_info") else None
+        build = (
+            ort.capi._pybind_state.get_build_info()
+            if hasattr(ort.capi._pybind_state, "get_build_info")
+            else None
+        )
         if build:
             out["onnxruntime_build"] = build
     except ImportError:
         pass
     import importlib.metadata as md
 
-    for dist in ("nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime", "nvidia-cudnn-cu12", "nvidia-cudnn-cu13",
-                 "nvidia-cudnn"):
+    for dist in (
+        "nvidia-cuda-runtime-cu12",
+        "nvidia-cuda-runtime",
+        "nvidia-cudnn-cu12",
+        "nvidia-cudnn-cu13",
+        "nvidia-cudnn",
+    ):
         try:
             out.setdefault("cuda_packages", {})[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -112,8 +155,13 @@ def machine_info() -> dict:
     """CPU (model, flags), GPU (name, clocks, CUDA/cuDNN), OS, package versions and the git commit."""
     import importlib.metadata as md
 
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "cpu_flags": cpu_flags(), "git_commit": git_commit()}
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "git_commit": git_commit(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -123,8 +171,19 @@ def machine_info() -> dict:
         pass
     info.update(_gpu_info())
     versions = {}
-    for dist in ("unet-onnx", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "keras", "tf2onnx",
-                 "torch", "openvino", "opencv-python-headless"):
+    for dist in (
+        "unet-onnx",
+        "numpy",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorflow",
+        "keras",
+        "tf2onnx",
+        "torch",
+        "openvino",
+        "opencv-python-headless",
+    ):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -150,23 +209,34 @@ def machine_line(machine: dict) -> str:
 def run_meta(prog: str, argv=None, **extra) -> dict:
     """What every results file records first: the exact command, the UTC date, the machine (:func:`machine_info`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return {"command": f"{prog} " + " ".join(shlex.quote(a) for a in argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(), **extra}
+    return {
+        "command": f"{prog} " + " ".join(shlex.quote(a) for a in argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        **extra,
+    }
 
 
 def header_lines(title: str, meta: dict, *, partial: str | None = None) -> list[str]:
     """The Markdown header of a results file: title and machine, command, date, versions, commit, a blank line."""
     machine = meta["machine"]
-    return [f"# {title}: {machine_line(machine)}", "",
-            f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ", *([partial] if partial else []),
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items()) + "  ",
-            f"Commit: {machine.get('git_commit') or 'not a git checkout'}", ""]
+    return [
+        f"# {title}: {machine_line(machine)}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        *([partial] if partial else []),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items()) + "  ",
+        f"Commit: {machine.get('git_commit') or 'not a git checkout'}",
+        "",
+    ]
 
 
 def save_results(prefix: Path, data: dict, table: str) -> None:
     """PREFIX.json (``data``, every raw figure) and PREFIX.md (``table``), each atomically; prints the table."""
-    write_text_atomic(Path(prefix).with_suffix(".json"), json.dumps(data, indent=1, default=str) + "\n")
+    write_text_atomic(
+        Path(prefix).with_suffix(".json"), json.dumps(data, indent=1, default=str) + "\n"
+    )
     write_text_atomic(Path(prefix).with_suffix(".md"), table)
     print(table)
 
@@ -191,12 +261,15 @@ class Results:
 
     def __init__(self, prefix: Path, meta: dict):
         self.prefix, self.meta, self.rows = prefix, meta, []
-        # Folders the first write will create (nearest first): discard() removes them again if they stay empty.
+        # Folders the first write will create (nearest first): discard() removes them again if they
+        # stay empty.
         self._new_folders = new_folders(prefix)
 
     def add(self, row) -> None:
         """Record one finished row and rewrite the files (OSError if they cannot be written)."""
-        if not self.rows:  # a plot left by an earlier run with this prefix would pass for this run's
+        if (
+            not self.rows
+        ):  # a plot left by an earlier run with this prefix would pass for this run's
             self.prefix.with_suffix(".png").unlink(missing_ok=True)
         self.rows.append(row)
         self._write(complete=False)
@@ -234,9 +307,16 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         if baseline and r.name == baseline:
             base[(r.size, r.batch)] = r.device["median_ms"]
     lines = [
-        *header_lines("bench-unet", meta, partial=None if meta.get("complete", True) else (
-            f"**Partial run: {len(rows)} rows so far.** The process has not finished (still running, or cut short); "
-            "the rows below are complete measurements.  ")),
+        *header_lines(
+            "bench-unet",
+            meta,
+            partial=None
+            if meta.get("complete", True)
+            else (
+                f"**Partial run: {len(rows)} rows so far.** The process has not finished (still running, or cut short); "
+                "the rows below are complete measurements.  "
+            ),
+        ),
         "device = the session (or model call) alone on a prepared input (IO binding, device buffers on GPU); "
         "host = uint8 images in, masks out (pre/post-processing and copies included); pre/post = the runtime's "
         "own processing alone, share = of the device time. Medians of n timed runs "
@@ -249,15 +329,23 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
     ]
     for r in rows:
         d, h = r.device, r.host
-        over = f"{r.overhead['pre_post_ms']:.2f} ({r.overhead['share_of_session']:.1%})" if r.overhead else ""
+        over = (
+            f"{r.overhead['pre_post_ms']:.2f} ({r.overhead['share_of_session']:.1%})"
+            if r.overhead
+            else ""
+        )
         b = base.get((r.size, r.batch))
         speed = f"{b / d['median_ms']:.2f}x" if b else ""
         num = r.numerics or {}
         agree = ""
         images = f", {num['agreement_images']} img" if num.get("agreement_images") else ""
         if num.get("confident_agreement") is not None:
-            agree = f"{num['confident_agreement'] * 100:.2f}% ({num['confident_pixels']:,} px{images})"
-        elif num.get("mask_agreement") is not None:  # no confident pixel: say so, with the all-pixel figure
+            agree = (
+                f"{num['confident_agreement'] * 100:.2f}% ({num['confident_pixels']:,} px{images})"
+            )
+        elif (
+            num.get("mask_agreement") is not None
+        ):  # no confident pixel: say so, with the all-pixel figure
             agree = f"{num['mask_agreement'] * 100:.2f}% of all (0 confident{images})"
         labels = f"{num['pixel_accuracy']:.4f} / {num['mean_iou']:.4f}" if "mean_iou" in num else ""
         lines.append(
@@ -268,9 +356,11 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         )
     notes = [f"- {r.name}: {r.note}" for r in rows if r.note]
     if any((r.numerics or {}).get("confident_pixels") == 0 for r in rows):
-        notes.append("- '0 confident': the reference has no pixel with a top-1/top-2 margin >= 0.05 (untrained "
-                     "weights give a flat softmax), so agreement is over all pixels, where near-ties flip freely; "
-                     "pass --weights with a trained model (bench-unet fixture) for a meaningful figure")
+        notes.append(
+            "- '0 confident': the reference has no pixel with a top-1/top-2 margin >= 0.05 (untrained "
+            "weights give a flat softmax), so agreement is over all pixels, where near-ties flip freely; "
+            "pass --weights with a trained model (bench-unet fixture) for a meaningful figure"
+        )
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"
@@ -285,7 +375,11 @@ def plot(path: Path, rows) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
     data = [[t * 1e3 / r.batch for t in r.raw_device_s] for r in rows]
-    ax.boxplot(data, orientation="horizontal", tick_labels=[f"{r.name} b{r.batch} {r.size}px" for r in rows])
+    ax.boxplot(
+        data,
+        orientation="horizontal",
+        tick_labels=[f"{r.name} b{r.batch} {r.size}px" for r in rows],
+    )
     ax.set_xscale("log")
     ax.set_xlabel("ms per image (device-resident), log scale")
     ax.set_title("bench-unet latency distributions")

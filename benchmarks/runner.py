@@ -49,8 +49,12 @@ def _gpu_mem_mb() -> float | None:
     import subprocess
 
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     for line in out.splitlines():
@@ -60,8 +64,14 @@ def _gpu_mem_mb() -> float | None:
     return None
 
 
-def agreement(ref_probs: list, masks: list, head: str = "argmax", labels: list | None = None,
-              probs: list | None = None, margin: float = 0.05) -> dict:
+def agreement(
+    ref_probs: list,
+    masks: list,
+    head: str = "argmax",
+    labels: list | None = None,
+    probs: list | None = None,
+    margin: float = 0.05,
+) -> dict:
     """A row's masks (and probabilities) against the fp32 reference, over every benchmark image; and the labels.
 
     ``ref_probs``: per image ``(H, W, C)`` fp32 reference probabilities;
@@ -71,20 +81,40 @@ def agreement(ref_probs: list, masks: list, head: str = "argmax", labels: list |
     """
     from unet_runtime.metrics import compare, label_scores, mask_agreement
 
-    ref = np.stack(ref_probs[:len(masks)])
+    ref = np.stack(ref_probs[: len(masks)])
     agree = mask_agreement(ref, np.stack(masks), margin)
-    res = {"agreement_images": len(masks), "pixels": agree["pixels"], "mask_agreement": agree["agreement"],
-           "confident_pixels": agree["confident_pixels"], "confident_agreement": agree["confident_agreement"]}
+    res = {
+        "agreement_images": len(masks),
+        "pixels": agree["pixels"],
+        "mask_agreement": agree["agreement"],
+        "confident_pixels": agree["confident_pixels"],
+        "confident_agreement": agree["confident_agreement"],
+    }
     if probs is not None:
         res["rel_l2"] = compare(ref, np.stack(probs))["rel_l2"]
     if labels is not None:
-        res.update(label_scores(labels[:len(masks)], masks, ref.shape[-1]))
+        res.update(label_scores(labels[: len(masks)], masks, ref.shape[-1]))
     return res
 
 
-def bench_ort(model_path, *, provider: str, config, head: str, precision: str, size: int, batch: int,
-              images: list, ref_probs: list | None, warmup: int, iters: int, flops: int | None,
-              name: str | None = None, progress=None, labels: list | None = None) -> Row:
+def bench_ort(
+    model_path,
+    *,
+    provider: str,
+    config,
+    head: str,
+    precision: str,
+    size: int,
+    batch: int,
+    images: list,
+    ref_probs: list | None,
+    warmup: int,
+    iters: int,
+    flops: int | None,
+    name: str | None = None,
+    progress=None,
+    labels: list | None = None,
+) -> Row:
     """Time one ONNX Runtime configuration through :class:`unet_runtime.Segmenter`.
 
     device: the session alone on a prepared input (IO binding with
@@ -99,11 +129,21 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
     t0 = time.perf_counter()
     seg = Segmenter(model_path, providers=[provider], config=config, strict=True)
     setup = time.perf_counter() - t0
-    row = Row(name=name or f"ort {provider} {precision} {head}", engine="onnxruntime", provider=provider,
-              precision=precision, head=head, size=size, batch=batch, setup_s=setup,
-              options={k: v for k, v in vars(config).items() if k not in ("extra",)})
+    row = Row(
+        name=name or f"ort {provider} {precision} {head}",
+        engine="onnxruntime",
+        provider=provider,
+        precision=precision,
+        head=head,
+        size=size,
+        batch=batch,
+        setup_s=setup,
+        options={k: v for k, v in vars(config).items() if k not in ("extra",)},
+    )
     info = seg.info
-    call = seg.bind(seg.prepare(images[:batch]))  # device-resident input (IO binding) on CUDA/TensorRT
+    call = seg.bind(
+        seg.prepare(images[:batch])
+    )  # device-resident input (IO binding) on CUDA/TensorRT
     on_gpu = provider != "cpu"
 
     def fetch():
@@ -121,7 +161,7 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
         # Every benchmark image, in batches of the row's batch size, through the same session.
         masks, probs = [], []
         for first in range(0, len(ref_probs), batch):
-            chunk = images[first:first + batch]
+            chunk = images[first : first + batch]
             out = seg.run(seg.prepare(chunk))
             if head == "argmax":
                 masks += list(out)
@@ -130,22 +170,36 @@ def bench_ort(model_path, *, provider: str, config, head: str, precision: str, s
             out = im.softmax(out) if head == "logits" else out
             probs += list(out)
             masks += [p.argmax(-1) for p in out]
-        row.numerics = agreement(ref_probs, masks, head, labels, probs if head != "argmax" else None)
+        row.numerics = agreement(
+            ref_probs, masks, head, labels, probs if head != "argmax" else None
+        )
     if on_gpu:
-        # The host path goes through Segmenter.predict: same buffers, plus copies and pre/post-processing.
-        row.raw_host_s = time_calls(lambda: seg.predict(images[:batch]), warmup=max(2, warmup // 2),
-                                    iters=iters, on_iter=progress)
+        # The host path goes through Segmenter.predict: same buffers, plus copies and
+        # pre/post-processing.
+        row.raw_host_s = time_calls(
+            lambda: seg.predict(images[:batch]),
+            warmup=max(2, warmup // 2),
+            iters=iters,
+            on_iter=progress,
+        )
         row.host = summarize(row.raw_host_s, batch, flops)
     else:
-        row.raw_host_s = time_calls(lambda: seg.predict(images[:batch]), warmup=1, iters=max(3, iters // 3),
-                                    on_iter=progress)
+        row.raw_host_s = time_calls(
+            lambda: seg.predict(images[:batch]),
+            warmup=1,
+            iters=max(3, iters // 3),
+            on_iter=progress,
+        )
         row.host = summarize(row.raw_host_s, batch, flops)
     # The runtime's own pre/post-processing, measured directly: the same
     # Pipeline.predict with the inference replaced by the cached output
     # (host minus device medians would mix in run-to-run noise).
     cached = fetch()
-    pre_post = time_calls(lambda: seg.pipeline.predict(images[:batch], lambda _x: cached), warmup=1,
-                          iters=max(5, iters))
+    pre_post = time_calls(
+        lambda: seg.pipeline.predict(images[:batch], lambda _x: cached),
+        warmup=1,
+        iters=max(5, iters),
+    )
     med = float(np.median(pre_post)) * 1e3
     row.overhead = {"pre_post_ms": med, "share_of_session": med / row.device["median_ms"]}
     row.peak_rss_mb = _peak_rss_mb()

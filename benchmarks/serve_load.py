@@ -42,9 +42,25 @@ def _free_ports(n: int) -> list[int]:
 def _start(model: Path, max_batch: int, providers: str, log: Path):
     http, grpc = _free_ports(2)
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "unet_runtime.cli", "serve", str(model), "--http-port", str(http),
-                                 "--grpc-port", str(grpc), "--max-batch-size", str(max_batch), "--providers", providers],
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "unet_runtime.cli",
+                "serve",
+                str(model),
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc),
+                "--max-batch-size",
+                str(max_batch),
+                "--providers",
+                providers,
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -58,8 +74,16 @@ def _start(model: Path, max_batch: int, providers: str, log: Path):
     raise RuntimeError("the server did not become ready:\n" + log.read_text()[-2000:])
 
 
-def load_test(model: Path, *, clients: int, requests: int, batch: int, protocol: str, providers: str = "cpu",
-              seed: int = 0) -> dict:
+def load_test(
+    model: Path,
+    *,
+    clients: int,
+    requests: int,
+    batch: int,
+    protocol: str,
+    providers: str = "cpu",
+    seed: int = 0,
+) -> dict:
     """Run the load test (see the module doc); returns the figures and every latency."""
     from unet_runtime import Segmenter
     from unet_runtime.triton_client import TritonSegmenter
@@ -72,6 +96,7 @@ def load_test(model: Path, *, clients: int, requests: int, batch: int, protocol:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         proc, urls = _start(model, batch, providers, Path(tmp) / "server.log")
         try:
+
             def client(i: int) -> tuple[list[float], int]:
                 times, wrong = [], 0
                 proto = protocol if protocol != "both" else ("http" if i % 2 else "grpc")
@@ -81,7 +106,10 @@ def load_test(model: Path, *, clients: int, requests: int, batch: int, protocol:
                         t0 = time.perf_counter()
                         masks = c.predict([images[j] for j in idx])
                         times.append(time.perf_counter() - t0)
-                        wrong += sum(not np.array_equal(m, expected[j]) for m, j in zip(masks, idx, strict=True))
+                        wrong += sum(
+                            not np.array_equal(m, expected[j])
+                            for m, j in zip(masks, idx, strict=True)
+                        )
                 return times, wrong
 
             t0 = time.perf_counter()
@@ -93,13 +121,23 @@ def load_test(model: Path, *, clients: int, requests: int, batch: int, protocol:
             code = proc.wait(timeout=60)
     latencies = np.concatenate([np.asarray(t) for t, _ in results]) * 1e3
     return {
-        "model": str(model), "size": list(size), "clients": clients, "requests_per_client": requests, "batch": batch,
-        "protocol": protocol, "providers": providers, "wall_s": round(wall, 2),
-        "requests": len(latencies), "images": len(latencies) * batch,
+        "model": str(model),
+        "size": list(size),
+        "clients": clients,
+        "requests_per_client": requests,
+        "batch": batch,
+        "protocol": protocol,
+        "providers": providers,
+        "wall_s": round(wall, 2),
+        "requests": len(latencies),
+        "images": len(latencies) * batch,
         "images_per_s": len(latencies) * batch / wall,
-        "p50_ms": float(np.percentile(latencies, 50)), "p90_ms": float(np.percentile(latencies, 90)),
-        "p99_ms": float(np.percentile(latencies, 99)), "mean_ms": float(latencies.mean()),
-        "wrong_masks": sum(w for _, w in results), "server_exit_code": code,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p90_ms": float(np.percentile(latencies, 90)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "mean_ms": float(latencies.mean()),
+        "wrong_masks": sum(w for _, w in results),
+        "server_exit_code": code,
         "latencies_ms": [round(v, 3) for v in latencies.tolist()],
     }
 
@@ -107,35 +145,65 @@ def load_test(model: Path, *, clients: int, requests: int, batch: int, protocol:
 def main(argv: list[str] | None = None, prog: str = "bench-unet serve") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--model", type=Path, required=True, help="the .onnx model to serve")
-    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
+    p.add_argument(
+        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
+    )
     p.add_argument("--clients", type=int, default=8, help="concurrent clients")
     p.add_argument("--requests", type=int, default=20, help="requests per client")
-    p.add_argument("--batch", type=int, default=1, help="images per request (also the server's --max-batch-size)")
-    p.add_argument("--protocol", choices=("http", "grpc", "both"), default="both", help="both: half the clients each")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="images per request (also the server's --max-batch-size)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("http", "grpc", "both"),
+        default="both",
+        help="both: half the clients each",
+    )
     p.add_argument("--providers", default="cpu", help="the server's providers")
     args = p.parse_args(argv)
     from .report import header_lines, out_prefix_problem, run_meta, save_results
 
-    problem = out_prefix_problem(args.out) or (None if args.model.is_file() else f"--model {str(args.model)!r} is not a file")
+    problem = out_prefix_problem(args.out) or (
+        None if args.model.is_file() else f"--model {str(args.model)!r} is not a file"
+    )
     if problem or min(args.clients, args.requests, args.batch) < 1:
-        print(f"{prog}: error: {problem or '--clients, --requests and --batch must be >= 1'}", file=sys.stderr)
+        print(
+            f"{prog}: error: {problem or '--clients, --requests and --batch must be >= 1'}",
+            file=sys.stderr,
+        )
         return 1
     meta = run_meta(prog, argv)
-    r = load_test(args.model, clients=args.clients, requests=args.requests, batch=args.batch, protocol=args.protocol,
-                  providers=args.providers)
-    table = "\n".join([
-        *header_lines("bench-unet serve", meta),
-        "segment-unet serve (KServe's Open Inference Protocol server) on the loopback interface, clients in the same "
-        "machine (they share its cores); latency per request as a client sees it (pre-processing, request, "
-        "post-processing).", "",
-        "| model | size | server | clients x requests | batch | protocol | images/s | p50 ms | p90 ms | p99 ms | "
-        "wrong masks | exit code |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {Path(r['model']).name} | {r['size'][0]}x{r['size'][1]} | {r['providers']} | {r['clients']} x "
-        f"{r['requests_per_client']} | {r['batch']} | {r['protocol']} | {r['images_per_s']:.2f} | {r['p50_ms']:.1f} | "
-        f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['wrong_masks']} | {r['server_exit_code']} |", ""])
+    r = load_test(
+        args.model,
+        clients=args.clients,
+        requests=args.requests,
+        batch=args.batch,
+        protocol=args.protocol,
+        providers=args.providers,
+    )
+    table = "\n".join(
+        [
+            *header_lines("bench-unet serve", meta),
+            "segment-unet serve (KServe's Open Inference Protocol server) on the loopback interface, clients in the same "
+            "machine (they share its cores); latency per request as a client sees it (pre-processing, request, "
+            "post-processing).",
+            "",
+            "| model | size | server | clients x requests | batch | protocol | images/s | p50 ms | p90 ms | p99 ms | "
+            "wrong masks | exit code |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| {Path(r['model']).name} | {r['size'][0]}x{r['size'][1]} | {r['providers']} | {r['clients']} x "
+            f"{r['requests_per_client']} | {r['batch']} | {r['protocol']} | {r['images_per_s']:.2f} | {r['p50_ms']:.1f} | "
+            f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['wrong_masks']} | {r['server_exit_code']} |",
+            "",
+        ]
+    )
     save_results(args.out, {**meta, **r}, table)
     return 0 if r["wrong_masks"] == 0 and r["server_exit_code"] == 0 else 1
 

@@ -10,8 +10,14 @@ import numpy as np
 __all__ = ["time_calls", "summarize"]
 
 
-def time_calls(fn: Callable[[], object], *, warmup: int, iters: int, sync: Callable[[], None] | None = None,
-               on_iter: Callable[[], None] | None = None) -> list[float]:
+def time_calls(
+    fn: Callable[[], object],
+    *,
+    warmup: int,
+    iters: int,
+    sync: Callable[[], None] | None = None,
+    on_iter: Callable[[], None] | None = None,
+) -> list[float]:
     """Call ``fn`` ``warmup`` times untimed, then ``iters`` times; return seconds per call.
 
     ``sync`` (e.g. a device synchronize) runs inside the timed region, after
@@ -33,7 +39,9 @@ def time_calls(fn: Callable[[], object], *, warmup: int, iters: int, sync: Calla
     return out
 
 
-def summarize(seconds: list[float], images_per_call: int, flops_per_call: int | None = None) -> dict:
+def summarize(
+    seconds: list[float], images_per_call: int, flops_per_call: int | None = None
+) -> dict:
     """median, p90, p99, mean, min (ms), images/s and effective TFLOP/s."""
     ms = np.asarray(seconds) * 1e3
     med = float(np.median(ms))

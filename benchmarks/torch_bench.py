@@ -19,7 +19,9 @@ __all__ = ["torch_rows", "torch_twin", "compile_max_autotune", "torch_missing"]
 def torch_missing() -> str | None:
     """The error for a PyTorch request when torch is not installed; None when it is."""
     if importlib.util.find_spec("torch") is None:
-        return "--torch needs PyTorch (pip install torch); it is an optional peer, never a dependency"
+        return (
+            "--torch needs PyTorch (pip install torch); it is an optional peer, never a dependency"
+        )
     return None
 
 
@@ -35,7 +37,9 @@ def torch_twin(model_path, images, device: str, fold: bool = False):
     from .peers import torch_from_onnx
 
     dtype = "fp16" if device == "cuda" else "fp32"
-    net = torch_from_onnx(onnx.load(str(model_path)), dtype, channels_last=True, device=device, fold=fold)
+    net = torch_from_onnx(
+        onnx.load(str(model_path)), dtype, channels_last=True, device=device, fold=fold
+    )
     return net, _as_input(images, device, dtype), dtype
 
 
@@ -50,9 +54,21 @@ def compile_max_autotune(net):
     return torch.compile(net, mode="max-autotune", dynamic=False)
 
 
-def torch_rows(*, ref_model_path, images, size: int, batch: int, flops: int, warmup: int, iters: int,
-               ref_probs, labels=None, compile_too: bool = False, fold: bool = False,
-               device: str = "cuda") -> Iterator[Row]:
+def torch_rows(
+    *,
+    ref_model_path,
+    images,
+    size: int,
+    batch: int,
+    flops: int,
+    warmup: int,
+    iters: int,
+    ref_probs,
+    labels=None,
+    compile_too: bool = False,
+    fold: bool = False,
+    device: str = "cuda",
+) -> Iterator[Row]:
     """Rows for the PyTorch twin: eager, compiled with ``compile_too``, and the folded twin with ``fold``.
 
     Every row runs with ``torch.backends.cudnn.benchmark`` on (cuDNN times
@@ -79,21 +95,35 @@ def torch_rows(*, ref_model_path, images, size: int, batch: int, flops: int, war
             if sync:
                 sync()
             setup = time.perf_counter() - t0
-            raw = time_calls(lambda fn=fn, x=x: fn(x, "argmax"), warmup=warmup, iters=iters, sync=sync)
-            # Every image, in batches of the timed shape (another shape would recompile); each output copied out
-            # at once: max-autotune replays CUDA graphs, which reuse their output buffers on the next call.
+            raw = time_calls(
+                lambda fn=fn, x=x: fn(x, "argmax"), warmup=warmup, iters=iters, sync=sync
+            )
+            # Every image, in batches of the timed shape (another shape would recompile); each
+            # output copied out
+            # at once: max-autotune replays CUDA graphs, which reuse their output buffers on the
+            # next call.
             masks = []
             for first in range(0, len(ref_probs), batch):
-                chunk = list(images[first:first + batch])
+                chunk = list(images[first : first + batch])
                 chunk += [chunk[-1]] * (batch - len(chunk))
                 out = fn(_as_input(chunk, device, dtype), "argmax").cpu().numpy()
-                masks += list(out[:min(batch, len(ref_probs) - first)])
-        yield Row(name=name, engine="torch", provider=device, precision=dtype, head="argmax", size=size, batch=batch,
-                  setup_s=setup, raw_device_s=raw, device=summarize(raw, batch, flops),
-                  numerics=agreement(ref_probs, masks, "argmax", labels),
-                  peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-                  note=f"torch {torch.__version__}, cudnn.benchmark on, argmax mask out, "
-                       + ("device-resident input" if device == "cuda" else "input tensor made before timing"))
+                masks += list(out[: min(batch, len(ref_probs) - first)])
+        yield Row(
+            name=name,
+            engine="torch",
+            provider=device,
+            precision=dtype,
+            head="argmax",
+            size=size,
+            batch=batch,
+            setup_s=setup,
+            raw_device_s=raw,
+            device=summarize(raw, batch, flops),
+            numerics=agreement(ref_probs, masks, "argmax", labels),
+            peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+            note=f"torch {torch.__version__}, cudnn.benchmark on, argmax mask out, "
+            + ("device-resident input" if device == "cuda" else "input tensor made before timing"),
+        )
 
 
 def _as_input(images, device: str, dtype: str):

@@ -33,8 +33,10 @@ class StepUsage:
 
     def as_dict(self) -> dict:
         """``{"seconds", "peak_rss_mb"}`` for the report."""
-        return {"seconds": round(self.seconds, 3),
-                "peak_rss_mb": None if self.peak_rss_mb is None else round(self.peak_rss_mb, 1)}
+        return {
+            "seconds": round(self.seconds, 3),
+            "peak_rss_mb": None if self.peak_rss_mb is None else round(self.peak_rss_mb, 1),
+        }
 
 
 def current_rss_mb() -> float | None:

@@ -17,8 +17,15 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["image_files", "load_images", "synthetic_images", "held_out_count", "MIN_CALIBRATION_IMAGES", "HELD_OUT_MIN",
-           "IMAGE_SUFFIXES"]
+__all__ = [
+    "image_files",
+    "load_images",
+    "synthetic_images",
+    "held_out_count",
+    "MIN_CALIBRATION_IMAGES",
+    "HELD_OUT_MIN",
+    "IMAGE_SUFFIXES",
+]
 
 #: Fewer images give activation ranges set by a handful of frames; 8 is the
 #: floor (the issue asks for a stated minimum), 32+ is recommended.
@@ -28,8 +35,9 @@ HELD_OUT_MIN = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def image_files(folder: str | Path, *, minimum: int = MIN_CALIBRATION_IMAGES,
-                flag: str = "--calibration-images") -> list[Path]:
+def image_files(
+    folder: str | Path, *, minimum: int = MIN_CALIBRATION_IMAGES, flag: str = "--calibration-images"
+) -> list[Path]:
     """The image files of ``folder`` (sorted), at least ``minimum`` of them.
 
     Raises:
@@ -37,12 +45,19 @@ def image_files(folder: str | Path, *, minimum: int = MIN_CALIBRATION_IMAGES,
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConfigError(f"{flag} {str(folder)!r} is not a folder; give a folder of PNG/JPEG images")
+        raise ConfigError(
+            f"{flag} {str(folder)!r} is not a folder; give a folder of PNG/JPEG images"
+        )
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < minimum:
-        need = (f"INT8 calibration needs at least {minimum} (32 or more recommended)" if minimum > 1
-                else "give at least one")
-        raise ConfigError(f"{flag} {str(folder)!r} has {len(files)} images ({', '.join(IMAGE_SUFFIXES)}); {need}")
+        need = (
+            f"INT8 calibration needs at least {minimum} (32 or more recommended)"
+            if minimum > 1
+            else "give at least one"
+        )
+        raise ConfigError(
+            f"{flag} {str(folder)!r} has {len(files)} images ({', '.join(IMAGE_SUFFIXES)}); {need}"
+        )
     return files
 
 
@@ -69,7 +84,9 @@ def load_images(source, height: int, width: int) -> list[np.ndarray]:
             with Image.open(path) as img:
                 rgb = np.asarray(img.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ConfigError(f"image {str(path)!r} cannot be read ({type(exc).__name__}); remove or replace it") from exc
+            raise ConfigError(
+                f"image {str(path)!r} cannot be read ({type(exc).__name__}); remove or replace it"
+            ) from exc
         out.append(resize_image(rgb, height, width))
     return out
 
@@ -87,7 +104,10 @@ def synthetic_images(count: int, height: int, width: int, seed: int) -> list[np.
     for _ in range(count):
         # Smooth background: a random colour gradient plus low-amplitude noise.
         c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        t = ((xx / max(width - 1, 1)) * rng.uniform(0, 1) + (yy / max(height - 1, 1)) * rng.uniform(0, 1))[..., None] / 2
+        t = (
+            (xx / max(width - 1, 1)) * rng.uniform(0, 1)
+            + (yy / max(height - 1, 1)) * rng.uniform(0, 1)
+        )[..., None] / 2
         img = c0 * (1 - t) + c1 * t + rng.normal(0, 6, (height, width, 3))
         for _ in range(rng.integers(2, 7)):
             colour = rng.uniform(0, 255, 3)

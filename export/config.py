@@ -63,7 +63,9 @@ class ExportConfig:
 
     def fold_form(self) -> str:
         """The fold this export applies: ``fold_upsample``, with ``auto`` resolved by precision (fold.auto_fold_form)."""
-        return auto_fold_form(self.precision) if self.fold_upsample == "auto" else self.fold_upsample
+        return (
+            auto_fold_form(self.precision) if self.fold_upsample == "auto" else self.fold_upsample
+        )
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -86,57 +88,108 @@ class ExportConfig:
             return replace(self, opset=DEFAULT_OPSET).resolved(keras_model)
         if keras_model is not None:
             if self.weights or self.encoder_weights:
-                raise ConfigError("keras_model= and a weights file were both given; pass one source of weights "
-                                  "(drop config.weights / config.encoder_weights, or keras_model)")
-            shape = getattr(keras_model, "output_shape", None)  # not a Keras model: copy_weights says so later
-            stored = shape[-1] if isinstance(shape, tuple) and shape and isinstance(shape[-1], int) else None
-            source, flag, fix = "keras_model", "num_classes", "num_classes={n}, or leave it None to use the model's"
+                raise ConfigError(
+                    "keras_model= and a weights file were both given; pass one source of weights "
+                    "(drop config.weights / config.encoder_weights, or keras_model)"
+                )
+            shape = getattr(
+                keras_model, "output_shape", None
+            )  # not a Keras model: copy_weights says so later
+            stored = (
+                shape[-1]
+                if isinstance(shape, tuple) and shape and isinstance(shape[-1], int)
+                else None
+            )
+            source, flag, fix = (
+                "keras_model",
+                "num_classes",
+                "num_classes={n}, or leave it None to use the model's",
+            )
         else:
-            stored = stored_num_classes(self.weights) if self.weights and Path(self.weights).is_file() else None
-            source, flag, fix = repr(self.weights), "--num-classes", "--num-classes {n}, or leave it out to use the file's"
+            stored = (
+                stored_num_classes(self.weights)
+                if self.weights and Path(self.weights).is_file()
+                else None
+            )
+            source, flag, fix = (
+                repr(self.weights),
+                "--num-classes",
+                "--num-classes {n}, or leave it out to use the file's",
+            )
         if self.num_classes is None:
             return replace(self, num_classes=stored or 21)
         if stored is not None and stored != self.num_classes:
-            raise ConfigError(f"{flag} {self.num_classes} does not match {source}, whose head has {stored} classes; "
-                              f"pass {fix.format(n=stored)}")
+            raise ConfigError(
+                f"{flag} {self.num_classes} does not match {source}, whose head has {stored} classes; "
+                f"pass {fix.format(n=stored)}"
+            )
         return self
 
     def validate(self) -> None:
         """Check every value before any slow work starts (raises ConfigError)."""
         if not self.dynamic_size:
             validate_spatial_size(*self.input_size)
-        for name, value, allowed in (("--layout", self.layout, LAYOUTS), ("--head", self.head, HEADS),
-                                     ("--precision", self.precision, PRECISIONS),
-                                     ("--fold-upsample", self.fold_upsample, FOLD_CHOICES),
-                                     ("--input-dtype", self.input_dtype, INPUT_DTYPES),
-                                     ("--calibration-method", self.calibration_method, CALIBRATION_METHODS)):
+        for name, value, allowed in (
+            ("--layout", self.layout, LAYOUTS),
+            ("--head", self.head, HEADS),
+            ("--precision", self.precision, PRECISIONS),
+            ("--fold-upsample", self.fold_upsample, FOLD_CHOICES),
+            ("--input-dtype", self.input_dtype, INPUT_DTYPES),
+            ("--calibration-method", self.calibration_method, CALIBRATION_METHODS),
+        ):
             if value not in allowed:
-                raise ConfigError(f"{name} {value!r} is not supported; choose one of {', '.join(allowed)}")
+                raise ConfigError(
+                    f"{name} {value!r} is not supported; choose one of {', '.join(allowed)}"
+                )
         # None is settled by resolved() (export_model calls it); every other value must be a count.
         classes = self.num_classes
-        if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
-            raise ConfigError(f"--num-classes {classes!r} must be an integer >= 1 (21 for Pascal VOC)")
+        if classes is not None and (
+            isinstance(classes, bool) or not isinstance(classes, int) or classes < 1
+        ):
+            raise ConfigError(
+                f"--num-classes {classes!r} must be an integer >= 1 (21 for Pascal VOC)"
+            )
         if self.head == "argmax" and (classes or 0) > 256:
-            raise ConfigError(f"--head argmax writes a uint8 mask, which holds at most 256 classes, not {self.num_classes}; use --head logits")
+            raise ConfigError(
+                f"--head argmax writes a uint8 mask, which holds at most 256 classes, not {self.num_classes}; use --head logits"
+            )
         if self.pad_channels and self.precision == "int8":
-            raise ConfigError("--pad-channels aligns channels for GPU tensor cores; an int8 model runs on the CPU, "
-                              "where it only adds work: drop --pad-channels or use --precision fp16")
+            raise ConfigError(
+                "--pad-channels aligns channels for GPU tensor cores; an int8 model runs on the CPU, "
+                "where it only adds work: drop --pad-channels or use --precision fp16"
+            )
         if self.precision != "int8" and self.calibration_images:
-            raise ConfigError("--calibration-images is only used with --precision int8; add --precision int8 or drop it")
+            raise ConfigError(
+                "--calibration-images is only used with --precision int8; add --precision int8 or drop it"
+            )
         if self.precision == "int8" and self.calibration_count < MIN_CALIBRATION_IMAGES:
-            raise ConfigError(f"--calibration-count {self.calibration_count} is too small; INT8 calibration needs at least {MIN_CALIBRATION_IMAGES}")
+            raise ConfigError(
+                f"--calibration-count {self.calibration_count} is too small; INT8 calibration needs at least {MIN_CALIBRATION_IMAGES}"
+            )
         if self.opset is not None and not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise ConfigError(f"--opset {self.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
-        if self.class_names is not None and classes is not None and len(self.class_names) != classes:
+            raise ConfigError(
+                f"--opset {self.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})"
+            )
+        if (
+            self.class_names is not None
+            and classes is not None
+            and len(self.class_names) != classes
+        ):
             raise ConfigError(
                 f"{len(self.class_names)} class names for --num-classes {self.num_classes}; give one name per line, one per class"
             )
         if self.resize_in_graph:
             if self.dynamic_size:
-                raise ConfigError("--resize-in-graph resizes frames to the network's size: give --input-size H W "
-                                  "instead of --dynamic-size")
+                raise ConfigError(
+                    "--resize-in-graph resizes frames to the network's size: give --input-size H W "
+                    "instead of --dynamic-size"
+                )
             if self.input_dtype != "uint8" or self.layout != "nhwc":
-                raise ConfigError(f"--resize-in-graph takes raw uint8 RGB frames (N, H, W, 3): use --input-dtype uint8 "
-                                  f"--layout nhwc, not {self.input_dtype} {self.layout}")
+                raise ConfigError(
+                    f"--resize-in-graph takes raw uint8 RGB frames (N, H, W, 3): use --input-dtype uint8 "
+                    f"--layout nhwc, not {self.input_dtype} {self.layout}"
+                )
         if any(s == 0 for s in self.std) or len(self.std) != 3 or len(self.mean) != 3:
-            raise ConfigError(f"--mean {self.mean} / --std {self.std}: three values each, std non-zero")
+            raise ConfigError(
+                f"--mean {self.mean} / --std {self.std}: three values each, std non-zero"
+            )

@@ -77,7 +77,9 @@ def _twin(model):
             )
 
         def compute_output_shape(self, shape):
-            h, w = (None if d is None else d * s for d, s in zip(shape[1:3], self.size, strict=True))
+            h, w = (
+                None if d is None else d * s for d, s in zip(shape[1:3], self.size, strict=True)
+            )
             return (shape[0], h, w, shape[3])
 
     def swap(layer):
@@ -100,19 +102,32 @@ def _weights_by_twin_order(model, twin) -> tuple[list, list]:
     """``model``'s weight values in the order of ``twin``'s (trainable, non-trainable) variables, matched by path."""
     values = {v.path: v for v in model.variables}
     if len(values) != len(model.variables):
-        raise ConversionError("the Keras model has two variables with the same path; give every layer a unique name")
+        raise ConversionError(
+            "the Keras model has two variables with the same path; give every layer a unique name"
+        )
 
     def pick(variables):
         try:
             return [values[v.path].numpy() for v in variables]
         except KeyError as exc:  # cannot happen for a clone; a guard against a Keras change
-            raise ConversionError(f"variable {exc.args[0]!r} of the converted twin has no counterpart in the model") from exc
+            raise ConversionError(
+                f"variable {exc.args[0]!r} of the converted twin has no counterpart in the model"
+            ) from exc
 
     return pick(twin.trainable_variables), pick(twin.non_trainable_variables)
 
 
-def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bool,
-                  input_dtype: str = "float32", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+def convert_keras(
+    model,
+    *,
+    head: str,
+    layout: str,
+    opset: int,
+    dynamic_size: bool,
+    input_dtype: str = "float32",
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+):
     """Convert the seed's Keras model to an ONNX ``ModelProto`` with tf2onnx, weights included.
 
     Args:
@@ -143,8 +158,10 @@ def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bo
     _, height, width, channels = model.input_shape
     shape = [None, None if dynamic_size else height, None if dynamic_size else width, channels]
     spec = tf.TensorSpec(shape, tf.uint8 if input_dtype == "uint8" else tf.float32, name=INPUT_NAME)
-    weight_specs = [tf.TensorSpec(w.shape, tf.as_dtype(w.dtype), name=_WEIGHT_INPUT.format(i))
-                    for i, w in enumerate(trainable + frozen)]
+    weight_specs = [
+        tf.TensorSpec(w.shape, tf.as_dtype(w.dtype), name=_WEIGHT_INPUT.format(i))
+        for i, w in enumerate(trainable + frozen)
+    ]
     # (x/255 - mean)/std == x * scale + shift: one Mul and one Add in the graph, with the constants
     # the runtime's to_model_input uses for float32-input models (bit-identical inputs either way).
     scale, shift = normalization(mean, std)
@@ -156,7 +173,9 @@ def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bo
             # Constants made inside the function: made outside, tf2onnx would
             # turn them into extra graph inputs (captures).
             x = tf.cast(x, tf.float32) * tf.constant(scale) + tf.constant(shift)
-        logits, _ = twin.stateless_call(list(weights[:n_trainable]), list(weights[n_trainable:]), x, training=False)
+        logits, _ = twin.stateless_call(
+            list(weights[:n_trainable]), list(weights[n_trainable:]), x, training=False
+        )
         if head == "softmax":
             return tf.nn.softmax(logits, axis=-1)
         if head == "argmax":
@@ -171,13 +190,25 @@ def convert_keras(model, *, head: str, layout: str, opset: int, dynamic_size: bo
     out_nchw = None
     if layout == "nchw" and head != "argmax":
         out_nchw = [forward.get_concrete_function().outputs[0].name]
-    log.info("convert: tf2onnx %s, opset %d, head %s, layout %s", tf2onnx.__version__, opset, head, layout)
+    log.info(
+        "convert: tf2onnx %s, opset %d, head %s, layout %s",
+        tf2onnx.__version__,
+        opset,
+        head,
+        layout,
+    )
     try:
         proto, _ = tf2onnx.convert.from_function(
-            forward, input_signature=[spec, *weight_specs], opset=opset, inputs_as_nchw=nchw, outputs_as_nchw=out_nchw
+            forward,
+            input_signature=[spec, *weight_specs],
+            opset=opset,
+            inputs_as_nchw=nchw,
+            outputs_as_nchw=out_nchw,
         )
     except Exception as exc:  # tf2onnx raises bare Exceptions/ValueErrors
-        raise ConversionError(f"tf2onnx failed to convert the model at opset {opset}: {exc}") from exc
+        raise ConversionError(
+            f"tf2onnx failed to convert the model at opset {opset}: {exc}"
+        ) from exc
     paths = [v.path for v in twin.trainable_variables + twin.non_trainable_variables]
     weights = {_WEIGHT_INPUT.format(i): w for i, w in enumerate(trainable + frozen)}
     names = {_WEIGHT_INPUT.format(i): path for i, path in enumerate(paths)}

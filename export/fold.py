@@ -104,23 +104,34 @@ def _is_nearest_2x(node, inits) -> bool:
     if node.op_type != "Resize" or len(node.input) < 3 or node.input[2] not in inits:
         return False
     scales = numpy_helper.to_array(inits[node.input[2]])
-    return (node_attr(node, "mode", b"nearest") == b"nearest"
-            and node_attr(node, "coordinate_transformation_mode", b"half_pixel") == b"asymmetric"
-            and node_attr(node, "nearest_mode", b"round_prefer_floor") == b"floor"
-            and scales.shape == (4,) and np.array_equal(scales, [1, 1, 2, 2]))
+    return (
+        node_attr(node, "mode", b"nearest") == b"nearest"
+        and node_attr(node, "coordinate_transformation_mode", b"half_pixel") == b"asymmetric"
+        and node_attr(node, "nearest_mode", b"round_prefer_floor") == b"floor"
+        and scales.shape == (4,)
+        and np.array_equal(scales, [1, 1, 2, 2])
+    )
 
 
 def _is_plain_3x3(node, inits) -> bool:
-    if node.op_type != "Conv" or node.input[1] not in inits or list(inits[node.input[1]].dims[2:]) != [3, 3]:
+    if (
+        node.op_type != "Conv"
+        or node.input[1] not in inits
+        or list(inits[node.input[1]].dims[2:]) != [3, 3]
+    ):
         return False
     # tf2onnx writes explicit pads for fixed sizes and SAME_UPPER for dynamic ones: for a
     # 3x3 kernel at stride 1 both mean one pixel of zeros on every side.
     auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-    same = (auto_pad == b"NOTSET" and list(node_attr(node, "pads", [0, 0, 0, 0])) == [1, 1, 1, 1]) or (
-        auto_pad in (b"SAME_UPPER", b"SAME_LOWER") and node_attr(node, "pads") is None)
-    return (same and list(node_attr(node, "strides", [1, 1])) == [1, 1]
-            and list(node_attr(node, "dilations", [1, 1])) == [1, 1]
-            and node_attr(node, "group", 1) == 1)
+    same = (
+        auto_pad == b"NOTSET" and list(node_attr(node, "pads", [0, 0, 0, 0])) == [1, 1, 1, 1]
+    ) or (auto_pad in (b"SAME_UPPER", b"SAME_LOWER") and node_attr(node, "pads") is None)
+    return (
+        same
+        and list(node_attr(node, "strides", [1, 1])) == [1, 1]
+        and list(node_attr(node, "dilations", [1, 1])) == [1, 1]
+        and node_attr(node, "group", 1) == 1
+    )
 
 
 def fold_upsample_convs(model, form: str):
@@ -160,11 +171,20 @@ def fold_upsample_convs(model, form: str):
     new_inits, dropped = [], set()
     for conv in g.node:
         cat = producer.get(conv.input[0])
-        if not (_is_plain_3x3(conv, inits) and cat is not None and cat.op_type == "Concat"
-                and node_attr(cat, "axis") in (1, -3) and len(cat.input) == 2 and uses[cat.output[0]] == 1):
+        if not (
+            _is_plain_3x3(conv, inits)
+            and cat is not None
+            and cat.op_type == "Concat"
+            and node_attr(cat, "axis") in (1, -3)
+            and len(cat.input) == 2
+            and uses[cat.output[0]] == 1
+        ):
             continue
-        ups = [k for k, name in enumerate(cat.input) if name in producer and _is_nearest_2x(producer[name], inits)
-               and uses[name] == 1]
+        ups = [
+            k
+            for k, name in enumerate(cat.input)
+            if name in producer and _is_nearest_2x(producer[name], inits) and uses[name] == 1
+        ]
         if len(ups) != 1:
             continue
         k_up = ups[0]
@@ -174,7 +194,9 @@ def fold_upsample_convs(model, form: str):
         w_native = numpy_helper.to_array(inits[conv.input[1]])
         w = w_native.astype(np.float32)
         if x not in channels:
-            raise ConversionError(f"cannot fold the upsampling of {x!r}: its channel count is not known statically")
+            raise ConversionError(
+                f"cannot fold the upsampling of {x!r}: its channel count is not known statically"
+            )
         c_up = channels[x]
         c_skip = w.shape[1] - c_up
         w_up = w[:, :c_up] if k_up == 0 else w[:, c_skip:]
@@ -185,34 +207,87 @@ def fold_upsample_convs(model, form: str):
         def init(suffix, arr, dtype=w_native.dtype, base=base):
             """A new initializer; kernels default to the graph's own weight type (fp16 stays fp16)."""
             name = f"{base}/fold_{suffix}"
-            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(arr, dtype)), name))
+            new_inits.append(
+                numpy_helper.from_array(np.ascontiguousarray(np.asarray(arr, dtype)), name)
+            )
             return name
 
-        skip_inputs = [skip, init("w_skip", w_skip)] + ([conv.input[2]] if len(conv.input) > 2 and conv.input[2] else [])
-        nodes = [helper.make_node("Conv", skip_inputs, [f"{base}/fold_skip"], name=f"{base}/fold_skip",
-                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+        skip_inputs = [skip, init("w_skip", w_skip)] + (
+            [conv.input[2]] if len(conv.input) > 2 and conv.input[2] else []
+        )
+        nodes = [
+            helper.make_node(
+                "Conv",
+                skip_inputs,
+                [f"{base}/fold_skip"],
+                name=f"{base}/fold_skip",
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+            )
+        ]
         if form == "convtranspose":
-            nodes.append(helper.make_node("ConvTranspose", [x, init("w_up", _transpose_kernel(w_up))], [f"{base}/fold_up"],
-                                          name=f"{base}/fold_up", kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1]))
+            nodes.append(
+                helper.make_node(
+                    "ConvTranspose",
+                    [x, init("w_up", _transpose_kernel(w_up))],
+                    [f"{base}/fold_up"],
+                    name=f"{base}/fold_up",
+                    kernel_shape=[4, 4],
+                    strides=[2, 2],
+                    pads=[1, 1, 1, 1],
+                )
+            )
         else:
             phases = []
             for (i, j), k in _phase_kernels(w_up).items():
                 name = f"{base}/fold_phase{i}{j}"
                 # pads (top, left, bottom, right): phase 0 reads (h-1, h), phase 1 reads (h, h+1).
-                nodes.append(helper.make_node("Conv", [x, init(f"w_phase{i}{j}", k)], [name], name=name,
-                                              kernel_shape=[2, 2], pads=[1 - i, 1 - j, i, j]))
+                nodes.append(
+                    helper.make_node(
+                        "Conv",
+                        [x, init(f"w_phase{i}{j}", k)],
+                        [name],
+                        name=name,
+                        kernel_shape=[2, 2],
+                        pads=[1 - i, 1 - j, i, j],
+                    )
+                )
                 phases.append(name)
-            # DepthToSpace (DCR) takes channel block (2i + j) to pixel (2h+i, 2w+j): phases in (0,0),(0,1),(1,0),(1,1) order.
-            nodes.append(helper.make_node("Concat", phases, [f"{base}/fold_phases"], name=f"{base}/fold_phases", axis=1))
+            # DepthToSpace (DCR) takes channel block (2i + j) to pixel (2h+i, 2w+j): phases in
+            # (0,0),(0,1),(1,0),(1,1) order.
+            nodes.append(
+                helper.make_node(
+                    "Concat", phases, [f"{base}/fold_phases"], name=f"{base}/fold_phases", axis=1
+                )
+            )
             hw = spatial.get(x)
             if form == "phase_nhwc" and hw:
                 c_out, (h, w_) = w.shape[0], hw
-                nodes += _nhwc_interleave(f"{base}/fold_phases", f"{base}/fold_up", base, c_out, h, w_,
-                                          lambda suffix, shape: init(suffix, shape, np.int64))
+                nodes += _nhwc_interleave(
+                    f"{base}/fold_phases",
+                    f"{base}/fold_up",
+                    base,
+                    c_out,
+                    h,
+                    w_,
+                    lambda suffix, shape: init(suffix, shape, np.int64),
+                )
             else:
-                nodes.append(helper.make_node("DepthToSpace", [f"{base}/fold_phases"], [f"{base}/fold_up"],
-                                              name=f"{base}/fold_up", blocksize=2, mode="DCR"))
-        nodes.append(helper.make_node("Add", [f"{base}/fold_up", f"{base}/fold_skip"], [out], name=f"{base}/fold_add"))
+                nodes.append(
+                    helper.make_node(
+                        "DepthToSpace",
+                        [f"{base}/fold_phases"],
+                        [f"{base}/fold_up"],
+                        name=f"{base}/fold_up",
+                        blocksize=2,
+                        mode="DCR",
+                    )
+                )
+        nodes.append(
+            helper.make_node(
+                "Add", [f"{base}/fold_up", f"{base}/fold_skip"], [out], name=f"{base}/fold_add"
+            )
+        )
         replace[conv.output[0]] = nodes
         dropped.update({resize.output[0], cat.output[0]})
 
@@ -246,11 +321,21 @@ def _nhwc_interleave(src: str, dst: str, base: str, c: int, h: int, w: int, shap
     t = f"{base}/fold_nhwc"
     return [
         helper.make_node("Transpose", [src], [f"{t}_in"], name=f"{t}_in", perm=[0, 2, 3, 1]),
-        helper.make_node("Reshape", [f"{t}_in", shape_init("nhwc_split_shape", [0, 0, 0, 2, 2, c])], [f"{t}_split"],
-                         name=f"{t}_split"),
-        helper.make_node("Transpose", [f"{t}_split"], [f"{t}_swap"], name=f"{t}_swap", perm=[0, 1, 3, 2, 4, 5]),
-        helper.make_node("Reshape", [f"{t}_swap", shape_init("nhwc_merge_shape", [0, 2 * h, 2 * w, c])], [f"{t}_merge"],
-                         name=f"{t}_merge"),
+        helper.make_node(
+            "Reshape",
+            [f"{t}_in", shape_init("nhwc_split_shape", [0, 0, 0, 2, 2, c])],
+            [f"{t}_split"],
+            name=f"{t}_split",
+        ),
+        helper.make_node(
+            "Transpose", [f"{t}_split"], [f"{t}_swap"], name=f"{t}_swap", perm=[0, 1, 3, 2, 4, 5]
+        ),
+        helper.make_node(
+            "Reshape",
+            [f"{t}_swap", shape_init("nhwc_merge_shape", [0, 2 * h, 2 * w, c])],
+            [f"{t}_merge"],
+            name=f"{t}_merge",
+        ),
         helper.make_node("Transpose", [f"{t}_merge"], [dst], name=dst, perm=[0, 3, 1, 2]),
     ]
 
@@ -261,7 +346,9 @@ def _static_dims(model) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
 
     inferred = onnx.shape_inference.infer_shapes(model)
     channels, spatial = {}, {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+    for vi in (
+        list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    ):
         dims = vi.type.tensor_type.shape.dim
         if len(dims) == 4 and dims[1].HasField("dim_value"):
             channels[vi.name] = dims[1].dim_value

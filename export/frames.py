@@ -52,8 +52,10 @@ def resize_in_graph(model, height: int, width: int, *, head: str):
     t = inp.type.tensor_type
     dims = t.shape.dim
     if t.elem_type != TensorProto.UINT8 or len(dims) != 4 or dims[3].dim_value != 3:
-        raise ConversionError("--resize-in-graph needs the network's uint8 NHWC input; export with --input-dtype uint8 "
-                              "--layout nhwc")
+        raise ConversionError(
+            "--resize-in-graph needs the network's uint8 NHWC input; export with --input-dtype uint8 "
+            "--layout nhwc"
+        )
     name = inp.name
     for node in g.node:  # the network now reads the resized image
         node.input[:] = [NETWORK_INPUT if i == name else i for i in node.input]
@@ -66,18 +68,44 @@ def resize_in_graph(model, height: int, width: int, *, head: str):
     p = "resize_in_graph/"
     pre = [
         helper.make_node("Cast", [name], [p + "float"], name=p + "cast", to=TensorProto.FLOAT),
-        helper.make_node("Transpose", [p + "float"], [p + "nchw"], name=p + "to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node(
+            "Transpose", [p + "float"], [p + "nchw"], name=p + "to_nchw", perm=[0, 3, 1, 2]
+        ),
         helper.make_node("Shape", [p + "nchw"], [p + "shape"], name=p + "shape"),
-        helper.make_node("Slice", [p + "shape", const("zero", [0]), const("two", [2])], [p + "n_c"], name=p + "n_c"),
-        helper.make_node("Concat", [p + "n_c", const("network_hw", np.array([height, width], np.int64))], [p + "sizes"],
-                         name=p + "sizes", axis=0),
-        helper.make_node("Resize", [p + "nchw", "", "", p + "sizes"], [p + "resized"], name=p + "bilinear",
-                         mode="linear", coordinate_transformation_mode="half_pixel"),
+        helper.make_node(
+            "Slice",
+            [p + "shape", const("zero", [0]), const("two", [2])],
+            [p + "n_c"],
+            name=p + "n_c",
+        ),
+        helper.make_node(
+            "Concat",
+            [p + "n_c", const("network_hw", np.array([height, width], np.int64))],
+            [p + "sizes"],
+            name=p + "sizes",
+            axis=0,
+        ),
+        helper.make_node(
+            "Resize",
+            [p + "nchw", "", "", p + "sizes"],
+            [p + "resized"],
+            name=p + "bilinear",
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        ),
         helper.make_node("Round", [p + "resized"], [p + "rounded"], name=p + "round"),
-        helper.make_node("Clip", [p + "rounded", const("lo", np.float32(0)), const("hi", np.float32(255))],
-                         [p + "clipped"], name=p + "clip"),
-        helper.make_node("Transpose", [p + "clipped"], [p + "nhwc"], name=p + "to_nhwc", perm=[0, 2, 3, 1]),
-        helper.make_node("Cast", [p + "nhwc"], [NETWORK_INPUT], name=p + "to_uint8", to=TensorProto.UINT8),
+        helper.make_node(
+            "Clip",
+            [p + "rounded", const("lo", np.float32(0)), const("hi", np.float32(255))],
+            [p + "clipped"],
+            name=p + "clip",
+        ),
+        helper.make_node(
+            "Transpose", [p + "clipped"], [p + "nhwc"], name=p + "to_nhwc", perm=[0, 2, 3, 1]
+        ),
+        helper.make_node(
+            "Cast", [p + "nhwc"], [NETWORK_INPUT], name=p + "to_uint8", to=TensorProto.UINT8
+        ),
     ]
     post = []
     if head == "argmax":
@@ -88,16 +116,40 @@ def resize_in_graph(model, height: int, width: int, *, head: str):
             node.output[:] = [net_mask if o == mask else o for o in node.output]
         post = [
             helper.make_node("Shape", [name], [p + "in_shape"], name=p + "in_shape"),
-            helper.make_node("Slice", [p + "in_shape", const("one", [1]), const("three", [3])], [p + "in_hw"],
-                             name=p + "in_hw"),
-            helper.make_node("Slice", [p + "in_shape", const("zero_b", [0]), const("one_b", [1])], [p + "n"],
-                             name=p + "n"),
-            helper.make_node("Concat", [p + "n", const("channel", np.array([1], np.int64)), p + "in_hw"],
-                             [p + "mask_sizes"], name=p + "mask_sizes", axis=0),
-            helper.make_node("Unsqueeze", [net_mask, const("axis1", [1])], [p + "mask4"], name=p + "mask4"),
-            helper.make_node("Resize", [p + "mask4", "", "", p + "mask_sizes"], [p + "mask_resized"], name=p + "nearest",
-                             mode="nearest", coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil"),
-            helper.make_node("Squeeze", [p + "mask_resized", const("axis1_b", [1])], [mask], name=p + "mask"),
+            helper.make_node(
+                "Slice",
+                [p + "in_shape", const("one", [1]), const("three", [3])],
+                [p + "in_hw"],
+                name=p + "in_hw",
+            ),
+            helper.make_node(
+                "Slice",
+                [p + "in_shape", const("zero_b", [0]), const("one_b", [1])],
+                [p + "n"],
+                name=p + "n",
+            ),
+            helper.make_node(
+                "Concat",
+                [p + "n", const("channel", np.array([1], np.int64)), p + "in_hw"],
+                [p + "mask_sizes"],
+                name=p + "mask_sizes",
+                axis=0,
+            ),
+            helper.make_node(
+                "Unsqueeze", [net_mask, const("axis1", [1])], [p + "mask4"], name=p + "mask4"
+            ),
+            helper.make_node(
+                "Resize",
+                [p + "mask4", "", "", p + "mask_sizes"],
+                [p + "mask_resized"],
+                name=p + "nearest",
+                mode="nearest",
+                coordinate_transformation_mode="half_pixel",
+                nearest_mode="round_prefer_ceil",
+            ),
+            helper.make_node(
+                "Squeeze", [p + "mask_resized", const("axis1_b", [1])], [mask], name=p + "mask"
+            ),
         ]
         out_dims = out.type.tensor_type.shape.dim
         out_dims[1].ClearField("dim_value")

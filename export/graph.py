@@ -21,13 +21,24 @@ import numpy as np
 
 from .errors import ConversionError
 
-__all__ = ["op_histogram", "node_attr", "attach_weights", "clean", "check", "slim", "GraphPass", "FORBIDDEN_OPS"]
+__all__ = [
+    "op_histogram",
+    "node_attr",
+    "attach_weights",
+    "clean",
+    "check",
+    "slim",
+    "GraphPass",
+    "FORBIDDEN_OPS",
+]
 
 log = logging.getLogger(__name__)
 
 #: Ops that must not survive clean-up: they are the remains of shape
 #: arithmetic or of tf2onnx's Tile-based upsampling.
-FORBIDDEN_OPS = frozenset({"Shape", "Gather", "Tile", "Reshape", "Expand", "Slice", "ConstantOfShape", "Range"})
+FORBIDDEN_OPS = frozenset(
+    {"Shape", "Gather", "Tile", "Reshape", "Expand", "Slice", "ConstantOfShape", "Range"}
+)
 
 
 def op_histogram(model) -> dict[str, int]:
@@ -46,7 +57,9 @@ def node_attr(node, name: str, default=None):
     return default
 
 
-def attach_weights(model, weights: Mapping[str, np.ndarray], names: Mapping[str, str] | None = None):
+def attach_weights(
+    model, weights: Mapping[str, np.ndarray], names: Mapping[str, str] | None = None
+):
     """Turn the graph inputs named in ``weights`` into initializers, evaluating what only transforms them.
 
     tf2onnx converts a function whose weights are inputs (see convert.py)
@@ -74,11 +87,17 @@ def attach_weights(model, weights: Mapping[str, np.ndarray], names: Mapping[str,
     if missing:
         raise ConversionError(f"weights {sorted(missing)} are not inputs of the converted graph")
     constants = {t.name for t in g.initializer}
-    source = {name: name for name in weights}  # weight-derived tensor -> the weight input it comes from
+    source = {
+        name: name for name in weights
+    }  # weight-derived tensor -> the weight input it comes from
     weight_nodes = []
     for node in g.node:  # tf2onnx emits nodes in topological order
         ins = [i for i in node.input if i]
-        if ins and any(i in source for i in ins) and all(i in source or i in constants for i in ins):
+        if (
+            ins
+            and any(i in source for i in ins)
+            and all(i in source or i in constants for i in ins)
+        ):
             weight_nodes.append(node)
             origins = {source[i] for i in ins if i in source}
             for out in node.output:
@@ -91,15 +110,20 @@ def attach_weights(model, weights: Mapping[str, np.ndarray], names: Mapping[str,
     if computed:
         used = {i for n in weight_nodes for i in n.input}
         sub = helper.make_graph(
-            [n for n in weight_nodes], "attach_weights",
+            [n for n in weight_nodes],
+            "attach_weights",
             [i for i in g.input if i.name in used],
             [helper.make_empty_tensor_value_info(t) for t in computed],
             [t for t in g.initializer if t.name in used],
         )
-        sub_model = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+        sub_model = helper.make_model(
+            sub, opset_imports=model.opset_import, ir_version=model.ir_version
+        )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        session = ort.InferenceSession(sub_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            sub_model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
         feeds = {i.name: weights[i.name] for i in sub.input}
         values.update(zip(computed, session.run(computed, feeds), strict=True))
         del session
@@ -121,8 +145,12 @@ def attach_weights(model, weights: Mapping[str, np.ndarray], names: Mapping[str,
     info = [v for v in g.value_info if v.name not in source]
     del g.value_info[:]
     g.value_info.extend(info)
-    log.info("graph: attached %d weights as %d initializers (%d nodes evaluated)", len(weights), len(boundary),
-             len(weight_nodes))
+    log.info(
+        "graph: attached %d weights as %d initializers (%d nodes evaluated)",
+        len(weights),
+        len(boundary),
+        len(weight_nodes),
+    )
     return model
 
 
@@ -187,7 +215,9 @@ def slim(model):
     kept = [t for t in g.initializer if t.name not in weights]
     del g.initializer[:]
     g.initializer.extend(kept)
-    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights.values())
+    g.input.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights.values()
+    )
     # onnxslim's defaults (its pattern fusions included): this graph has
     # nothing they fuse, and the tests pin the exact op histogram, so a new
     # onnxslim that started rewriting ops would fail them, not ship. Except
@@ -201,7 +231,9 @@ def slim(model):
     o.input.extend(inputs)
     used = {i for n in o.node for i in n.input} | {v.name for v in o.output}
     inits = [*o.initializer, *(t for name, t in weights.items() if name in used)]
-    inits.sort(key=lambda t: order.get(t.name, len(order)))  # the graph's own order (Netron lists them so)
+    inits.sort(
+        key=lambda t: order.get(t.name, len(order))
+    )  # the graph's own order (Netron lists them so)
     del o.initializer[:]
     o.initializer.extend(inits)
     return out
@@ -209,7 +241,9 @@ def slim(model):
 
 def _tensor_bytes(t) -> int:
     """Bytes of an initializer's values, whichever field holds them."""
-    return len(t.raw_data) or 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data) + len(t.double_data))
+    return len(t.raw_data) or 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
+        len(t.int64_data) + len(t.double_data)
+    )
 
 
 def check(model) -> None:
@@ -240,8 +274,14 @@ class GraphPass:
     run: Callable
 
 
-def clean(model, *, factors: Sequence[tuple[int, int]], input_name: str, output_name: str,
-          extra: Sequence[GraphPass] = ()):
+def clean(
+    model,
+    *,
+    factors: Sequence[tuple[int, int]],
+    input_name: str,
+    output_name: str,
+    extra: Sequence[GraphPass] = (),
+):
     """Run the clean-up passes in order, then ``extra`` (fold, padding), and check the result once.
 
     Returns:
@@ -260,7 +300,13 @@ def clean(model, *, factors: Sequence[tuple[int, int]], input_name: str, output_
     def run(p: GraphPass) -> None:
         nonlocal model
         model, note = p.run(model)
-        steps.append({"step": p.name, "ops": op_histogram(model), **({"note": note} if note is not None else {})})
+        steps.append(
+            {
+                "step": p.name,
+                "ops": op_histogram(model),
+                **({"note": note} if note is not None else {}),
+            }
+        )
         log.info("graph: after %s: %d nodes", p.name, len(model.graph.node))
 
     for p in passes:

@@ -54,7 +54,12 @@ def validate_spatial_size(height: int | None, width: int | None) -> None:
     for axis, value in (("height", height), ("width", width)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < SIZE_MULTIPLE
+            or value % SIZE_MULTIPLE
+        ):
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 lo, hi = _nearest_multiples(value)
                 hint = f"use {lo} or {hi}" if lo != hi else f"use {lo}"
@@ -101,26 +106,41 @@ def build_vgg19_unet(
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ConfigError(f"input channels {channels!r} must be a positive integer (3 for RGB)")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes {num_classes!r} must be an integer >= 1 (21 for Pascal VOC)")
+        raise ConfigError(
+            f"num_classes {num_classes!r} must be an integer >= 1 (21 for Pascal VOC)"
+        )
 
     if not (isinstance(width_multiplier, (int, float)) and 0 < width_multiplier <= 4):
-        raise ConfigError(f"width_multiplier {width_multiplier!r} must be in (0, 4]; 1.0 builds the seed's network")
+        raise ConfigError(
+            f"width_multiplier {width_multiplier!r} must be in (0, 4]; 1.0 builds the seed's network"
+        )
 
     import keras  # lazy: importing unet_export must not start TensorFlow
     from keras import layers
 
-    # Each layer's initializer gets a seed of its own (seed + its index): reproducible, and the process's
-    # global seeds (Python, numpy, TensorFlow) are left alone, which matters when a training script exports.
+    # Each layer's initializer gets a seed of its own (seed + its index): reproducible, and the
+    # process's
+    # global seeds (Python, numpy, TensorFlow) are left alone, which matters when a training script
+    # exports.
     index = iter(range(10_000))
 
     def init(kind: str):
         name = {"glorot": "GlorotUniform", "he": "HeNormal"}[kind]
-        return getattr(keras.initializers, name)(seed=None if seed is None else seed * 1000 + next(index))
+        return getattr(keras.initializers, name)(
+            seed=None if seed is None else seed * 1000 + next(index)
+        )
 
     def conv3x3(filters: int, name: str, kind: str = "glorot"):
         filters = max(1, round(filters * width_multiplier))
-        return layers.Conv2D(filters, 3, strides=1, activation="relu", padding="same", name=name,
-                             kernel_initializer=init(kind))
+        return layers.Conv2D(
+            filters,
+            3,
+            strides=1,
+            activation="relu",
+            padding="same",
+            name=name,
+            kernel_initializer=init(kind),
+        )
 
     inputs = layers.Input(shape=(height, width, channels), name="input_1")
 
@@ -146,6 +166,12 @@ def build_vgg19_unet(
             x = conv3x3(filters, name, "he")(x)
             conv_index += 1
 
-    outputs = layers.Conv2D(num_classes, 1, strides=1, activation="softmax", name=HEAD_LAYER,
-                            kernel_initializer=init("glorot"))(x)
+    outputs = layers.Conv2D(
+        num_classes,
+        1,
+        strides=1,
+        activation="softmax",
+        name=HEAD_LAYER,
+        kernel_initializer=init("glorot"),
+    )(x)
     return keras.Model(inputs=inputs, outputs=outputs, name="vgg19_unet")

@@ -71,25 +71,35 @@ def pad_channels(model, multiple: int = PAD_MULTIPLE):
     convs = [n for n in g.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]
     first = [n for n in convs if inits[n.input[1]].dims[1] == 3 and node_attr(n, "group", 1) == 1]
     if len(first) != 1:
-        raise ConversionError(f"expected one Conv reading the 3 RGB channels, found {len(first)}; is this a VGG19-UNet graph?")
+        raise ConversionError(
+            f"expected one Conv reading the 3 RGB channels, found {len(first)}; is this a VGG19-UNet graph?"
+        )
 
     padded, new_inits, pad = [], [], None
 
     def replace_init(name: str, arr: np.ndarray) -> None:
-        # A shared initializer would change another node too: ours are per-Conv (tf2onnx), check anyway.
+        # A shared initializer would change another node too: ours are per-Conv (tf2onnx), check
+        # anyway.
         if len(consumers.get(name, [])) != 1:
-            raise ConversionError(f"initializer {name!r} is shared by several nodes; cannot pad it in place")
+            raise ConversionError(
+                f"initializer {name!r} is shared by several nodes; cannot pad it in place"
+            )
         inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), name))
 
     conv = first[0]
     w = numpy_helper.to_array(inits[conv.input[1]])
     extra = -w.shape[1] % multiple
     if extra:
-        replace_init(conv.input[1], np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1))
+        replace_init(
+            conv.input[1],
+            np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1),
+        )
         base = conv.name or conv.output[0]
         pads = f"{base}/pad_channels_pads"
         # Pad's pads: begins then ends per axis (N, C, H, W): zeros appended after the 3 channels.
-        new_inits.append(numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), pads))
+        new_inits.append(
+            numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), pads)
+        )
         out = f"{base}/pad_channels"
         pad = helper.make_node("Pad", [conv.input[0], pads], [out], name=out, mode="constant")
         conv.input[0] = out
@@ -99,26 +109,35 @@ def pad_channels(model, multiple: int = PAD_MULTIPLE):
     if len(heads) == 1:
         head = heads[0]
         argmax = [c for c in consumers[head.output[0]] if c.op_type == "ArgMax"]
-        # Over the channel axis, and first index on ties (select_last_index would let a padded class win one).
-        only_argmax = (len(consumers[head.output[0]]) == 1 and node_attr(argmax[0], "axis", 0) in (1, -3)
-                       and not node_attr(argmax[0], "select_last_index", 0))
+        # Over the channel axis, and first index on ties (select_last_index would let a padded class
+        # win one).
+        only_argmax = (
+            len(consumers[head.output[0]]) == 1
+            and node_attr(argmax[0], "axis", 0) in (1, -3)
+            and not node_attr(argmax[0], "select_last_index", 0)
+        )
         w = numpy_helper.to_array(inits[head.input[1]])
         extra = -w.shape[0] % multiple
         if only_argmax and extra and head.output[0] not in {o.name for o in g.output}:
-            replace_init(head.input[1], np.concatenate([w, np.zeros((extra, *w.shape[1:]), w.dtype)], axis=0))
+            replace_init(
+                head.input[1], np.concatenate([w, np.zeros((extra, *w.shape[1:]), w.dtype)], axis=0)
+            )
             if len(head.input) > 2 and head.input[2]:
                 b = numpy_helper.to_array(inits[head.input[2]])
                 replace_init(head.input[2], np.concatenate([b, np.full(extra, PAD_LOGIT, b.dtype)]))
             else:
                 bias = f"{head.name or head.output[0]}/pad_channels_bias"
-                b = np.concatenate([np.zeros(w.shape[0], w.dtype), np.full(extra, PAD_LOGIT, w.dtype)])
+                b = np.concatenate(
+                    [np.zeros(w.shape[0], w.dtype), np.full(extra, PAD_LOGIT, w.dtype)]
+                )
                 new_inits.append(numpy_helper.from_array(b, bias))
                 del head.input[2:]
                 head.input.append(bias)
             padded.append(head.name or head.output[0])
 
     if pad is not None:
-        # Inserted last: rebuilding the node list copies the nodes, so edits to them must come first.
+        # Inserted last: rebuilding the node list copies the nodes, so edits to them must come
+        # first.
         # Right before conv1-1 keeps the list topologically sorted, as ONNX requires.
         nodes = list(g.node)
         nodes.insert(next(i for i, n in enumerate(nodes) if n.output[0] == conv.output[0]), pad)

@@ -57,7 +57,9 @@ class ExportState:
     source_model: Any = None  # a user's in-memory Keras model (export_model(keras_model=...))
     # build
     keras_model: Any = None
-    weights_info: dict[str, str] = field(default_factory=dict)  # what the model says of its weights (metadata)
+    weights_info: dict[str, str] = field(
+        default_factory=dict
+    )  # what the model says of its weights (metadata)
     trained: bool = False
     # convert, clean, precision, check: the ONNX ModelProto as it evolves
     proto: Any = None
@@ -81,10 +83,15 @@ class ExportState:
     def graph_form(self) -> str:
         """One line naming the graph's form (decoder fold, padding), as segment-unet --info prints it."""
         form = self.config.fold_form()
-        line = (f"decoder fold {form} ({self.fold_stages} stages)" if self.fold_stages
-                else "seed graph (Resize + Concat decoder)")
+        line = (
+            f"decoder fold {form} ({self.fold_stages} stages)"
+            if self.fold_stages
+            else "seed graph (Resize + Concat decoder)"
+        )
         n = len(self.padded)
-        return line + (f", {n} conv{'s' if n > 1 else ''} padded to channel multiples of 8" if n else "")
+        return line + (
+            f", {n} conv{'s' if n > 1 else ''} padded to channel multiples of 8" if n else ""
+        )
 
 
 # ------------------------------------------------------------------ the steps
@@ -96,9 +103,13 @@ def build(state: ExportState) -> str:
     c = state.config
     assert c.num_classes is not None  # settled by ExportConfig.resolved()
     h, w = c.size or (None, None)
-    model = build_vgg19_unet((h, w, 3), c.num_classes, seed=c.seed, width_multiplier=c.width_multiplier)
+    model = build_vgg19_unet(
+        (h, w, 3), c.num_classes, seed=c.seed, width_multiplier=c.width_multiplier
+    )
     if c.encoder_weights:
-        state.weights_info["encoder_weights_sha256"] = load_encoder_weights(model, c.encoder_weights)
+        state.weights_info["encoder_weights_sha256"] = load_encoder_weights(
+            model, c.encoder_weights
+        )
     if c.weights:
         state.weights_info["weights_sha256"] = load_weights(model, c.weights)
     if state.source_model is not None:
@@ -106,9 +117,12 @@ def build(state: ExportState) -> str:
         state.weights_info["weights_source"] = f"in-memory Keras model {state.source_model.name!r}"
     state.keras_model = model
     state.trained = bool(c.weights or c.encoder_weights or state.source_model is not None)
-    origin = ", ".join(filter(None, [c.weights, c.encoder_weights, state.weights_info.get("weights_source")]))
+    origin = ", ".join(
+        filter(None, [c.weights, c.encoder_weights, state.weights_info.get("weights_source")])
+    )
     return f"{model.count_params():,} parameters, " + (
-        f"weights from {origin}" if state.trained else f"UNTRAINED (random init, seed {c.seed})")
+        f"weights from {origin}" if state.trained else f"UNTRAINED (random init, seed {c.seed})"
+    )
 
 
 def convert(state: ExportState) -> str:
@@ -119,8 +133,16 @@ def convert(state: ExportState) -> str:
 
     c = state.config
     assert c.opset is not None  # settled by ExportConfig.resolved()
-    state.proto = convert_keras(state.keras_model, head=c.head, layout=c.layout, opset=c.opset,
-                                dynamic_size=c.dynamic_size, input_dtype=c.input_dtype, mean=c.mean, std=c.std)
+    state.proto = convert_keras(
+        state.keras_model,
+        head=c.head,
+        layout=c.layout,
+        opset=c.opset,
+        dynamic_size=c.dynamic_size,
+        input_dtype=c.input_dtype,
+        mean=c.mean,
+        std=c.std,
+    )
     return f"tf2onnx {tf2onnx.__version__}, opset {c.opset}, {len(state.proto.graph.node)} nodes"
 
 
@@ -150,12 +172,24 @@ def clean(state: ExportState) -> str:
             return model, state.padded
 
         extra.append(GraphPass("pad_channels", pad))
-    factors = [tuple(layer.size) for layer in state.keras_model.layers if isinstance(layer, keras.layers.UpSampling2D)]
-    state.proto, state.graph_steps = clean_graph(state.proto, factors=factors, input_name="input",
-                                                 output_name=OUTPUT_NAMES[c.head], extra=extra)
+    factors = [
+        tuple(layer.size)
+        for layer in state.keras_model.layers
+        if isinstance(layer, keras.layers.UpSampling2D)
+    ]
+    state.proto, state.graph_steps = clean_graph(
+        state.proto,
+        factors=factors,
+        input_name="input",
+        output_name=OUTPUT_NAMES[c.head],
+        extra=extra,
+    )
     if form != "off" and not state.fold_stages:
-        # Only a different tf2onnx graph could do this; the export is still correct, just not folded.
-        state.warnings.append(f"--fold-upsample {form}: no decoder stage matched the pattern; graph left unfolded")
+        # Only a different tf2onnx graph could do this; the export is still correct, just not
+        # folded.
+        state.warnings.append(
+            f"--fold-upsample {form}: no decoder stage matched the pattern; graph left unfolded"
+        )
     return " ".join(f"{op}:{n}" for op, n in state.graph_steps[-1]["ops"].items())
 
 
@@ -172,8 +206,14 @@ def precision(state: ExportState) -> str:
         calib, state.held_out, source = _int8_images(c)
         state.fp32_proto = state.proto
         state.proto = to_int8(state.proto, _model_inputs(calib, c), method=c.calibration_method)
-        state.calibration = {"source": source, "method": c.calibration_method, "images": len(calib),
-                             "held_out": len(state.held_out), "per_channel": True, "format": "QDQ U8S8"}
+        state.calibration = {
+            "source": source,
+            "method": c.calibration_method,
+            "images": len(calib),
+            "held_out": len(state.held_out),
+            "per_channel": True,
+            "format": "QDQ U8S8",
+        }
         return f"int8 ({source}, {c.calibration_method})"
     return c.precision
 
@@ -210,11 +250,23 @@ def verify(state: ExportState) -> str:
         state.verification = {"skipped": True}
         state.warnings.append("--no-verify: the ONNX model was NOT compared with Keras")
         return "SKIPPED: the model was NOT compared with Keras"
-    cases = verification_cases(c.size, c.seed, state.triton.max_batch_size if state.triton else None)
-    state.verification = verify_export(state.keras_model, state.proto, head=c.head, layout=c.layout,
-                                       precision=c.precision, input_dtype=c.input_dtype, mean=c.mean, std=c.std,
-                                       cases=cases, fp32_model=state.fp32_proto, held_out=state.held_out or (),
-                                       frames=FRAME_SIZES if c.resize_in_graph else ())
+    cases = verification_cases(
+        c.size, c.seed, state.triton.max_batch_size if state.triton else None
+    )
+    state.verification = verify_export(
+        state.keras_model,
+        state.proto,
+        head=c.head,
+        layout=c.layout,
+        precision=c.precision,
+        input_dtype=c.input_dtype,
+        mean=c.mean,
+        std=c.std,
+        cases=cases,
+        fp32_model=state.fp32_proto,
+        held_out=state.held_out or (),
+        frames=FRAME_SIZES if c.resize_in_graph else (),
+    )
     state.fp32_proto = state.held_out = None  # their memory is not needed any more
     return f"{len(state.verification['gates'])} gates passed"
 
@@ -231,8 +283,14 @@ def write(state: ExportState) -> str:
 
 #: The pipeline, in order: (name, step). Each step returns the detail of its log line.
 STEPS: tuple[tuple[str, Callable[[ExportState], str]], ...] = (
-    ("build", build), ("convert", convert), ("clean", clean), ("precision", precision), ("frames", frames),
-    ("check", check), ("verify", verify), ("write", write),
+    ("build", build),
+    ("convert", convert),
+    ("clean", clean),
+    ("precision", precision),
+    ("frames", frames),
+    ("check", check),
+    ("verify", verify),
+    ("write", write),
 )
 
 
@@ -275,11 +333,17 @@ def export_model(
         raise ConfigError("nothing to write: give --out FILE and/or --triton-repo DIR")
     if triton is not None:
         if not config.verify:
-            raise ConfigError("--triton-repo needs verification (it checks every batch size Triton may send); drop --no-verify")
+            raise ConfigError(
+                "--triton-repo needs verification (it checks every batch size Triton may send); drop --no-verify"
+            )
         triton.validate(MAX_TRITON_BATCH, config.precision)
     # Checked (and made Path) before any slow work.
     out_path = check_writable_target(out, "--out", ConfigError) if out is not None else None
-    report_file = check_writable_target(report_path, "--report", ConfigError) if report_path is not None else None
+    report_file = (
+        check_writable_target(report_path, "--report", ConfigError)
+        if report_path is not None
+        else None
+    )
 
     state = ExportState(config=config, out=out_path, triton=triton, source_model=keras_model)
     meter = StepMeter()
@@ -288,7 +352,9 @@ def export_model(
         detail = step(state)
         usage = meter.stop()
         state.usage[name] = usage.as_dict()
-        mem = f"{usage.peak_rss_mb / 1024:4.1f} GiB" if usage.peak_rss_mb is not None else "    -   "
+        mem = (
+            f"{usage.peak_rss_mb / 1024:4.1f} GiB" if usage.peak_rss_mb is not None else "    -   "
+        )
         say(f"[{i}/{len(STEPS)}] {name:<9} {usage.seconds:6.1f} s {mem}  {detail}".rstrip())
         if name == "verify" and state.verification:
             from .verify import gate_lines
@@ -340,7 +406,17 @@ def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for dist in ("unet-onnx", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim", "numpy"):
+    for dist in (
+        "unet-onnx",
+        "tensorflow",
+        "keras",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "onnxslim",
+        "numpy",
+    ):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -374,7 +450,11 @@ def _write_metadata(state: ExportState) -> None:
 
     c = state.config
     assert c.num_classes is not None  # export_model resolved the config
-    names = c.class_names or (VOC_CLASSES if c.num_classes == len(VOC_CLASSES) else tuple(f"class_{i}" for i in range(c.num_classes)))
+    names = c.class_names or (
+        VOC_CLASSES
+        if c.num_classes == len(VOC_CLASSES)
+        else tuple(f"class_{i}" for i in range(c.num_classes))
+    )
     h, w = c.size or (None, None)
     extra = {
         "weights": "trained" if state.trained else f"untrained (random init, seed {c.seed})",
@@ -382,17 +462,31 @@ def _write_metadata(state: ExportState) -> None:
         **state.weights_info,
         "graph": state.graph_form(),  # the fold and padding change the nodes: say which graph this is
     }
-    if state.calibration:  # what an int8 model was calibrated on travels with it (segment-unet --info)
+    if (
+        state.calibration
+    ):  # what an int8 model was calibrated on travels with it (segment-unet --info)
         cal = state.calibration
         extra["calibration"] = f"{cal['source']}, {cal['method']}, {cal['format']} per-channel"
     info = ModelInfo(
-        num_classes=c.num_classes, layout=c.layout, height=h, width=w, head=c.head,
-        precision=c.precision, input_dtype=c.input_dtype, mean=tuple(c.mean), std=tuple(c.std),
-        class_names=tuple(names), size_multiple=SIZE_MULTIPLE, resize_in_graph=c.resize_in_graph, extra=extra,
+        num_classes=c.num_classes,
+        layout=c.layout,
+        height=h,
+        width=w,
+        head=c.head,
+        precision=c.precision,
+        input_dtype=c.input_dtype,
+        mean=tuple(c.mean),
+        std=tuple(c.std),
+        class_names=tuple(names),
+        size_multiple=SIZE_MULTIPLE,
+        resize_in_graph=c.resize_in_graph,
+        extra=extra,
     )
     onnx.helper.set_model_props(state.proto, info.to_metadata())
     state.proto.producer_name = "unet-onnx export-unet"
-    state.proto.doc_string = "VGG19-UNet semantic segmentation, exported and verified against Keras by unet-onnx"
+    state.proto.doc_string = (
+        "VGG19-UNet semantic segmentation, exported and verified against Keras by unet-onnx"
+    )
 
 
 def _write_triton(state: ExportState) -> Path:
@@ -402,11 +496,17 @@ def _write_triton(state: ExportState) -> Path:
     c = state.config
     h, w = c.size or (64, 96)
     try:
-        return write_triton_repo(state.proto, state.triton, next(_model_inputs([make_pixels(h, w, c.seed)], c)),
-                                 c.precision)
+        return write_triton_repo(
+            state.proto,
+            state.triton,
+            next(_model_inputs([make_pixels(h, w, c.seed)], c)),
+            c.precision,
+        )
     except OSError as exc:
-        raise ExportError(f"--triton-repo {str(state.triton.repo)!r} could not be written ({exc.strerror or exc}); "
-                          "nothing was left there") from exc
+        raise ExportError(
+            f"--triton-repo {str(state.triton.repo)!r} could not be written ({exc.strerror or exc}); "
+            "nothing was left there"
+        ) from exc
 
 
 def _model_inputs(images, config: ExportConfig):
@@ -416,7 +516,9 @@ def _model_inputs(images, config: ExportConfig):
     from unet_runtime.images import to_model_input
 
     dtype = np.uint8 if config.input_dtype == "uint8" else np.float32
-    return (to_model_input([im], config.mean, config.std, config.layout, dtype=dtype) for im in images)
+    return (
+        to_model_input([im], config.mean, config.std, config.layout, dtype=dtype) for im in images
+    )
 
 
 def _int8_images(config: ExportConfig):

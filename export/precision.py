@@ -17,7 +17,14 @@ import logging
 
 from .errors import ConfigError
 
-__all__ = ["to_fp16", "to_int8", "calibrate", "calibration_session", "CALIBRATION_METHODS", "CALIBRATION_CHUNK"]
+__all__ = [
+    "to_fp16",
+    "to_int8",
+    "calibrate",
+    "calibration_session",
+    "CALIBRATION_METHODS",
+    "CALIBRATION_CHUNK",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,17 @@ def to_fp16(model):
 # benchmarks/results/cpu-int8-profile-2026-11-25.md), and the ReLU before each
 # Resize kept that Resize in float.
 # Add, DepthToSpace, Transpose and Reshape appear when the decoder upsampling is folded (fold.py).
-_INT8_OPS = ["Conv", "Relu", "MaxPool", "Resize", "Concat", "Add", "DepthToSpace", "Transpose", "Reshape"]
+_INT8_OPS = [
+    "Conv",
+    "Relu",
+    "MaxPool",
+    "Resize",
+    "Concat",
+    "Add",
+    "DepthToSpace",
+    "Transpose",
+    "Reshape",
+]
 
 
 #: Images per ``collect_data`` call of ONNX Runtime's calibrator. Its histogram calibrators (percentile,
@@ -78,7 +95,9 @@ def calibration_session(model_path: str, providers=None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # what the calibrator uses
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )  # what the calibrator uses
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     opts.enable_cpu_mem_arena = False
     opts.enable_mem_pattern = False
@@ -115,13 +134,19 @@ def calibrate(model_path, calibration_inputs, *, method: str, workdir, on_chunk=
             batch = next(self._it, None)
             return None if batch is None else {self._name: batch}
 
-    calibrator = create_calibrator(Path(model_path), _INT8_OPS, augmented_model_path=str(Path(workdir, "augmented.onnx")),
-                                   calibrate_method=_methods()[method])
+    calibrator = create_calibrator(
+        Path(model_path),
+        _INT8_OPS,
+        augmented_model_path=str(Path(workdir, "augmented.onnx")),
+        calibrate_method=_methods()[method],
+    )
     # Its own session (default options) is replaced before any image runs.
-    calibrator.infer_session = calibration_session(calibrator.augmented_model_path, calibrator.execution_providers)
+    calibrator.infer_session = calibration_session(
+        calibrator.augmented_model_path, calibrator.execution_providers
+    )
     name = calibrator.infer_session.get_inputs()[0].name
     for start in range(0, len(inputs), CALIBRATION_CHUNK):
-        calibrator.collect_data(Chunk(inputs[start:start + CALIBRATION_CHUNK], name))
+        calibrator.collect_data(Chunk(inputs[start : start + CALIBRATION_CHUNK], name))
         if on_chunk is not None:
             on_chunk(calibrator)
     ranges = calibrator.compute_data()
@@ -129,8 +154,15 @@ def calibrate(model_path, calibration_inputs, *, method: str, workdir, on_chunk=
     return ranges
 
 
-def to_int8(model, calibration_inputs, *, method: str = "minmax", per_channel: bool = True, nodes_to_exclude=(),
-            on_chunk=None):
+def to_int8(
+    model,
+    calibration_inputs,
+    *,
+    method: str = "minmax",
+    per_channel: bool = True,
+    nodes_to_exclude=(),
+    on_chunk=None,
+):
     """Static INT8 quantization (QDQ) with ONNX Runtime's quantization tool.
 
     Args:
@@ -160,12 +192,18 @@ def to_int8(model, calibration_inputs, *, method: str = "minmax", per_channel: b
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
-        raise ConfigError("this model is fp16: INT8 quantization needs the fp32 graph; export with --precision int8 from Keras")
+        raise ConfigError(
+            "this model is fp16: INT8 quantization needs the fp32 graph; export with --precision int8 from Keras"
+        )
     if method not in CALIBRATION_METHODS:
-        raise ConfigError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+        raise ConfigError(
+            f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}"
+        )
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-        raise ConfigError("INT8 export needs onnxruntime >= 1.32 (its quantize_static takes calibration ranges "
-                          "computed beforehand): pip install -U onnxruntime")
+        raise ConfigError(
+            "INT8 export needs onnxruntime >= 1.32 (its quantize_static takes calibration ranges "
+            "computed beforehand): pip install -U onnxruntime"
+        )
     with tempfile.TemporaryDirectory(prefix="unet-int8-") as tmp:
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         cache = Path(tmp, "ranges.json")
@@ -173,21 +211,38 @@ def to_int8(model, calibration_inputs, *, method: str = "minmax", per_channel: b
         # ORT's recommended pre-processing: shape inference + graph optimization.
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         src.unlink()
-        save_tensors_data(calibrate(pre, calibration_inputs, method=method, workdir=tmp, on_chunk=on_chunk), cache)
+        save_tensors_data(
+            calibrate(pre, calibration_inputs, method=method, workdir=tmp, on_chunk=on_chunk), cache
+        )
         quantize_static(
-            str(pre), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=_methods()[method],
-            nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=_INT8_OPS,
+            str(pre),
+            str(dst),
+            None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=_methods()[method],
+            nodes_to_exclude=list(nodes_to_exclude),
+            op_types_to_quantize=_INT8_OPS,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             calibration_cache_path=cache,
         )
         quantized = onnx.load(str(dst))
-    log.info("precision: int8 QDQ (%s calibration, per-channel=%s, excluded %s)", method, per_channel, list(nodes_to_exclude))
+    log.info(
+        "precision: int8 QDQ (%s calibration, per-channel=%s, excluded %s)",
+        method,
+        per_channel,
+        list(nodes_to_exclude),
+    )
     return quantized
 
 
 def _methods():
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy}
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }

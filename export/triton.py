@@ -34,8 +34,15 @@ import numpy as np
 
 from .errors import ConfigError, ExportError
 
-__all__ = ["TritonOptions", "write_triton_repo", "render_config", "ACCELERATORS", "CONFIG_KEYS", "TRITON_CONTAINER",
-           "config_keys"]
+__all__ = [
+    "TritonOptions",
+    "write_triton_repo",
+    "render_config",
+    "ACCELERATORS",
+    "CONFIG_KEYS",
+    "TRITON_CONTAINER",
+    "config_keys",
+]
 
 #: ``auto``: TensorRT for fp32 and fp16 exports, CPU instances for INT8.
 ACCELERATORS = ("auto", "tensorrt", "cuda", "cpu")
@@ -43,24 +50,37 @@ ACCELERATORS = ("auto", "tensorrt", "cuda", "cpu")
 #: Runtime backend is built with ONNX Runtime 1.27.0 (triton-inference-server/server build.py at v2.71.0).
 TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:26.07-py3"
 
-_BACKEND = ("triton-inference-server/onnxruntime_backend src/onnxruntime.cc (last changed bf2266d, 2026-01-28; "
-            "releases 26.02 to 26.07): the TensorRT accelerator's known parameters, anything else is refused")
-_ORT_CUDA = ("ONNX Runtime 1.27.0 CUDA EP provider options (names in libonnxruntime_providers_cuda.so of "
-             "onnxruntime-gpu 1.27.0); the backend passes them to UpdateCUDAProviderOptions, which refuses unknown ones")
-_BACKEND_MODEL = ("onnxruntime_backend src/onnxruntime.cc: model-level parameters it reads (deprecated form of the "
-                  "CUDA options); other keys are ignored")
+_BACKEND = (
+    "triton-inference-server/onnxruntime_backend src/onnxruntime.cc (last changed bf2266d, 2026-01-28; "
+    "releases 26.02 to 26.07): the TensorRT accelerator's known parameters, anything else is refused"
+)
+_ORT_CUDA = (
+    "ONNX Runtime 1.27.0 CUDA EP provider options (names in libonnxruntime_providers_cuda.so of "
+    "onnxruntime-gpu 1.27.0); the backend passes them to UpdateCUDAProviderOptions, which refuses unknown ones"
+)
+_BACKEND_MODEL = (
+    "onnxruntime_backend src/onnxruntime.cc: model-level parameters it reads (deprecated form of the "
+    "CUDA options); other keys are ignored"
+)
 _OURS = "read by unet_runtime's TritonSegmenter (ModelInfo metadata keys); the backend ignores them"
 
 #: Where each key we write goes, and who accepts it.
 CONFIG_KEYS: dict[str, dict[str, str]] = {
     "tensorrt": {  # optimization.execution_accelerators.gpu_execution_accelerator[name: "tensorrt"].parameters
-        "precision_mode": _BACKEND, "max_workspace_size_bytes": _BACKEND, "trt_engine_cache_enable": _BACKEND,
-        "trt_engine_cache_path": _BACKEND, "trt_engine_cache_prefix": _BACKEND, "trt_timing_cache_enable": _BACKEND,
-        "trt_timing_cache_path": _BACKEND, "trt_profile_min_shapes": _BACKEND, "trt_profile_opt_shapes": _BACKEND,
+        "precision_mode": _BACKEND,
+        "max_workspace_size_bytes": _BACKEND,
+        "trt_engine_cache_enable": _BACKEND,
+        "trt_engine_cache_path": _BACKEND,
+        "trt_engine_cache_prefix": _BACKEND,
+        "trt_timing_cache_enable": _BACKEND,
+        "trt_timing_cache_path": _BACKEND,
+        "trt_profile_min_shapes": _BACKEND,
+        "trt_profile_opt_shapes": _BACKEND,
         "trt_profile_max_shapes": _BACKEND,
     },
     "cuda": {  # ...gpu_execution_accelerator[name: "cuda"].parameters
-        "prefer_nhwc": _ORT_CUDA, "fuse_conv_bias": _ORT_CUDA,
+        "prefer_nhwc": _ORT_CUDA,
+        "fuse_conv_bias": _ORT_CUDA,
     },
     "model": {  # parameters (model level)
         "cudnn_conv_algo_search": _BACKEND_MODEL,
@@ -69,7 +89,12 @@ CONFIG_KEYS: dict[str, dict[str, str]] = {
 #: Model-level parameters whose names start with this carry the model's metadata for clients.
 CLIENT_PREFIX = "unet."
 
-_TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 2: "TYPE_UINT8", 7: "TYPE_INT64"}  # onnx TensorProto -> Triton
+_TRITON_TYPES = {
+    1: "TYPE_FP32",
+    10: "TYPE_FP16",
+    2: "TYPE_UINT8",
+    7: "TYPE_INT64",
+}  # onnx TensorProto -> Triton
 #: TensorRT builder workspace: enough for the largest 512x512 fp16 tactic at batch 8.
 TRT_WORKSPACE_BYTES = 4 << 30
 
@@ -101,17 +126,22 @@ class TritonOptions:
     def validate(self, verified_batch: int, precision: str = "fp32") -> None:
         """Raise ConfigError for any value Triton or this export cannot honour, naming the fix."""
         if self.accelerator not in ACCELERATORS:
-            raise ConfigError(f"--accelerator {self.accelerator!r} is not supported; choose one of {', '.join(ACCELERATORS)}")
+            raise ConfigError(
+                f"--accelerator {self.accelerator!r} is not supported; choose one of {', '.join(ACCELERATORS)}"
+            )
         acc = self.resolved(precision).accelerator
         if precision == "int8" and acc != "cpu":
             raise ConfigError(
                 f"--accelerator {acc} with --precision int8: the INT8 model (QDQ, uint8 activations) is calibrated and "
                 "verified for ONNX Runtime's CPU kernels; TensorRT takes only symmetric int8 Q/DQ and the CUDA EP runs "
-                "Q/DQ in float. Use --accelerator cpu (the default for int8), or --precision fp16 for GPUs")
+                "Q/DQ in float. Use --accelerator cpu (the default for int8), or --precision fp16 for GPUs"
+            )
         if precision == "fp16" and acc == "cpu":
-            raise ConfigError("--accelerator cpu with --precision fp16: ONNX Runtime's CPU kernels run an fp16 model "
-                              "through casts, slower than fp32; use --precision fp32 or int8 for CPU instances, or "
-                              "--accelerator tensorrt / cuda")
+            raise ConfigError(
+                "--accelerator cpu with --precision fp16: ONNX Runtime's CPU kernels run an fp16 model "
+                "through casts, slower than fp32; use --precision fp32 or int8 for CPU instances, or "
+                "--accelerator tensorrt / cuda"
+            )
         if self.max_batch_size < 1:
             raise ConfigError(f"--max-batch-size {self.max_batch_size} must be >= 1")
         if self.max_batch_size > verified_batch:
@@ -125,14 +155,20 @@ class TritonOptions:
             raise ConfigError(f"--max-queue-delay-us {self.max_queue_delay_us} must be >= 0")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
-            raise ConfigError(f"--preferred-batch-sizes {list(bad)} must lie in 1..--max-batch-size "
-                              f"({self.max_batch_size}); drop the flag to let the batcher use any size")
+            raise ConfigError(
+                f"--preferred-batch-sizes {list(bad)} must lie in 1..--max-batch-size "
+                f"({self.max_batch_size}); drop the flag to let the batcher use any size"
+            )
         cache = PurePosixPath(self.trt_cache_dir)
         if not cache.is_absolute() or ".." in cache.parts or cache == PurePosixPath("/"):
-            raise ConfigError(f"--trt-cache-dir {self.trt_cache_dir!r} must be an absolute folder in the container "
-                              "(a mounted volume, e.g. /trt_cache)")
+            raise ConfigError(
+                f"--trt-cache-dir {self.trt_cache_dir!r} must be an absolute folder in the container "
+                "(a mounted volume, e.g. /trt_cache)"
+            )
         if self.max_image_side < 16 or self.max_image_side % 16:
-            raise ConfigError(f"--max-image-side {self.max_image_side} must be a positive multiple of 16")
+            raise ConfigError(
+                f"--max-image-side {self.max_image_side} must be a positive multiple of 16"
+            )
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"--triton-name {self.name!r} must be a plain folder name")
         target = Path(self.repo)
@@ -149,7 +185,9 @@ def _io(value_info) -> tuple[str, str, list[int]]:
     t = value_info.type.tensor_type
     dims = [d.dim_value if d.dim_value else -1 for d in t.shape.dim]
     if t.elem_type not in _TRITON_TYPES:
-        raise ExportError(f"tensor {value_info.name!r} has ONNX type {t.elem_type}, which this writer does not map")
+        raise ExportError(
+            f"tensor {value_info.name!r} has ONNX type {t.elem_type}, which this writer does not map"
+        )
     return value_info.name, _TRITON_TYPES[t.elem_type], dims[1:]  # dims exclude the batch dimension
 
 
@@ -163,7 +201,9 @@ def _shapes(name: str, dims: list[int], batch: int, side: int) -> str:
     return f"{name}:" + "x".join(str(d) for d in [batch, *(d if d > 0 else side for d in dims)])
 
 
-def _trt_params(opts: TritonOptions, precision: str, in_name: str, in_dims: list[int]) -> dict[str, str]:
+def _trt_params(
+    opts: TritonOptions, precision: str, in_name: str, in_dims: list[int]
+) -> dict[str, str]:
     """The TensorRT accelerator's parameters: precision, caches, one optimization profile for batch 1..max."""
     dynamic = any(d < 0 for d in in_dims)
     opt_side = min(512, opts.max_image_side)
@@ -175,11 +215,15 @@ def _trt_params(opts: TritonOptions, precision: str, in_name: str, in_dims: list
         "trt_engine_cache_prefix": opts.name,
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": opts.trt_cache_dir,
-        # One profile from batch 1 to max_batch_size (and, size-agnostic, 16 px to max_image_side): without it
-        # ONNX Runtime builds an engine for each new shape it meets, minutes in the middle of serving.
+        # One profile from batch 1 to max_batch_size (and, size-agnostic, 16 px to max_image_side):
+        # without it
+        # ONNX Runtime builds an engine for each new shape it meets, minutes in the middle of
+        # serving.
         "trt_profile_min_shapes": _shapes(in_name, in_dims, 1, 16 if dynamic else 0),
         "trt_profile_opt_shapes": _shapes(in_name, in_dims, opts.max_batch_size, opt_side),
-        "trt_profile_max_shapes": _shapes(in_name, in_dims, opts.max_batch_size, opts.max_image_side),
+        "trt_profile_max_shapes": _shapes(
+            in_name, in_dims, opts.max_batch_size, opts.max_image_side
+        ),
     }
 
 
@@ -211,30 +255,50 @@ def render_config(model, opts: TritonOptions, precision: str = "fp32") -> str:
         f'input [ {{ name: "{in_name}" data_type: {in_type} dims: [ {_fmt(in_dims)} ] }} ]',
         f'output [ {{ name: "{out_name}" data_type: {out_type} dims: [ {_fmt(out_dims)} ] }} ]',
         "dynamic_batching {",
-        *([f"  preferred_batch_size: [ {_fmt(opts.preferred_batch_sizes)} ]"] if opts.preferred_batch_sizes else []),
+        *(
+            [f"  preferred_batch_size: [ {_fmt(opts.preferred_batch_sizes)} ]"]
+            if opts.preferred_batch_sizes
+            else []
+        ),
         f"  max_queue_delay_microseconds: {opts.max_queue_delay_us}",
         "}",
         f"instance_group [ {{ count: {opts.instances} kind: {kind} }} ]",
     ]
-    accelerator = {"tensorrt": lambda: _trt_params(opts, precision, in_name, in_dims),
-                   "cuda": _cuda_params}.get(opts.accelerator)
+    accelerator = {
+        "tensorrt": lambda: _trt_params(opts, precision, in_name, in_dims),
+        "cuda": _cuda_params,
+    }.get(opts.accelerator)
     if accelerator is not None:
-        lines += [f"# {precision} export served by the {opts.accelerator} accelerator",
-                  "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
-                  f'  name: "{opts.accelerator}"']
+        lines += [
+            f"# {precision} export served by the {opts.accelerator} accelerator",
+            "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
+            f'  name: "{opts.accelerator}"',
+        ]
         lines += [f'  parameters {{ key: "{k}" value: "{v}" }}' for k, v in accelerator().items()]
         lines.append("} ] } }")
-    params = {"cudnn_conv_algo_search": "0"} if kind == "KIND_GPU" else {}  # 0 = EXHAUSTIVE (the backend's mapping)
+    params = (
+        {"cudnn_conv_algo_search": "0"} if kind == "KIND_GPU" else {}
+    )  # 0 = EXHAUSTIVE (the backend's mapping)
     params.update({p.key: p.value for p in model.metadata_props if p.key.startswith(CLIENT_PREFIX)})
     lines.append("# the model's metadata for clients (the backend ignores keys it does not know)")
-    lines += [f'parameters {{ key: "{k}" value: {{ string_value: "{_escape(v)}" }} }}' for k, v in params.items()]
+    lines += [
+        f'parameters {{ key: "{k}" value: {{ string_value: "{_escape(v)}" }} }}'
+        for k, v in params.items()
+    ]
     warm_dims = [d if d > 0 else min(512, opts.max_image_side) for d in in_dims]
-    lines += ["# warm-up at the batch sizes the engine is built for, before the model is marked ready",
-              "model_warmup ["]
+    lines += [
+        "# warm-up at the batch sizes the engine is built for, before the model is marked ready",
+        "model_warmup [",
+    ]
     for batch in dict.fromkeys((1, opts.max_batch_size)):
-        lines += ["  {", f'    name: "zero_batch_{batch}"', f"    batch_size: {batch}",
-                  f'    inputs {{ key: "{in_name}" value: {{ data_type: {in_type} dims: [ {_fmt(warm_dims)} ] '
-                  "zero_data: true } }", "  },"]
+        lines += [
+            "  {",
+            f'    name: "zero_batch_{batch}"',
+            f"    batch_size: {batch}",
+            f'    inputs {{ key: "{in_name}" value: {{ data_type: {in_type} dims: [ {_fmt(warm_dims)} ] '
+            "zero_data: true } }",
+            "  },",
+        ]
     lines[-1] = "  }"
     lines.append("]")
     return "\n".join(lines) + "\n"
@@ -266,11 +330,17 @@ def _test_data(model, folder: Path, input_batch: np.ndarray) -> None:
     inp = session.get_inputs()[0].name
     out = session.run(None, {inp: input_batch})[0]
     folder.mkdir(parents=True)
-    (folder / "input_0.pb").write_bytes(numpy_helper.from_array(input_batch, inp).SerializeToString())
-    (folder / "output_0.pb").write_bytes(numpy_helper.from_array(out, session.get_outputs()[0].name).SerializeToString())
+    (folder / "input_0.pb").write_bytes(
+        numpy_helper.from_array(input_batch, inp).SerializeToString()
+    )
+    (folder / "output_0.pb").write_bytes(
+        numpy_helper.from_array(out, session.get_outputs()[0].name).SerializeToString()
+    )
 
 
-def write_triton_repo(model, opts: TritonOptions, test_input: np.ndarray, precision: str = "fp32") -> Path:
+def write_triton_repo(
+    model, opts: TritonOptions, test_input: np.ndarray, precision: str = "fp32"
+) -> Path:
     """Write ``REPO/NAME`` (config, model, test data); returns the model folder.
 
     Built in a temporary folder beside it and moved into place, so a failure

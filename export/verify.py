@@ -121,19 +121,28 @@ class Gate:
 
     def as_dict(self) -> dict:
         """``{name, value, bound, passed}`` for the report."""
-        return {"name": self.name, "value": self.value, "bound": self.bound, "passed": self.passed,
-                "rule": ">=" if self.at_least else "<="}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "bound": self.bound,
+            "passed": self.passed,
+            "rule": ">=" if self.at_least else "<=",
+        }
 
     def line(self) -> str:
         """``name value <= bound ok`` for the step log."""
         fmt = ".4f" if self.at_least else ".2g"
-        return (f"{self.name}: {self.value:{fmt}} {'>=' if self.at_least else '<='} {self.bound:g} "
-                f"{'ok' if self.passed else 'FAILED'}")
+        return (
+            f"{self.name}: {self.value:{fmt}} {'>=' if self.at_least else '<='} {self.bound:g} "
+            f"{'ok' if self.passed else 'FAILED'}"
+        )
 
     def failure(self) -> str:
         """The message for a failed gate, with the tolerance that would have been needed."""
-        return (f"{self.name} is {self.value:.4g}, {'below' if self.at_least else 'above'} the bound {self.bound:g} "
-                f"(a bound of {self.value:.3g} would have been needed)")
+        return (
+            f"{self.name} is {self.value:.4g}, {'below' if self.at_least else 'above'} the bound {self.bound:g} "
+            f"(a bound of {self.value:.3g} would have been needed)"
+        )
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,9 @@ def make_pixels(height: int, width: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
-def verification_cases(input_size: tuple[int, int] | None, seed: int, max_batch: int | None = None) -> list[Case]:
+def verification_cases(
+    input_size: tuple[int, int] | None, seed: int, max_batch: int | None = None
+) -> list[Case]:
     """Batch 1 and batch 2 (and ``max_batch``) at the export size; two shapes for a size-agnostic model.
 
     A fixed-size model's batch 2 repeats batch 1's image at index 0 and adds
@@ -171,7 +182,9 @@ def verification_cases(input_size: tuple[int, int] | None, seed: int, max_batch:
         cases = [Case(1, h, w, (seed,)), Case(2, h, w, (seed, seed + 1))]
     if max_batch and max_batch > 2:
         first = cases[0]
-        cases.append(Case(max_batch, first.height, first.width, tuple(seed + i for i in range(max_batch))))
+        cases.append(
+            Case(max_batch, first.height, first.width, tuple(seed + i for i in range(max_batch)))
+        )
     return cases
 
 
@@ -209,11 +222,13 @@ class KerasReference:
         t0 = time.perf_counter()
         for keys in by_size.values():
             for i in range(0, len(keys), KERAS_BATCH):
-                chunk = keys[i:i + KERAS_BATCH]
+                chunk = keys[i : i + KERAS_BATCH]
                 x = to_model_input([images[k] for k in chunk], self._mean, self._std, "nhwc")
                 features, probs = (np.asarray(t) for t in self._call(x))
                 for j, k in enumerate(chunk):
-                    logits = (features[j].astype(np.float64) @ self._kernel + self._bias).astype(np.float32)
+                    logits = (features[j].astype(np.float64) @ self._kernel + self._bias).astype(
+                        np.float32
+                    )
                     self._cache[k] = (logits, probs[j].astype(np.float32))
         self.seconds += time.perf_counter() - t0
 
@@ -237,7 +252,13 @@ def logits_output(model, layout: str) -> tuple[str, int]:
     producer = {o: n for n in model.graph.node for o in n.output}
     name = model.graph.output[0].name
     node = producer.get(name)
-    while node is not None and node.op_type in ("Cast", "Transpose", "Squeeze", "Unsqueeze", "Resize"):
+    while node is not None and node.op_type in (
+        "Cast",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Resize",
+    ):
         name = node.input[0]
         node = producer.get(name)
     if node is not None and node.op_type in ("Softmax", "ArgMax"):
@@ -275,8 +296,18 @@ def _session(model, extra_outputs: Iterable[str] = ()):
 class Runner:
     """An ONNX model as verification runs it: model-ready input in, NHWC logits and mask (and probabilities) out."""
 
-    def __init__(self, model, *, head: str, layout: str, input_dtype: str, mean, std, num_classes: int,
-                 extra_outputs: Sequence[str] = ()):
+    def __init__(
+        self,
+        model,
+        *,
+        head: str,
+        layout: str,
+        input_dtype: str,
+        mean,
+        std,
+        num_classes: int,
+        extra_outputs: Sequence[str] = (),
+    ):
         self.head, self.layout, self.mean, self.std = head, layout, mean, std
         self.dtype = np.uint8 if input_dtype == "uint8" else np.float32
         self.num_classes = num_classes
@@ -294,7 +325,7 @@ class Runner:
         outs = dict(zip(names, self.session.run(names, {self.input_name: x}), strict=True))
         self.seconds += time.perf_counter() - t0
         # The class axis last; a padded head (pad.py) has extra classes after the real ones.
-        logits = np.moveaxis(outs[self.logits_name], self.logits_axis, -1)[..., :self.num_classes]
+        logits = np.moveaxis(outs[self.logits_name], self.logits_axis, -1)[..., : self.num_classes]
         logits = logits.astype(np.float32, copy=False)
         result = {"logits": logits, **{name: outs[name] for name in self.extra}}
         if self.head == "argmax":
@@ -307,31 +338,65 @@ class Runner:
         return result
 
 
-def _mask_gate(label: str, ref_probs: np.ndarray, mask: np.ndarray, precision: str, row: dict,
-               skipped: list) -> Gate | None:
+def _mask_gate(
+    label: str, ref_probs: np.ndarray, mask: np.ndarray, precision: str, row: dict, skipped: list
+) -> Gate | None:
     """fp32: exact where the margin >= FP32_TIE_MARGIN; fp16: >= 99% on confident pixels (when there are enough)."""
     margin = FP32_TIE_MARGIN if precision == "fp32" else CONFIDENT_MARGIN
     agree = mask_agreement(ref_probs, mask, margin)
-    row.update(agreement=agree["agreement"], confident_pixels=agree["confident_pixels"],
-               confident_agreement=agree["confident_agreement"], confident_margin=margin)
+    row.update(
+        agreement=agree["agreement"],
+        confident_pixels=agree["confident_pixels"],
+        confident_agreement=agree["confident_agreement"],
+        confident_margin=margin,
+    )
     n = agree["confident_pixels"]
     if precision == "fp32":
         if n:
-            return Gate(f"{label} mask vs Keras where margin >= {margin:g} ({n} px)", agree["confident_agreement"],
-                        1.0, at_least=True)
-        skipped.append({"name": f"{label} mask vs Keras", "reason": f"no pixel has a top-2 margin >= {margin:g}"})
+            return Gate(
+                f"{label} mask vs Keras where margin >= {margin:g} ({n} px)",
+                agree["confident_agreement"],
+                1.0,
+                at_least=True,
+            )
+        skipped.append(
+            {
+                "name": f"{label} mask vs Keras",
+                "reason": f"no pixel has a top-2 margin >= {margin:g}",
+            }
+        )
         return None
     if n >= MIN_CONFIDENT_PIXELS:
-        return Gate(f"{label} mask vs Keras on confident pixels ({n} px)", agree["confident_agreement"],
-                    MASK_AGREEMENT_MIN, at_least=True)
-    skipped.append({"name": f"{label} mask vs Keras on confident pixels",
-                    "reason": f"{n} confident pixels (< {MIN_CONFIDENT_PIXELS}; untrained weights give a flat softmax)"})
+        return Gate(
+            f"{label} mask vs Keras on confident pixels ({n} px)",
+            agree["confident_agreement"],
+            MASK_AGREEMENT_MIN,
+            at_least=True,
+        )
+    skipped.append(
+        {
+            "name": f"{label} mask vs Keras on confident pixels",
+            "reason": f"{n} confident pixels (< {MIN_CONFIDENT_PIXELS}; untrained weights give a flat softmax)",
+        }
+    )
     return None
 
 
-def verify_export(keras_model, model, *, head: str, layout: str, precision: str, input_dtype: str, mean, std,
-                  cases: Sequence[Case], fp32_model=None, held_out: Sequence[np.ndarray] = (),
-                  frames: Sequence[tuple[int, int]] = ()) -> dict:
+def verify_export(
+    keras_model,
+    model,
+    *,
+    head: str,
+    layout: str,
+    precision: str,
+    input_dtype: str,
+    mean,
+    std,
+    cases: Sequence[Case],
+    fp32_model=None,
+    held_out: Sequence[np.ndarray] = (),
+    frames: Sequence[tuple[int, int]] = (),
+) -> dict:
     """Run the ONNX model (CPU) and Keras on the same images and apply every gate.
 
     ONNX Runtime runs first and its session is dropped before Keras runs:
@@ -360,9 +425,18 @@ def verify_export(keras_model, model, *, head: str, layout: str, precision: str,
     Raises:
         VerificationError: a gate failed; ``.report`` holds every figure.
     """
-    images = {(s, c.height, c.width): make_pixels(c.height, c.width, s) for c in cases for s in c.seeds}
+    images = {
+        (s, c.height, c.width): make_pixels(c.height, c.width, s) for c in cases for s in c.seeds
+    }
     num_classes = int(keras_model.output_shape[-1])
-    kwargs = dict(head=head, layout=layout, input_dtype=input_dtype, mean=mean, std=std, num_classes=num_classes)
+    kwargs = dict(
+        head=head,
+        layout=layout,
+        input_dtype=input_dtype,
+        mean=mean,
+        std=std,
+        num_classes=num_classes,
+    )
     runner = Runner(model, **kwargs)
     outputs = [runner.run([images[(s, c.height, c.width)] for s in c.seeds]) for c in cases]
     onnx_s = runner.seconds
@@ -370,13 +444,23 @@ def verify_export(keras_model, model, *, head: str, layout: str, precision: str,
     held = None
     if fp32_model is not None:
         first = cases[0]
-        held = _held_out(fp32_model, model, held_out, check=images[(first.seeds[0], first.height, first.width)],
-                         **kwargs)
+        held = _held_out(
+            fp32_model,
+            model,
+            held_out,
+            check=images[(first.seeds[0], first.height, first.width)],
+            **kwargs,
+        )
     frame_runs = _run_frames(model, frames, cases[0], **kwargs) if frames else []
     reference = KerasReference(keras_model, mean, std)
     reference.compute(images)
-    reference.compute({k: v for f in frame_runs for k, v in ((f["graph_key"], f["graph_input"]),
-                                                             (f["host_key"], f["host_input"]))})
+    reference.compute(
+        {
+            k: v
+            for f in frame_runs
+            for k, v in ((f["graph_key"], f["graph_input"]), (f["host_key"], f["host_input"]))
+        }
+    )
 
     gates: list[Gate] = []
     skipped: list[dict] = []
@@ -388,8 +472,10 @@ def verify_export(keras_model, model, *, head: str, layout: str, precision: str,
         row: dict = {"batch": case.batch, "height": case.height, "width": case.width}
         rows.append(row)
         if out["mask"].shape != ref_probs.shape[:-1] or out["logits"].shape != ref_logits.shape:
-            shapes.append(f"{case.label}: the ONNX model gives masks {out['mask'].shape} and logits "
-                          f"{out['logits'].shape}, Keras {ref_probs.shape[:-1]} and {ref_logits.shape}")
+            shapes.append(
+                f"{case.label}: the ONNX model gives masks {out['mask'].shape} and logits "
+                f"{out['logits'].shape}, Keras {ref_probs.shape[:-1]} and {ref_logits.shape}"
+            )
             continue
         bound = {"fp32": FP32_REL_L2, "fp16": FP16_REL_L2}.get(precision, INT8_NOISE_REL_L2)
         err = compare(ref_logits, out["logits"])
@@ -399,30 +485,54 @@ def verify_export(keras_model, model, *, head: str, layout: str, precision: str,
             err = compare(ref_probs, out["probs"])
             row.update(rel_l2=err["rel_l2"], max_abs=err["max_abs"])
             gates.append(Gate(f"{case.label} probabilities rel L2 vs Keras", err["rel_l2"], bound))
-        if precision != "int8":  # noise lies outside INT8's calibrated ranges: its masks are gated on held-out images
+        if (
+            precision != "int8"
+        ):  # noise lies outside INT8's calibrated ranges: its masks are gated on held-out images
             gate = _mask_gate(case.label, ref_probs, out["mask"], precision, row, skipped)
             if gate:
                 gates.append(gate)
         log.info("verify: %s", row)
     if frame_runs:
-        frame_gates, frame_rows = _frame_gates(frame_runs, reference, precision=precision, head=head)
+        frame_gates, frame_rows = _frame_gates(
+            frame_runs, reference, precision=precision, head=head
+        )
         gates += frame_gates
         rows += frame_rows
-    report: dict = {"cases": rows, "keras_s": round(reference.seconds, 3), "onnx_s": round(onnx_s, 3)}
+    report: dict = {
+        "cases": rows,
+        "keras_s": round(reference.seconds, 3),
+        "onnx_s": round(onnx_s, 3),
+    }
     if held is not None:
         first = cases[0]
         key = (first.seeds[0], first.height, first.width)
         err = compare(reference.logits([key]), held.pop("check_logits"))
-        gates.append(Gate(f"fp32 graph before quantization, b1 {first.height}x{first.width}: logits rel L2 vs Keras",
-                          err["rel_l2"], FP32_REL_L2))
+        gates.append(
+            Gate(
+                f"fp32 graph before quantization, b1 {first.height}x{first.width}: logits rel L2 vs Keras",
+                err["rel_l2"],
+                FP32_REL_L2,
+            )
+        )
         gates += held.pop("gates")
         skipped += held.pop("not_applicable")
         report["held_out"] = held
     return _finish({"gates": gates, "not_applicable": skipped, **report}, shapes)
 
 
-def _held_out(fp32_model, int8_model, images: Sequence[np.ndarray], *, check: np.ndarray, head: str, layout: str,
-              input_dtype: str, mean, std, num_classes: int) -> dict:
+def _held_out(
+    fp32_model,
+    int8_model,
+    images: Sequence[np.ndarray],
+    *,
+    check: np.ndarray,
+    head: str,
+    layout: str,
+    input_dtype: str,
+    mean,
+    std,
+    num_classes: int,
+) -> dict:
     """The INT8 gates on held-out images: logits and masks against the fp32 graph that was quantized.
 
     ``check`` (the first verification image) also goes through the fp32
@@ -435,7 +545,14 @@ def _held_out(fp32_model, int8_model, images: Sequence[np.ndarray], *, check: np
         confident pixels when there are enough), ``not_applicable``, mIoU
         and agreement against the fp32 graph, ``check_logits``, timings.
     """
-    kwargs = dict(head=head, layout=layout, input_dtype=input_dtype, mean=mean, std=std, num_classes=num_classes)
+    kwargs = dict(
+        head=head,
+        layout=layout,
+        input_dtype=input_dtype,
+        mean=mean,
+        std=std,
+        num_classes=num_classes,
+    )
     fp32, int8 = Runner(fp32_model, **kwargs), Runner(int8_model, **kwargs)
     check_logits = fp32.run([check])["logits"]
     sq_diff = sq_ref = 0.0
@@ -459,18 +576,38 @@ def _held_out(fp32_model, int8_model, images: Sequence[np.ndarray], *, check: np
     skipped = []
     conf_agree = same_conf / n_conf if n_conf else None
     if n_conf >= MIN_CONFIDENT_PIXELS:
-        gates.append(Gate(f"int8 held-out ({n} images): mask vs fp32 graph on confident pixels ({n_conf} px)",
-                          float(same_conf / n_conf), INT8_MASK_AGREEMENT_MIN, at_least=True))
+        gates.append(
+            Gate(
+                f"int8 held-out ({n} images): mask vs fp32 graph on confident pixels ({n_conf} px)",
+                float(same_conf / n_conf),
+                INT8_MASK_AGREEMENT_MIN,
+                at_least=True,
+            )
+        )
     else:
-        skipped.append({"name": "int8 held-out mask vs fp32 graph on confident pixels",
-                        "reason": f"{n_conf} confident pixels in {n} held-out images (< {MIN_CONFIDENT_PIXELS}; "
-                                  "untrained weights give a flat softmax); the logits gate applies"})
+        skipped.append(
+            {
+                "name": "int8 held-out mask vs fp32 graph on confident pixels",
+                "reason": f"{n_conf} confident pixels in {n} held-out images (< {MIN_CONFIDENT_PIXELS}; "
+                "untrained weights give a flat softmax); the logits gate applies",
+            }
+        )
     return {
-        "gates": gates, "not_applicable": skipped, "check_logits": check_logits,
-        "images": n, "pixels": pixels_total, "confident_pixels": n_conf,
-        "vs_fp32": {"logits_rel_l2": rel, "agreement": same / max(pixels_total, 1), "confident_agreement": conf_agree,
-                    "pixel_accuracy": pixel_accuracy(confusion), "mean_iou": mean_iou(confusion)},
-        "fp32_s": round(fp32.seconds, 3), "int8_s": round(int8.seconds, 3),
+        "gates": gates,
+        "not_applicable": skipped,
+        "check_logits": check_logits,
+        "images": n,
+        "pixels": pixels_total,
+        "confident_pixels": n_conf,
+        "vs_fp32": {
+            "logits_rel_l2": rel,
+            "agreement": same / max(pixels_total, 1),
+            "confident_agreement": conf_agree,
+            "pixel_accuracy": pixel_accuracy(confusion),
+            "mean_iou": mean_iou(confusion),
+        },
+        "fp32_s": round(fp32.seconds, 3),
+        "int8_s": round(int8.seconds, 3),
     }
 
 
@@ -490,10 +627,20 @@ def _run_frames(model, frames: Sequence[tuple[int, int]], case: Case, **kwargs) 
         pixels = make_pixels(h, w, 7000 + i)
         out = runner.run([pixels])
         # What the runtime's host path feeds a fixed-size model: bilinear, rounded back to uint8.
-        host = np.clip(np.rint(resize_bilinear(pixels, case.height, case.width)), 0, 255).astype(np.uint8)
+        host = np.clip(np.rint(resize_bilinear(pixels, case.height, case.width)), 0, 255).astype(
+            np.uint8
+        )
         graph = out[NETWORK_INPUT][0]
-        runs.append({"size": (h, w), "out": out, "host_input": host, "graph_input": graph,
-                     "graph_key": ("frame graph", h, w), "host_key": ("frame host", h, w)})
+        runs.append(
+            {
+                "size": (h, w),
+                "out": out,
+                "host_input": host,
+                "graph_input": graph,
+                "graph_key": ("frame graph", h, w),
+                "host_key": ("frame host", h, w),
+            }
+        )
     return runs
 
 
@@ -507,24 +654,54 @@ def _frame_gates(runs: list[dict], reference: KerasReference, *, precision: str,
         (h, w), out = run["size"], run["out"]
         label = f"frame {h}x{w}"
         differ = np.abs(run["graph_input"].astype(np.int16) - run["host_input"])
-        row = {"frame": f"{h}x{w}", "resize_max_diff": int(differ.max()), "resize_differ": float((differ > 0).mean())}
-        gates.append(Gate(f"{label}: in-graph resize vs the host's, largest difference in grey levels",
-                          float(differ.max()), FRAME_RESIZE_MAX_DIFF))
+        row = {
+            "frame": f"{h}x{w}",
+            "resize_max_diff": int(differ.max()),
+            "resize_differ": float((differ > 0).mean()),
+        }
+        gates.append(
+            Gate(
+                f"{label}: in-graph resize vs the host's, largest difference in grey levels",
+                float(differ.max()),
+                FRAME_RESIZE_MAX_DIFF,
+            )
+        )
         bound = {"fp32": FP32_REL_L2, "fp16": FP16_REL_L2}.get(precision, INT8_NOISE_REL_L2)
         err = compare(reference.logits([run["graph_key"]]), out["logits"])
         row["logits_rel_l2"] = err["rel_l2"]
-        gates.append(Gate(f"{label}: logits rel L2 vs Keras on the graph's resized frame", err["rel_l2"], bound))
-        if head == "argmax":  # the whole in-graph pipeline against the host's: resize, Keras, nearest resize back
+        gates.append(
+            Gate(
+                f"{label}: logits rel L2 vs Keras on the graph's resized frame",
+                err["rel_l2"],
+                bound,
+            )
+        )
+        if (
+            head == "argmax"
+        ):  # the whole in-graph pipeline against the host's: resize, Keras, nearest resize back
             probs = reference.probs([run["host_key"]])[0]
             host_mask = resize_nearest(probs.argmax(-1).astype(np.uint8), h, w)
             confident = resize_nearest(top2_margin(probs), h, w) >= CONFIDENT_MARGIN
-            same = out["mask"][0] == host_mask if out["mask"].shape[1:] == (h, w) else np.zeros((h, w), bool)
-            row.update(mask_shape=list(out["mask"].shape[1:]), mask_agreement=float(same.mean()),
-                       confident_pixels=int(confident.sum()))
+            same = (
+                out["mask"][0] == host_mask
+                if out["mask"].shape[1:] == (h, w)
+                else np.zeros((h, w), bool)
+            )
+            row.update(
+                mask_shape=list(out["mask"].shape[1:]),
+                mask_agreement=float(same.mean()),
+                confident_pixels=int(confident.sum()),
+            )
             if confident.sum() >= MIN_CONFIDENT_PIXELS:
                 bound = INT8_MASK_AGREEMENT_MIN if precision == "int8" else MASK_AGREEMENT_MIN
-                gates.append(Gate(f"{label}: mask vs the host pipeline's on confident pixels ({int(confident.sum())} px)",
-                                  float(same[confident].mean()), bound, at_least=True))
+                gates.append(
+                    Gate(
+                        f"{label}: mask vs the host pipeline's on confident pixels ({int(confident.sum())} px)",
+                        float(same[confident].mean()),
+                        bound,
+                        at_least=True,
+                    )
+                )
         rows.append(row)
     return gates, rows
 
@@ -539,16 +716,28 @@ def _finish(report: dict, failures: Sequence[str] = ()) -> dict:
     """Gates to dicts, ``passed`` set; raise VerificationError naming every failed gate (and ``failures``)."""
     gates: list[Gate] = report["gates"]
     failed = [*failures, *(g.failure() for g in gates if not g.passed)]
-    report = {**report, "passed": not failed, "failures": failed, "gates": [g.as_dict() for g in gates]}
+    report = {
+        **report,
+        "passed": not failed,
+        "failures": failed,
+        "gates": [g.as_dict() for g in gates],
+    }
     if failed:
         raise VerificationError("verification failed: " + "; ".join(failed), report)
     if not gates:  # cannot happen for a model of this network; a guard against a vacuous pass
-        raise VerificationError("verification applied no numeric gate; nothing was compared", report)
+        raise VerificationError(
+            "verification applied no numeric gate; nothing was compared", report
+        )
     return report
 
 
 def gate_lines(report: dict) -> list[str]:
     """One log line per gate and per gate that did not apply, as export-unet prints them."""
-    lines = [Gate(g["name"], g["value"], g["bound"], g["rule"] == ">=").line() for g in report.get("gates", [])]
-    lines += [f"{s['name']}: not applicable ({s['reason']})" for s in report.get("not_applicable", [])]
+    lines = [
+        Gate(g["name"], g["value"], g["bound"], g["rule"] == ">=").line()
+        for g in report.get("gates", [])
+    ]
+    lines += [
+        f"{s['name']}: not applicable ({s['reason']})" for s in report.get("not_applicable", [])
+    ]
     return lines

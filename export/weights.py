@@ -14,8 +14,14 @@ from pathlib import Path
 
 from .errors import WeightsError
 
-__all__ = ["load_weights", "load_encoder_weights", "copy_weights", "stored_num_classes", "sha256_file",
-           "WEIGHT_SUFFIXES"]
+__all__ = [
+    "load_weights",
+    "load_encoder_weights",
+    "copy_weights",
+    "stored_num_classes",
+    "sha256_file",
+    "WEIGHT_SUFFIXES",
+]
 
 WEIGHT_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5")
 
@@ -31,9 +37,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def _check_file(path: Path, what: str) -> None:
     if not path.is_file():
-        raise WeightsError(f"{what} {str(path)!r} does not exist or is not a file; pass the path of a {'/'.join(WEIGHT_SUFFIXES)} file")
+        raise WeightsError(
+            f"{what} {str(path)!r} does not exist or is not a file; pass the path of a {'/'.join(WEIGHT_SUFFIXES)} file"
+        )
     if not str(path).endswith(WEIGHT_SUFFIXES):
-        raise WeightsError(f"{what} {str(path)!r} has an unsupported suffix; allowed: {', '.join(WEIGHT_SUFFIXES)}")
+        raise WeightsError(
+            f"{what} {str(path)!r} has an unsupported suffix; allowed: {', '.join(WEIGHT_SUFFIXES)}"
+        )
 
 
 def _layers_with_weights(model):
@@ -111,8 +121,10 @@ def copy_weights(model, source) -> str:
     import numpy as np
 
     if not hasattr(source, "layers") or not hasattr(source, "get_weights"):
-        raise WeightsError(f"keras_model is a {type(source).__name__}, not a Keras model; pass the trained "
-                           "keras.Model (or save it and pass the file as weights)")
+        raise WeightsError(
+            f"keras_model is a {type(source).__name__}, not a Keras model; pass the trained "
+            "keras.Model (or save it and pass the file as weights)"
+        )
     _assign(model, source.layers, "keras_model")
     digest = hashlib.sha256()
     for array in source.get_weights():
@@ -192,7 +204,7 @@ def load_encoder_weights(model, path: str | os.PathLike) -> str:
     for layer in vgg.layers:
         if not layer.name.startswith("block") or "_conv" not in layer.name:
             continue
-        block, conv = layer.name[len("block"):].split("_conv")
+        block, conv = layer.name[len("block") :].split("_conv")
         target = model.get_layer(f"conv{block}-{conv}")
         want = [tuple(w.shape) for w in target.weights]
         got = [tuple(w.shape) for w in layer.weights]

@@ -36,6 +36,7 @@ def __getattr__(name: str):
     globals()["__version__"] = version  # later lookups skip this function
     return version
 
+
 __all__ = [
     "__version__",
     "Segmenter",

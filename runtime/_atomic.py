@@ -7,7 +7,13 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "check_writable_target", "folder_problem", "new_folders", "remove_empty"]
+__all__ = [
+    "atomic_write_bytes",
+    "check_writable_target",
+    "folder_problem",
+    "new_folders",
+    "remove_empty",
+]
 
 
 def folder_problem(folder: str | os.PathLike, what: str) -> str | None:
@@ -34,7 +40,9 @@ def check_writable_target(path: str | os.PathLike, what: str, error_type: type[E
     """
     path = Path(path)
     if path.is_dir():
-        raise error_type(f"{what} {str(path)!r} is a directory; give a file path such as {str(path / 'model.onnx')!r}")
+        raise error_type(
+            f"{what} {str(path)!r} is a directory; give a file path such as {str(path / 'model.onnx')!r}"
+        )
     problem = folder_problem(path.parent, what)
     if problem:
         raise error_type(problem)
@@ -63,7 +71,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     included, the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:

@@ -26,7 +26,12 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 class PalettePngWriter:
@@ -44,8 +49,11 @@ class PalettePngWriter:
         self._zip = zlib.compressobj(6)
         self._rows = 0
         colours = np.asarray(palette, np.uint8).reshape(-1, 3)[:256]
-        self._fh.write(_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
-                       + _chunk(b"PLTE", colours.tobytes()))
+        self._fh.write(
+            _SIGNATURE
+            + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
+            + _chunk(b"PLTE", colours.tobytes())
+        )
 
     def write(self, rows: np.ndarray) -> None:
         """Append rows: uint8 ``(n, width)`` class ids (palette indices)."""

@@ -38,29 +38,69 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("model", type=Path, help="the .onnx model")
-    p.add_argument("images", nargs="*", type=Path,
-                   help=f"image files, or folders (their {'/'.join(IMAGE_SUFFIXES)} files, not recursive)")
-    p.add_argument("--out", type=Path, help="folder for the masks (created if missing); required with images")
-    p.add_argument("--info", action="store_true",
-                   help="print what the model file holds (input, output, head, precision, classes, normalization, "
-                        "weights, export versions) and exit; no images needed")
-    p.add_argument("--overlay", action="store_true", help="also write NAME.overlay.png: colours blended over the image")
-    p.add_argument("--probabilities", action="store_true",
-                   help="also write NAME.probs.npy: float32 (H, W, classes) class probabilities from the same run "
-                        "(H x W x classes x 4 bytes: 22 MB for a 512x512 image with 21 classes; np.load reads it); "
-                        "not for --head argmax models")
+    p.add_argument(
+        "images",
+        nargs="*",
+        type=Path,
+        help=f"image files, or folders (their {'/'.join(IMAGE_SUFFIXES)} files, not recursive)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="folder for the masks (created if missing); required with images"
+    )
+    p.add_argument(
+        "--info",
+        action="store_true",
+        help="print what the model file holds (input, output, head, precision, classes, normalization, "
+        "weights, export versions) and exit; no images needed",
+    )
+    p.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write NAME.overlay.png: colours blended over the image",
+    )
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write NAME.probs.npy: float32 (H, W, classes) class probabilities from the same run "
+        "(H x W x classes x 4 bytes: 22 MB for a 512x512 image with 21 classes; np.load reads it); "
+        "not for --head argmax models",
+    )
     p.add_argument("--providers", default="auto", help="'auto' or a comma list: tensorrt,cuda,cpu")
-    p.add_argument("--strict", action="store_true", help="fail instead of warning when a requested provider does not run")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail instead of warning when a requested provider does not run",
+    )
     p.add_argument("--batch", type=int, default=1, help="images per session call (without --tile)")
-    t = p.add_argument_group("tiling (native resolution, for models trained on crops at native resolution)")
-    t.add_argument("--tile", nargs="?", const="model", metavar="HxW|model",
-                   help="segment each image in overlapping windows of HxW pixels (multiples of 16; 'model': the "
-                        "model's own size), stitched at the image's resolution, the mask PNG written band by band")
-    t.add_argument("--overlap", type=float, default=0.25, help="--tile: fraction of a window its neighbours overlap")
-    t.add_argument("--blend", choices=BLENDS, default="gaussian",
-                   help="--tile: weights that blend the windows' scores, or deepest: each pixel from the window it "
-                        "lies deepest in (argmax models always)")
-    t.add_argument("--tile-batch", type=int, help="--tile: windows per session call (default: 8 on a GPU, 1 on the CPU)")
+    t = p.add_argument_group(
+        "tiling (native resolution, for models trained on crops at native resolution)"
+    )
+    t.add_argument(
+        "--tile",
+        nargs="?",
+        const="model",
+        metavar="HxW|model",
+        help="segment each image in overlapping windows of HxW pixels (multiples of 16; 'model': the "
+        "model's own size), stitched at the image's resolution, the mask PNG written band by band",
+    )
+    t.add_argument(
+        "--overlap",
+        type=float,
+        default=0.25,
+        help="--tile: fraction of a window its neighbours overlap",
+    )
+    t.add_argument(
+        "--blend",
+        choices=BLENDS,
+        default="gaussian",
+        help="--tile: weights that blend the windows' scores, or deepest: each pixel from the window it "
+        "lies deepest in (argmax models always)",
+    )
+    t.add_argument(
+        "--tile-batch",
+        type=int,
+        help="--tile: windows per session call (default: 8 on a GPU, 1 on the CPU)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return p
 
@@ -75,8 +115,11 @@ class _UsageError(Exception):
 
 def _outputs(path: Path, overlay: bool = False, probabilities: bool = False) -> list[str]:
     """The file names an input image is written as: its mask, then its overlay and probabilities if asked."""
-    return ([f"{path.stem}.png"] + ([f"{path.stem}.overlay.png"] if overlay else [])
-            + ([f"{path.stem}.probs.npy"] if probabilities else []))
+    return (
+        [f"{path.stem}.png"]
+        + ([f"{path.stem}.overlay.png"] if overlay else [])
+        + ([f"{path.stem}.probs.npy"] if probabilities else [])
+    )
 
 
 def _collect(paths: list[Path], overlay: bool = False, probabilities: bool = False) -> list[Path]:
@@ -84,13 +127,19 @@ def _collect(paths: list[Path], overlay: bool = False, probabilities: bool = Fal
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
-                raise _UsageError(f"folder {str(path)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files; "
-                                  "pass image files or a folder of them")
+                raise _UsageError(
+                    f"folder {str(path)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files; "
+                    "pass image files or a folder of them"
+                )
             files.extend(found)
         else:
-            files.append(path)  # a missing or unreadable file is skipped later, with the others still done
+            files.append(
+                path
+            )  # a missing or unreadable file is skipped later, with the others still done
     writer: dict[str, Path] = {}  # output file name -> the input that writes it
     seen: set[Path] = set()
     unique: list[Path] = []
@@ -101,8 +150,10 @@ def _collect(paths: list[Path], overlay: bool = False, probabilities: bool = Fal
         seen.add(real)
         for name in _outputs(path, overlay, probabilities):
             if name in writer:
-                raise _UsageError(f"{str(writer[name])!r} and {str(path)!r} would both be written as {name}; "
-                                  "rename one, or segment them into separate --out folders")
+                raise _UsageError(
+                    f"{str(writer[name])!r} and {str(path)!r} would both be written as {name}; "
+                    "rename one, or segment them into separate --out folders"
+                )
             writer[name] = path
         unique.append(path)
     return unique
@@ -129,8 +180,12 @@ def _progress(done: int, total: int, quiet: bool, unit: str = "") -> None:
         return
     width = 30
     filled = width * done // total
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}{unit}", end="" if done < total else "\n",
-          file=sys.stderr, flush=True)
+    print(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}{unit}",
+        end="" if done < total else "\n",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _tile_arg(text: str | None):
@@ -157,16 +212,25 @@ def _segment_tiled(segmenter, path: Path, image, args, palette) -> None:
     h, w = image.shape[:2]
     full = np.empty((h, w), np.uint8) if args.overlay else None
     probs = None
-    if args.probabilities:  # a memory-mapped .npy filled band by band, renamed into place when whole
+    if (
+        args.probabilities
+    ):  # a memory-mapped .npy filled band by band, renamed into place when whole
         probs_path = args.out / _outputs(path, False, True)[1]
         tmp_probs = probs_path.with_name(f".{probs_path.name}.tmp")
-        probs = np.lib.format.open_memmap(tmp_probs, mode="w+", dtype=np.float32,
-                                          shape=(h, w, segmenter.info.num_classes))
+        probs = np.lib.format.open_memmap(
+            tmp_probs, mode="w+", dtype=np.float32, shape=(h, w, segmenter.info.num_classes)
+        )
     try:
         with PalettePngWriter(mask_path, w, h, np.asarray(palette, np.uint8)) as png:
-            for band in segmenter.iter_tiles(image, tile=args.tile, overlap=args.overlap, blend=args.blend,
-                                             tile_batch=args.tile_batch, probabilities=args.probabilities,
-                                             progress=lambda d, t: _progress(d, t, args.quiet, " windows")):
+            for band in segmenter.iter_tiles(
+                image,
+                tile=args.tile,
+                overlap=args.overlap,
+                blend=args.blend,
+                tile_batch=args.tile_batch,
+                probabilities=args.probabilities,
+                progress=lambda d, t: _progress(d, t, args.quiet, " windows"),
+            ):
                 png.write(band.mask)
                 rows = slice(band.top, band.top + len(band.mask))
                 if full is not None:
@@ -183,7 +247,9 @@ def _segment_tiled(segmenter, path: Path, image, args, palette) -> None:
             del probs
             Path(tmp_probs).unlink(missing_ok=True)
     if full is not None:
-        _save_png(Image.fromarray(im.overlay(image, full)), args.out / _outputs(path, True, False)[1])
+        _save_png(
+            Image.fromarray(im.overlay(image, full)), args.out / _outputs(path, True, False)[1]
+        )
 
 
 def _shape(dims) -> str:
@@ -201,7 +267,11 @@ def describe(segmenter) -> str:
     if info.resize_in_graph:
         size = f"frames of any size, resized to {info.height}x{info.width} in the graph"
     else:
-        size = f"{info.height}x{info.width}" if info.fixed_size else f"any size (multiples of {info.size_multiple})"
+        size = (
+            f"{info.height}x{info.width}"
+            if info.fixed_size
+            else f"any size (multiples of {info.size_multiple})"
+        )
     normalize = "inside the graph" if "uint8" in inp.type else "by the runtime"
     names = ", ".join(info.class_names[:8]) + (", ..." if len(info.class_names) > 8 else "")
     lines = [
@@ -218,8 +288,11 @@ def describe(segmenter) -> str:
         weights = extra.pop("weights", "?")
         source = extra.pop("weights_source", None)
         digest = extra.pop("weights_sha256", None)
-        lines.append(f"  weights    {weights}" + (f" ({source})" if source else "")
-                     + (f", sha256 {digest[:16]}..." if digest else ""))
+        lines.append(
+            f"  weights    {weights}"
+            + (f" ({source})" if source else "")
+            + (f", sha256 {digest[:16]}..." if digest else "")
+        )
         if "calibration" in extra:  # int8 exports
             lines.append(f"  calibrated {extra.pop('calibration')}")
         try:
@@ -229,7 +302,9 @@ def describe(segmenter) -> str:
             pass
         lines += [f"  {key:<10} {value}" for key, value in sorted(extra.items())]
     else:
-        lines.append("  (no export-unet metadata: layout, head and classes were inferred from the graph)")
+        lines.append(
+            "  (no export-unet metadata: layout, head and classes were inferred from the graph)"
+        )
     return "\n".join(lines)
 
 
@@ -261,12 +336,19 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
         from PIL import Image
     except ImportError:
-        print("segment-unet: error: Pillow is not installed; pip install 'unet-onnx[images]'", file=sys.stderr)
+        print(
+            "segment-unet: error: Pillow is not installed; pip install 'unet-onnx[images]'",
+            file=sys.stderr,
+        )
         return 1
     from . import images as im
     from .segmenter import Segmenter
 
-    providers = "auto" if args.providers == "auto" else [p.strip() for p in args.providers.split(",") if p.strip()]
+    providers = (
+        "auto"
+        if args.providers == "auto"
+        else [p.strip() for p in args.providers.split(",") if p.strip()]
+    )
     try:
         paths = _collect(args.images, args.overlay, args.probabilities)
         args.tile = _tile_arg(args.tile)
@@ -283,15 +365,23 @@ def main(argv: list[str] | None = None) -> int:
         from .tiling import check_spec
 
         try:
-            check_spec(args.tile, args.overlap, args.blend, args.tile_batch or 1, segmenter.info.size,
-                       segmenter.info.size_multiple)
+            check_spec(
+                args.tile,
+                args.overlap,
+                args.blend,
+                args.tile_batch or 1,
+                segmenter.info.size,
+                segmenter.info.size_multiple,
+            )
         except SegmenterError as exc:
             problem = f"--tile {'x'.join(map(str, args.tile)) if isinstance(args.tile, tuple) else args.tile}: {exc}"
     if problem:
         pass
     elif args.probabilities and segmenter.info.head == "argmax":
-        problem = (f"--probabilities: {str(args.model)!r} was exported with --head argmax and outputs masks only; "
-                   "re-export it with --head softmax (or logits), or drop --probabilities")
+        problem = (
+            f"--probabilities: {str(args.model)!r} was exported with --head argmax and outputs masks only; "
+            "re-export it with --head softmax (or logits), or drop --probabilities"
+        )
     else:
         try:  # only once the model is known to fit the flags: a refused run leaves no empty folder
             args.out.mkdir(parents=True, exist_ok=True)
@@ -310,23 +400,31 @@ def main(argv: list[str] | None = None) -> int:
             return _run_tiled(segmenter, paths, args, palette, start)
         for first in range(0, total, args.batch):
             chunk, arrays = [], []
-            for path in paths[first:first + args.batch]:
+            for path in paths[first : first + args.batch]:
                 try:
                     with Image.open(path) as img:
                         arrays.append(np.asarray(img.convert("RGB")))
                     chunk.append(path)
                 except (OSError, Image.DecompressionBombError, ValueError) as exc:
                     failures += 1
-                    print(f"\nsegment-unet: skipped {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    print(
+                        f"\nsegment-unet: skipped {path}: {type(exc).__name__}: {exc}",
+                        file=sys.stderr,
+                    )
             if arrays:
                 try:
                     if args.probabilities:  # one run gives both
-                        masks, probs = map(list, zip(*segmenter.predict_with_proba(arrays), strict=True))
+                        masks, probs = map(
+                            list, zip(*segmenter.predict_with_proba(arrays), strict=True)
+                        )
                     else:
                         masks, probs = segmenter.predict(arrays), [None] * len(arrays)
                 except SegmenterError as exc:
                     failures += len(arrays)
-                    print(f"\nsegment-unet: skipped {', '.join(map(str, chunk))}: {exc}", file=sys.stderr)
+                    print(
+                        f"\nsegment-unet: skipped {', '.join(map(str, chunk))}: {exc}",
+                        file=sys.stderr,
+                    )
                     masks, probs = [], []
                 for path, image, mask, prob in zip(chunk, arrays, masks, probs, strict=True):
                     out = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
@@ -343,16 +441,22 @@ def main(argv: list[str] | None = None) -> int:
                             _save_npy(prob, target)
                     except OSError as exc:
                         # Disk full or permissions: every later image would fail the same way.
-                        print(f"\nsegment-unet: error: cannot write {str(target)!r} ({exc.strerror or exc}); "
-                              "free disk space or choose another --out", file=sys.stderr)
+                        print(
+                            f"\nsegment-unet: error: cannot write {str(target)!r} ({exc.strerror or exc}); "
+                            "free disk space or choose another --out",
+                            file=sys.stderr,
+                        )
                         return 1
             done = min(total, first + args.batch)
             _progress(done, total, args.quiet)
     elapsed = time.perf_counter() - start
     if not args.quiet:
         ok = total - failures
-        print(f"segmented {ok}/{total} images on {', '.join(segmenter.providers)} in {elapsed:.2f} s "
-              f"({elapsed / max(ok, 1) * 1000:.0f} ms/image); masks in {args.out}", file=sys.stderr)
+        print(
+            f"segmented {ok}/{total} images on {', '.join(segmenter.providers)} in {elapsed:.2f} s "
+            f"({elapsed / max(ok, 1) * 1000:.0f} ms/image); masks in {args.out}",
+            file=sys.stderr,
+        )
     return 1 if failures else 0
 
 
@@ -376,13 +480,19 @@ def _run_tiled(segmenter, paths: list[Path], args, palette, start: float) -> int
             failures += 1
             print(f"\nsegment-unet: skipped {path}: {exc}", file=sys.stderr)
         except OSError as exc:
-            print(f"\nsegment-unet: error: cannot write the outputs of {str(path)!r} ({exc.strerror or exc}); "
-                  "free disk space or choose another --out", file=sys.stderr)
+            print(
+                f"\nsegment-unet: error: cannot write the outputs of {str(path)!r} ({exc.strerror or exc}); "
+                "free disk space or choose another --out",
+                file=sys.stderr,
+            )
             return 1
     if not args.quiet:
         elapsed = time.perf_counter() - start
-        print(f"segmented {len(paths) - failures}/{len(paths)} images (tiled) on {', '.join(segmenter.providers)} in "
-              f"{elapsed:.2f} s; masks in {args.out}", file=sys.stderr)
+        print(
+            f"segmented {len(paths) - failures}/{len(paths)} images (tiled) on {', '.join(segmenter.providers)} in "
+            f"{elapsed:.2f} s; masks in {args.out}",
+            file=sys.stderr,
+        )
     return 1 if failures else 0
 
 

@@ -7,7 +7,13 @@ line on stderr and exit code 1.
 
 from __future__ import annotations
 
-__all__ = ["SegmenterError", "ModelFileError", "InputImageError", "ProviderError", "SegmenterClosedError"]
+__all__ = [
+    "SegmenterError",
+    "ModelFileError",
+    "InputImageError",
+    "ProviderError",
+    "SegmenterClosedError",
+]
 
 
 class SegmenterError(Exception):

@@ -35,7 +35,9 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 
-def validate_image(image, index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def validate_image(
+    image, index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Check that ``image`` is an RGB uint8 ``(H, W, 3)`` array within the pixel limit.
 
     Raises:
@@ -43,7 +45,9 @@ def validate_image(image, index: int | None = None, max_pixels: int = DEFAULT_MA
     """
     where = f"image {index}" if index is not None else "image"
     if not isinstance(image, np.ndarray):
-        raise InputImageError(f"{where} is a {type(image).__name__}, not a numpy array; pass np.asarray(pil_image.convert('RGB'))")
+        raise InputImageError(
+            f"{where} is a {type(image).__name__}, not a numpy array; pass np.asarray(pil_image.convert('RGB'))"
+        )
     if image.dtype != np.uint8:
         conversions = {
             "f": "scale floats to 0..255 and use .astype(np.uint8)",
@@ -55,16 +59,23 @@ def validate_image(image, index: int | None = None, max_pixels: int = DEFAULT_MA
         hint = f" ({conversions[kind]})" if kind in conversions else ""
         raise InputImageError(f"{where} has dtype {image.dtype}; only uint8 RGB is allowed{hint}")
     if image.ndim != 3 or image.shape[2] != 3:
-        hints = {2: "grayscale: stack it to 3 channels", 4: "RGBA: drop the alpha channel (image[..., :3])"}
+        hints = {
+            2: "grayscale: stack it to 3 channels",
+            4: "RGBA: drop the alpha channel (image[..., :3])",
+        }
         extra = hints.get(image.ndim if image.ndim != 3 else image.shape[2], "convert it to RGB")
         if image.ndim == 3 and image.shape[0] == 3:
             extra = "it looks channels-first (C, H, W): pass image.transpose(1, 2, 0)"
-        raise InputImageError(f"{where} has shape {image.shape}; only (H, W, 3) RGB is allowed; {extra}")
+        raise InputImageError(
+            f"{where} has shape {image.shape}; only (H, W, 3) RGB is allowed; {extra}"
+        )
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise InputImageError(f"{where} has shape {image.shape}: it is empty; H and W must be >= 1")
     if h * w > max_pixels:
-        raise InputImageError(f"{where} has {h}x{w} = {h * w:,} pixels, more than the limit of {max_pixels:,}; downscale it or raise max_pixels")
+        raise InputImageError(
+            f"{where} has {h}x{w} = {h * w:,} pixels, more than the limit of {max_pixels:,}; downscale it or raise max_pixels"
+        )
     return image
 
 
@@ -78,11 +89,15 @@ def _source_coords(out_size: int, in_size: int):
     return lo, hi, (x - lo).astype(np.float32)
 
 
-def _lerp(array: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: np.ndarray, axis: int) -> np.ndarray:
+def _lerp(
+    array: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: np.ndarray, axis: int
+) -> np.ndarray:
     """``array[lo] + (array[hi] - array[lo]) * frac`` along ``axis``, float32, in two arrays of the output's size."""
     shape = [1] * array.ndim
     shape[axis] = -1
-    out = np.take(array, hi, axis=axis).astype(np.float32, copy=False)  # a fresh array: safe to update in place
+    out = np.take(array, hi, axis=axis).astype(
+        np.float32, copy=False
+    )  # a fresh array: safe to update in place
     low = np.take(array, lo, axis=axis).astype(np.float32, copy=False)
     out -= low
     out *= frac.reshape(shape)
@@ -141,7 +156,9 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image
     if resize_backend() == "opencv":
-        return _cv2().resize(np.ascontiguousarray(image), (width, height), interpolation=_cv2().INTER_LINEAR)
+        return _cv2().resize(
+            np.ascontiguousarray(image), (width, height), interpolation=_cv2().INTER_LINEAR
+        )
     return np.clip(np.rint(_resize_numpy(image, height, width)), 0, 255).astype(np.uint8)
 
 
@@ -158,7 +175,9 @@ def resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
     channels = array.shape[2] if array.ndim == 3 else 1
     if resize_backend() == "opencv" and channels <= _CV_MAX_CHANNELS:
         cv2 = _cv2()
-        return cv2.resize(np.ascontiguousarray(array, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(
+            np.ascontiguousarray(array, np.float32), (width, height), interpolation=cv2.INTER_LINEAR
+        )
     return _resize_numpy(array, height, width)
 
 
@@ -176,8 +195,12 @@ def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of the first two axes (for masks: no new class ids)."""
     if array.shape[:2] == (height, width):
         return array
-    rows = np.minimum(((np.arange(height) + 0.5) * array.shape[0] / height).astype(np.intp), array.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * array.shape[1] / width).astype(np.intp), array.shape[1] - 1)
+    rows = np.minimum(
+        ((np.arange(height) + 0.5) * array.shape[0] / height).astype(np.intp), array.shape[0] - 1
+    )
+    cols = np.minimum(
+        ((np.arange(width) + 0.5) * array.shape[1] / width).astype(np.intp), array.shape[1] - 1
+    )
     return array[rows][:, cols]
 
 
@@ -201,7 +224,9 @@ def normalization(mean, std) -> tuple[np.ndarray, np.ndarray]:
     return (1.0 / (255.0 * std64)).astype(np.float32), (-mean64 / std64).astype(np.float32)
 
 
-def to_model_input(images: Sequence[np.ndarray], mean, std, layout: str, dtype=np.float32) -> np.ndarray:
+def to_model_input(
+    images: Sequence[np.ndarray], mean, std, layout: str, dtype=np.float32
+) -> np.ndarray:
     """Stack same-size ``(H, W, 3)`` uint8 images, normalize ``(x/255 - mean)/std``, lay out as NHWC or NCHW.
 
     The normalization is computed as ``x * scale + shift`` in float32, the
@@ -216,13 +241,17 @@ def to_model_input(images: Sequence[np.ndarray], mean, std, layout: str, dtype=n
     first = images[0]
     for i, x in enumerate(images):
         if x.dtype != np.uint8 or x.shape != first.shape:
-            raise InputImageError(f"to_model_input needs same-size uint8 images; image {i} is {x.dtype} {x.shape}, "
-                                  f"image 0 is {first.dtype} {first.shape}")
+            raise InputImageError(
+                f"to_model_input needs same-size uint8 images; image {i} is {x.dtype} {x.shape}, "
+                f"image 0 is {first.dtype} {first.shape}"
+            )
     n, (h, w) = len(images), first.shape[:2]
     nchw = layout == "nchw"
     if dtype == np.uint8 and not nchw and n == 1 and first.flags.c_contiguous:
         return first[None]  # the model normalizes inside its graph, and reads the image as it is
-    out = np.empty((n, 3, h, w) if nchw else (n, h, w, 3), np.uint8 if dtype == np.uint8 else np.float32)
+    out = np.empty(
+        (n, 3, h, w) if nchw else (n, h, w, 3), np.uint8 if dtype == np.uint8 else np.float32
+    )
     for i, x in enumerate(images):
         out[i] = x.transpose(2, 0, 1) if nchw else x
     if dtype == np.uint8:
@@ -232,7 +261,8 @@ def to_model_input(images: Sequence[np.ndarray], mean, std, layout: str, dtype=n
         out *= scale[:, None, None]
         out += shift[:, None, None]
     else:
-        # Rows of W*3 values with the constants tiled along them: a 3-long broadcast axis is slow in numpy.
+        # Rows of W*3 values with the constants tiled along them: a 3-long broadcast axis is slow in
+        # numpy.
         rows = out.reshape(n * h, w * 3)
         rows *= np.tile(scale, w)
         rows += np.tile(shift, w)
@@ -278,5 +308,7 @@ def voc_palette(num_classes: int = 256) -> np.ndarray:
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend the VOC colours of ``mask`` over ``image`` (background left as is)."""
     colours = voc_palette()[mask]
-    blend = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
+    blend = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(
+        np.uint8
+    )
     return np.where((mask > 0)[..., None], blend, image)

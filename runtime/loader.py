@@ -28,7 +28,14 @@ from .providers import (
     resolve_providers,
 )
 
-__all__ = ["TensorSpec", "OpenedModel", "open_model", "session_options", "MAX_MODEL_SIDE", "ORT_DTYPES"]
+__all__ = [
+    "TensorSpec",
+    "OpenedModel",
+    "open_model",
+    "session_options",
+    "MAX_MODEL_SIDE",
+    "ORT_DTYPES",
+]
 
 #: A declared input side larger than this is not a real model (a 32768^2
 #: float32 image alone is 12 GiB); refuse it before allocating anything.
@@ -95,7 +102,9 @@ def _check_io(session, layout: str | None) -> None:
     """One input, one output, a 4-D float/uint8 input; with ``layout``, 3 channels where it says."""
     ins, outs = session.get_inputs(), session.get_outputs()
     if len(ins) != 1 or len(outs) != 1:
-        raise ModelFileError(f"the model has {len(ins)} inputs and {len(outs)} outputs; a VGG19-UNet export has one of each")
+        raise ModelFileError(
+            f"the model has {len(ins)} inputs and {len(outs)} outputs; a VGG19-UNet export has one of each"
+        )
     shape = ins[0].shape
     channels_ok = layout is None or (len(shape) == 4 and shape[3 if layout == "nhwc" else 1] == 3)
     if len(shape) != 4 or not channels_ok or ins[0].type not in ORT_DTYPES:
@@ -167,7 +176,9 @@ def open_model(
     try:
         probe = ort.InferenceSession(str(path), probe_opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
-        raise ModelFileError(f"model file {str(path)!r} cannot be loaded by ONNX Runtime: {str(exc).splitlines()[0][:300]}") from exc
+        raise ModelFileError(
+            f"model file {str(path)!r} cannot be loaded by ONNX Runtime: {str(exc).splitlines()[0][:300]}"
+        ) from exc
     _check_io(probe, None)
     info = _model_info(probe, {k: v for k, v in (overrides or {}).items() if v is not None})
     _check_io(probe, info.layout)
@@ -176,15 +187,25 @@ def open_model(
         session = probe
     else:
         del probe
-        popts = provider_options(requested, config, model=str(path), input_name=inp.name, input_shape=list(inp.shape),
-                                 layout=info.layout)
+        popts = provider_options(
+            requested,
+            config,
+            model=str(path),
+            input_name=inp.name,
+            input_shape=list(inp.shape),
+            layout=info.layout,
+        )
         for name, o in zip(requested, popts, strict=True):
             if name == "TensorrtExecutionProvider":
                 prepare_trt_cache(o)
         try:
-            session = ort.InferenceSession(str(path), opts, providers=requested, provider_options=popts)
+            session = ort.InferenceSession(
+                str(path), opts, providers=requested, provider_options=popts
+            )
         except Exception as exc:
-            raise SegmenterError(f"ONNX Runtime could not create a session with {requested}: {str(exc).splitlines()[0][:300]}") from exc
+            raise SegmenterError(
+                f"ONNX Runtime could not create a session with {requested}: {str(exc).splitlines()[0][:300]}"
+            ) from exc
     running = session.get_providers()
     fallback = check_fallback(requested, running, strict=strict)
     return OpenedModel(session, info, inp, out, requested, running, fallback)

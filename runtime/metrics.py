@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["compare", "top2_margin", "mask_agreement", "confusion_matrix", "pixel_accuracy", "mean_iou",
-           "label_scores"]
+__all__ = [
+    "compare",
+    "top2_margin",
+    "mask_agreement",
+    "confusion_matrix",
+    "pixel_accuracy",
+    "mean_iou",
+    "label_scores",
+]
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -45,14 +52,18 @@ def mask_agreement(ref_probs: np.ndarray, mask: np.ndarray, margin: float) -> di
     }
 
 
-def confusion_matrix(labels: np.ndarray, mask: np.ndarray, num_classes: int, ignore: int | None = 255) -> np.ndarray:
+def confusion_matrix(
+    labels: np.ndarray, mask: np.ndarray, num_classes: int, ignore: int | None = 255
+) -> np.ndarray:
     """``num_classes`` x ``num_classes`` counts (row: label, column: prediction), ``ignore`` labels left out."""
     labels = np.asarray(labels).ravel().astype(np.int64)
     mask = np.asarray(mask).ravel().astype(np.int64)
     keep = (labels >= 0) & (labels < num_classes) & (mask >= 0) & (mask < num_classes)
     if ignore is not None:
         keep &= labels != ignore
-    return np.bincount(labels[keep] * num_classes + mask[keep], minlength=num_classes**2).reshape(num_classes, num_classes)
+    return np.bincount(labels[keep] * num_classes + mask[keep], minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
 
 
 def pixel_accuracy(confusion: np.ndarray) -> float:
@@ -76,5 +87,8 @@ def label_scores(labels, masks, num_classes: int, ignore: int | None = 255) -> d
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for a, b in zip(labels, masks, strict=True):
         confusion += confusion_matrix(a, b, num_classes, ignore)
-    return {"pixel_accuracy": pixel_accuracy(confusion), "mean_iou": mean_iou(confusion),
-            "pixels": int(np.asarray(confusion).sum())}
+    return {
+        "pixel_accuracy": pixel_accuracy(confusion),
+        "mean_iou": mean_iou(confusion),
+        "pixels": int(np.asarray(confusion).sum()),
+    }

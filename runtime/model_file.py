@@ -60,7 +60,7 @@ def _fields(buf: memoryview):
             size, pos = _varint(buf, pos)
             if pos + size > len(buf):
                 raise ValueError("truncated field")
-            value, pos = buf[pos:pos + size], pos + size
+            value, pos = buf[pos : pos + size], pos + size
         else:
             raise ValueError(f"unsupported wire type {wire}")
         if pos > len(buf):
@@ -130,22 +130,30 @@ def check_model_file(path: Path) -> None:
         ModelFileError: naming the file, what is wrong, and the fix.
     """
     if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} does not exist or is not a file; export one with export-unet --out {path.name or 'model.onnx'}")
+        raise ModelFileError(
+            f"model file {str(path)!r} does not exist or is not a file; export one with export-unet --out {path.name or 'model.onnx'}"
+        )
     size = path.stat().st_size
     if size == 0:
         raise ModelFileError(f"model file {str(path)!r} is empty; re-export it")
     if size > MAX_MODEL_BYTES:
-        raise ModelFileError(f"model file {str(path)!r} is {size:,} bytes, more than ONNX's 2 GiB limit; it is not a model")
+        raise ModelFileError(
+            f"model file {str(path)!r} is {size:,} bytes, more than ONNX's 2 GiB limit; it is not a model"
+        )
     data = path.read_bytes()
     try:
         locations = external_data_locations(data)
     except ValueError as exc:
-        raise ModelFileError(f"model file {str(path)!r} is not a valid ONNX protobuf ({exc}); it is truncated or not a model") from exc
+        raise ModelFileError(
+            f"model file {str(path)!r} is not a valid ONNX protobuf ({exc}); it is truncated or not a model"
+        ) from exc
     folder = path.resolve().parent
     for loc in locations:
         target = Path(loc)
         if not loc or target.is_absolute() or loc.startswith(("\\", "/")) or ":" in target.parts[0]:
-            raise ModelFileError(f"model file {str(path)!r} refers to external data {loc!r}: only paths inside the model's folder are allowed")
+            raise ModelFileError(
+                f"model file {str(path)!r} refers to external data {loc!r}: only paths inside the model's folder are allowed"
+            )
         resolved = (folder / target).resolve()
         if os.path.commonpath([resolved, folder]) != str(folder):
             raise ModelFileError(
@@ -153,7 +161,9 @@ def check_model_file(path: Path) -> None:
                 f"the model's folder {str(folder)!r}; refusing to open it"
             )
         if not resolved.is_file():
-            raise ModelFileError(f"model file {str(path)!r} needs external data {loc!r}, which is missing next to it")
+            raise ModelFileError(
+                f"model file {str(path)!r} needs external data {loc!r}, which is missing next to it"
+            )
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -163,8 +173,12 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     try:
         for field, wire, value in _fields(memoryview(data)):
             if field == 14 and wire == 2:
-                entry = {f: bytes(v).decode("utf-8", "replace") for f, w, v in _fields(value) if w == 2}
+                entry = {
+                    f: bytes(v).decode("utf-8", "replace") for f, w, v in _fields(value) if w == 2
+                }
                 props[entry.get(1, "")] = entry.get(2, "")
     except ValueError as exc:
-        raise ModelFileError(f"model file {str(path)!r} is not a valid ONNX protobuf ({exc})") from exc
+        raise ModelFileError(
+            f"model file {str(path)!r} is not a valid ONNX protobuf ({exc})"
+        ) from exc
     return props

@@ -15,8 +15,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
-__all__ = ["ModelInfo", "VOC_CLASSES", "HEADS", "LAYOUTS", "PRECISIONS", "INPUT_DTYPES", "METADATA_PREFIX",
-           "INPUT_NAME", "OUTPUT_NAMES"]
+__all__ = [
+    "ModelInfo",
+    "VOC_CLASSES",
+    "HEADS",
+    "LAYOUTS",
+    "PRECISIONS",
+    "INPUT_DTYPES",
+    "METADATA_PREFIX",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+]
 
 METADATA_PREFIX = "unet."
 #: The values a model's head, layout, precision and input type can take: the one home of each list
@@ -31,9 +40,27 @@ OUTPUT_NAMES = {"softmax": "probabilities", "logits": "logits", "argmax": "mask"
 
 #: Pascal VOC 2012's 21 classes, the seed's default class set.
 VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -85,7 +112,9 @@ class ModelInfo:
                 f"{len(self.class_names)} class names given for {self.num_classes} classes; give one name per class"
             )
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
-            raise ValueError(f"mean {self.mean!r} and std {self.std!r} need 3 values each, std non-zero")
+            raise ValueError(
+                f"mean {self.mean!r} and std {self.std!r} need 3 values each, std non-zero"
+            )
 
     @property
     def fixed_size(self) -> bool:
@@ -98,8 +127,18 @@ class ModelInfo:
         return None if self.height is None or self.width is None else (self.height, self.width)
 
     @classmethod
-    def infer(cls, input_shape, output_shape, mask_output: bool, *, layout: str | None = None,
-              head: str | None = None, num_classes: int | None = None, mean=None, std=None) -> "ModelInfo":
+    def infer(
+        cls,
+        input_shape,
+        output_shape,
+        mask_output: bool,
+        *,
+        layout: str | None = None,
+        head: str | None = None,
+        num_classes: int | None = None,
+        mean=None,
+        std=None,
+    ) -> "ModelInfo":
         """What a model without export-unet metadata shows in its graph, the rest from the caller.
 
         Layout: NCHW when the input's dimension 1 is 3, else NHWC; head:
@@ -119,12 +158,21 @@ class ModelInfo:
                 raise ValueError("its class count is not static; pass num_classes=")
             num_classes = c
         if layout not in LAYOUTS or head not in HEADS:
-            raise ValueError(f"layout {layout!r} / head {head!r} are not allowed: {LAYOUTS} / {HEADS}")
+            raise ValueError(
+                f"layout {layout!r} / head {head!r} are not allowed: {LAYOUTS} / {HEADS}"
+            )
         hw = input_shape[1:3] if layout == "nhwc" else input_shape[2:4]
         h, w = (hw[0], hw[1]) if all(isinstance(d, int) for d in hw) else (None, None)
-        return cls(num_classes=num_classes, layout=layout, height=h, width=w, head=head,
-                   mean=tuple(mean or (0.0, 0.0, 0.0)), std=tuple(std or (1.0, 1.0, 1.0)),
-                   class_names=tuple(f"class_{i}" for i in range(num_classes)))
+        return cls(
+            num_classes=num_classes,
+            layout=layout,
+            height=h,
+            width=w,
+            head=head,
+            mean=tuple(mean or (0.0, 0.0, 0.0)),
+            std=tuple(std or (1.0, 1.0, 1.0)),
+            class_names=tuple(f"class_{i}" for i in range(num_classes)),
+        )
 
     def to_metadata(self) -> dict[str, str]:
         """Serialize to ONNX ``metadata_props`` (string keys and values)."""
@@ -141,7 +189,9 @@ class ModelInfo:
         Raises:
             ValueError: the keys are present but malformed.
         """
-        ours = {k[len(METADATA_PREFIX):]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+        ours = {
+            k[len(METADATA_PREFIX) :]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)
+        }
         if not ours:
             return None
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
@@ -150,7 +200,9 @@ class ModelInfo:
             try:
                 value = json.loads(ours[key])
             except json.JSONDecodeError as exc:
-                raise ValueError(f"metadata {METADATA_PREFIX}{key}={ours[key]!r} is not valid JSON") from exc
+                raise ValueError(
+                    f"metadata {METADATA_PREFIX}{key}={ours[key]!r} is not valid JSON"
+                ) from exc
             kwargs[key] = tuple(value) if isinstance(value, list) else value
         kwargs["extra"] = {k: v for k, v in ours.items() if k not in known}
         return cls(**kwargs)

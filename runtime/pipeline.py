@@ -17,13 +17,16 @@ from .model_info import ModelInfo
 
 __all__ = ["Pipeline"]
 
-# infer: one model-ready batch in, the model's raw output out (Segmenter.run, TritonSegmenter's request).
+# infer: one model-ready batch in, the model's raw output out (Segmenter.run, TritonSegmenter's
+# request).
 
 
 class Pipeline:
     """Turns images into model batches and model outputs into masks, per :class:`ModelInfo`."""
 
-    def __init__(self, info: ModelInfo, input_dtype=np.float32, max_pixels: int = im.DEFAULT_MAX_PIXELS):
+    def __init__(
+        self, info: ModelInfo, input_dtype=np.float32, max_pixels: int = im.DEFAULT_MAX_PIXELS
+    ):
         self.info = info
         self._input_dtype = input_dtype
         self.max_pixels = max_pixels
@@ -72,13 +75,18 @@ class Pipeline:
         """
         self._require_probabilities()
         single, batch = self._as_batch(images)
-        pairs = [(self._to_mask(out, shape), self._to_proba(out, shape)) for out, shape in self._run(batch, infer)]
+        pairs = [
+            (self._to_mask(out, shape), self._to_proba(out, shape))
+            for out, shape in self._run(batch, infer)
+        ]
         return pairs[0] if single else pairs
 
     def _require_probabilities(self) -> None:
         if self.info.head == "argmax":
-            raise SegmenterError("this model was exported with --head argmax and outputs masks only; "
-                                 "re-export with --head softmax or --head logits for probabilities")
+            raise SegmenterError(
+                "this model was exported with --head argmax and outputs masks only; "
+                "re-export with --head softmax or --head logits for probabilities"
+            )
 
     def _as_batch(self, images):
         if isinstance(images, np.ndarray) and images.ndim != 4:
@@ -87,7 +95,9 @@ class Pipeline:
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
         if not isinstance(images, (list, tuple)):
-            raise InputImageError(f"images is a {type(images).__name__}; pass an (H, W, 3) uint8 array or a list of them")
+            raise InputImageError(
+                f"images is a {type(images).__name__}; pass an (H, W, 3) uint8 array or a list of them"
+            )
         if not images:
             raise InputImageError("the batch is empty; pass at least one (H, W, 3) uint8 image")
         return False, [im.validate_image(x, i, self.max_pixels) for i, x in enumerate(images)]
@@ -113,8 +123,13 @@ class Pipeline:
             groups.setdefault(net.shape[:2], []).append(i)
         results: list = [None] * len(batch)
         for _, idx in groups.items():
-            x = im.to_model_input([prepared[i][0] for i in idx], self.info.mean, self.info.std, self.info.layout,
-                                  dtype=self._input_dtype)
+            x = im.to_model_input(
+                [prepared[i][0] for i in idx],
+                self.info.mean,
+                self.info.std,
+                self.info.layout,
+                dtype=self._input_dtype,
+            )
             out = infer(x)
             if self.info.head != "argmax":
                 out = im.channels_last(out, self.info.layout)
@@ -124,7 +139,11 @@ class Pipeline:
 
     def _to_proba(self, out: np.ndarray, undo: tuple) -> np.ndarray:
         h, w, ph, pw = undo
-        p = im.softmax(out.astype(np.float32)) if self.info.head == "logits" else out.astype(np.float32, copy=False)
+        p = (
+            im.softmax(out.astype(np.float32))
+            if self.info.head == "logits"
+            else out.astype(np.float32, copy=False)
+        )
         p = p[:ph, :pw] if ph else p
         return np.ascontiguousarray(im.resize_bilinear(p, h, w))
 
@@ -134,4 +153,3 @@ class Pipeline:
         if ph:
             return np.ascontiguousarray(mask[:ph, :pw])
         return im.resize_nearest(mask, h, w)  # a no-op for a mask the graph already resized
-

@@ -190,7 +190,9 @@ def _shape_str(input_name: str, shape: Sequence[int]) -> str:
     return f"{input_name}:{'x'.join(str(int(d)) for d in shape)}"
 
 
-def trt_profile(input_name: str, input_shape: Sequence, layout: str, config: ProviderConfig) -> tuple[str, str, str]:
+def trt_profile(
+    input_name: str, input_shape: Sequence, layout: str, config: ProviderConfig
+) -> tuple[str, str, str]:
     """TensorRT min/opt/max shape strings for the model's input.
 
     Fixed-size models: batch 1 / 1 / ``trt_max_batch`` at their size.
@@ -203,9 +205,15 @@ def trt_profile(input_name: str, input_shape: Sequence, layout: str, config: Pro
     else:
         hw_axes = (1, 2) if layout == "nhwc" else (2, 3)
         fixed = all(isinstance(input_shape[a], int) for a in hw_axes)
-        sizes = [tuple(input_shape[a] for a in hw_axes)] * 3 if fixed else [(64, 64), (512, 512), (1024, 1024)]
-        shapes = [(batch, h, w, 3) if layout == "nhwc" else (batch, 3, h, w)
-                  for batch, (h, w) in zip((1, 1, config.trt_max_batch), sizes, strict=True)]
+        sizes = (
+            [tuple(input_shape[a] for a in hw_axes)] * 3
+            if fixed
+            else [(64, 64), (512, 512), (1024, 1024)]
+        )
+        shapes = [
+            (batch, h, w, 3) if layout == "nhwc" else (batch, 3, h, w)
+            for batch, (h, w) in zip((1, 1, config.trt_max_batch), sizes, strict=True)
+        ]
     if len(shapes) != 3:
         raise ProviderError(f"trt_profile {shapes!r} must be (min, opt, max) shapes")
     low, opt, high = (_shape_str(input_name, s) for s in shapes)
@@ -225,7 +233,11 @@ def provider_options(
     out = []
     for name in providers:
         if name == "TensorrtExecutionProvider":
-            cache = Path(config.trt_cache_dir) if config.trt_cache_dir else default_cache_dir() / "tensorrt" / _model_key(model)
+            cache = (
+                Path(config.trt_cache_dir)
+                if config.trt_cache_dir
+                else default_cache_dir() / "tensorrt" / _model_key(model)
+            )
             lo, opt, hi = trt_profile(input_name, input_shape, layout, config)
             opts = {
                 "device_id": config.device_id,
@@ -265,9 +277,13 @@ def prepare_trt_cache(options: dict) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ProviderError(f"TensorRT cache folder {str(path)!r} cannot be created ({exc.strerror}); set trt_cache_dir to a writable folder") from exc
+        raise ProviderError(
+            f"TensorRT cache folder {str(path)!r} cannot be created ({exc.strerror}); set trt_cache_dir to a writable folder"
+        ) from exc
     if not os.access(path, os.W_OK):
-        raise ProviderError(f"TensorRT cache folder {str(path)!r} is not writable; set trt_cache_dir to a writable folder")
+        raise ProviderError(
+            f"TensorRT cache folder {str(path)!r} is not writable; set trt_cache_dir to a writable folder"
+        )
 
 
 def check_fallback(requested: Sequence[str], running: Sequence[str], *, strict: bool) -> list[str]:

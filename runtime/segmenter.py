@@ -62,7 +62,8 @@ class BoundCall:
     (``-1``: none, shapes past ``MAX_GRAPH_SHAPES``; ``None``: no graphs).
     """
 
-    # onnxruntime objects (InferenceSession, IOBinding, OrtValue, RunOptions), typed Any: imported lazily.
+    # onnxruntime objects (InferenceSession, IOBinding, OrtValue, RunOptions), typed Any: imported
+    # lazily.
     session: Any
     binding: Any
     x_dev: Any
@@ -144,8 +145,13 @@ class Segmenter:
         self._graphs_full_warned = False
         self.model_path = Path(model_path)
         self.config = replace(config or ProviderConfig(), device_id=device_id)
-        opened = open_model(self.model_path, providers, self.config, strict=strict,
-                            overrides=dict(layout=layout, head=head, num_classes=num_classes, mean=mean, std=std))
+        opened = open_model(
+            self.model_path,
+            providers,
+            self.config,
+            strict=strict,
+            overrides=dict(layout=layout, head=head, num_classes=num_classes, mean=mean, std=std),
+        )
         self.info = opened.info
         self.requested_providers = opened.requested_providers
         self.providers: list[str] = opened.providers
@@ -185,7 +191,9 @@ class Segmenter:
 
     def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Same-size RGB uint8 images at the network's size -> the model's input batch (dtype, layout, normalization)."""
-        return to_model_input(list(images), self.info.mean, self.info.std, self.info.layout, dtype=self._input.dtype)
+        return to_model_input(
+            list(images), self.info.mean, self.info.std, self.info.layout, dtype=self._input.dtype
+        )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw output for a prepared batch (see :meth:`prepare`), through IO binding on a GPU."""
@@ -220,8 +228,15 @@ class Segmenter:
             return bound
 
     # ---------------------------------------------------------------- images
-    def predict(self, images, *, tile=None, overlap: float = 0.25, blend: str = "gaussian",
-                tile_batch: int | None = None):
+    def predict(
+        self,
+        images,
+        *,
+        tile=None,
+        overlap: float = 0.25,
+        blend: str = "gaussian",
+        tile_batch: int | None = None,
+    ):
         """Class masks for one image or a list of images.
 
         Args:
@@ -248,8 +263,15 @@ class Segmenter:
             return self._tiled(images, "mask", tile, overlap, blend, tile_batch)
         return self._pipeline.predict(images, self.run)
 
-    def predict_proba(self, images, *, tile=None, overlap: float = 0.25, blend: str = "gaussian",
-                      tile_batch: int | None = None):
+    def predict_proba(
+        self,
+        images,
+        *,
+        tile=None,
+        overlap: float = 0.25,
+        blend: str = "gaussian",
+        tile_batch: int | None = None,
+    ):
         """Class probabilities ``float32`` ``(H, W, num_classes)`` per image (tiling as in :meth:`predict`).
 
         Raises:
@@ -261,8 +283,15 @@ class Segmenter:
             return self._tiled(images, "probs", tile, overlap, blend, tile_batch)
         return self._pipeline.predict_proba(images, self.run)
 
-    def predict_with_proba(self, images, *, tile=None, overlap: float = 0.25, blend: str = "gaussian",
-                           tile_batch: int | None = None):
+    def predict_with_proba(
+        self,
+        images,
+        *,
+        tile=None,
+        overlap: float = 0.25,
+        blend: str = "gaussian",
+        tile_batch: int | None = None,
+    ):
         """``(mask, probabilities)`` per image from one model run (tiling as in :meth:`predict`).
 
         What :meth:`predict` and :meth:`predict_proba` give, with one model
@@ -276,9 +305,18 @@ class Segmenter:
             return self._tiled(images, "both", tile, overlap, blend, tile_batch)
         return self._pipeline.predict_with_proba(images, self.run)
 
-    def iter_tiles(self, image: np.ndarray, *, tile="model", overlap: float = 0.25, blend: str = "gaussian",
-                   tile_batch: int | None = None, probabilities: bool = False, progress=None,
-                   stats: dict | None = None):
+    def iter_tiles(
+        self,
+        image: np.ndarray,
+        *,
+        tile="model",
+        overlap: float = 0.25,
+        blend: str = "gaussian",
+        tile_batch: int | None = None,
+        probabilities: bool = False,
+        progress=None,
+        stats: dict | None = None,
+    ):
         """Tiled inference on one image, yielding finished :class:`~unet_runtime.tiling.Band` objects top to bottom.
 
         The stitcher holds one band of windows, so a caller that writes each
@@ -295,10 +333,17 @@ class Segmenter:
             self._pipeline._require_probabilities()
         on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         batch = TILE_BATCH["gpu" if on_gpu else "cpu"] if tile_batch is None else tile_batch
-        spec = check_spec(tile, overlap, blend, batch,
-                          self.info.size, self.info.size_multiple)
-        return tile_bands(image, spec, self._run_windows, num_classes=self.info.num_classes,
-                          scores=self.info.head != "argmax", want_probs=probabilities, progress=progress, stats=stats)
+        spec = check_spec(tile, overlap, blend, batch, self.info.size, self.info.size_multiple)
+        return tile_bands(
+            image,
+            spec,
+            self._run_windows,
+            num_classes=self.info.num_classes,
+            scores=self.info.head != "argmax",
+            want_probs=probabilities,
+            progress=progress,
+            stats=stats,
+        )
 
     def _run_windows(self, windows: list) -> list:
         """Windows (same size) -> per window the probabilities ``(h, w, C)`` or, for an argmax model, the mask."""
@@ -306,7 +351,9 @@ class Segmenter:
 
         h, w = windows[0].shape[:2]
         size = self.info.size
-        if size is not None and (h, w) != size:  # a tile smaller than a fixed-size model: padded to it
+        if (
+            size is not None and (h, w) != size
+        ):  # a tile smaller than a fixed-size model: padded to it
             windows = [np.pad(x, ((0, size[0] - h), (0, size[1] - w), (0, 0))) for x in windows]
         out = self.run(self.prepare(windows))
         if self.info.head == "argmax":
@@ -318,11 +365,17 @@ class Segmenter:
         """predict/predict_proba/predict_with_proba with tiling: one image or a list, each tiled on its own."""
         single = isinstance(images, np.ndarray) and images.ndim != 4
         results = []
-        for image in ([images] if single else list(images)):
+        for image in [images] if single else list(images):
             mask: np.ndarray | None = None
             probs = None
-            for band in self.iter_tiles(image, tile=tile, overlap=overlap, blend=blend, tile_batch=tile_batch,
-                                        probabilities=want != "mask"):
+            for band in self.iter_tiles(
+                image,
+                tile=tile,
+                overlap=overlap,
+                blend=blend,
+                tile_batch=tile_batch,
+                probabilities=want != "mask",
+            ):
                 rows = slice(band.top, band.top + len(band.mask))
                 if mask is None:  # iter_tiles validated the image: its size is known from here
                     mask = np.empty(image.shape[:2], np.uint8)
@@ -334,8 +387,12 @@ class Segmenter:
             results.append({"mask": mask, "probs": probs, "both": (mask, probs)}[want])
         return results[0] if single else results
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,), size: tuple[int, int] | None = None,
-               runs: int = CUDA_GRAPH_CAPTURE_RUNS) -> dict[int, list[float]]:
+    def warmup(
+        self,
+        batch_sizes: Sequence[int] = (1,),
+        size: tuple[int, int] | None = None,
+        runs: int = CUDA_GRAPH_CAPTURE_RUNS,
+    ) -> dict[int, list[float]]:
         """Make the slow first calls now, before requests arrive; returns the seconds of each run per batch size.
 
         The first run of a new input shape pays for cuDNN's algorithm search
@@ -359,18 +416,27 @@ class Segmenter:
         Raises:
             InputImageError: a bad batch size, run count or size, naming it.
         """
-        if runs < 1 or not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
-                                               for b in batch_sizes):
-            raise InputImageError(f"warmup(batch_sizes={tuple(batch_sizes)!r}, runs={runs!r}): batch sizes must be "
-                                  "integers >= 1 (at least one) and runs >= 1")
+        if (
+            runs < 1
+            or not batch_sizes
+            or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes)
+        ):
+            raise InputImageError(
+                f"warmup(batch_sizes={tuple(batch_sizes)!r}, runs={runs!r}): batch sizes must be "
+                "integers >= 1 (at least one) and runs >= 1"
+            )
         if self.info.size is not None:  # a fixed-size model
             h, w = self.info.size
             if size is not None and tuple(size) != (h, w):
-                raise InputImageError(f"warmup(size={tuple(size)!r}): this model always runs at {h}x{w} (images are "
-                                      "resized to it); leave size=None")
+                raise InputImageError(
+                    f"warmup(size={tuple(size)!r}): this model always runs at {h}x{w} (images are "
+                    "resized to it); leave size=None"
+                )
         elif size is None or len(size) != 2 or min(size) < 1:
-            raise InputImageError(f"warmup(size={size!r}): this model is size-agnostic, so each image size is a "
-                                  "shape of its own; pass size=(H, W) of the images you will send")
+            raise InputImageError(
+                f"warmup(size={size!r}): this model is size-agnostic, so each image size is a "
+                "shape of its own; pass size=(H, W) of the images you will send"
+            )
         else:
             h, w = size
         image = np.zeros((h, w, 3), np.uint8)
@@ -431,7 +497,9 @@ class Segmenter:
             return entry
         dev = (self._device, self.config.device_id)
         x_dev = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, x.dtype, *dev)
-        y_dev = ort.OrtValue.ortvalue_from_shape_and_type(self._output_shape(x.shape), self._output.dtype, *dev)
+        y_dev = ort.OrtValue.ortvalue_from_shape_and_type(
+            self._output_shape(x.shape), self._output.dtype, *dev
+        )
         binding = self._session.io_binding()
         binding.bind_ortvalue_input(self._input.name, x_dev)
         binding.bind_ortvalue_output(self._output.name, y_dev)
@@ -442,15 +510,20 @@ class Segmenter:
                 self._bindings.popitem(last=False)
             return entry
         entry.run_options = ort.RunOptions()
-        # Graph entries are never dropped, so the cache holds exactly the shapes that own a graph id.
+        # Graph entries are never dropped, so the cache holds exactly the shapes that own a graph
+        # id.
         graph_id = len(self._bindings) + 1
         if graph_id > MAX_GRAPH_SHAPES:
             entry.graph_id = -1
             entry.run_options.add_run_config_entry("gpu_graph_id", "-1")
             if not self._graphs_full_warned:
                 self._graphs_full_warned = True
-                log.warning("input shape %s: %d shapes already have a CUDA graph; this one and later new shapes "
-                            "run without", x.shape, MAX_GRAPH_SHAPES)
+                log.warning(
+                    "input shape %s: %d shapes already have a CUDA graph; this one and later new shapes "
+                    "run without",
+                    x.shape,
+                    MAX_GRAPH_SHAPES,
+                )
             return entry
         entry.graph_id = graph_id
         entry.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
@@ -459,4 +532,6 @@ class Segmenter:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ", ".join(self.providers)
-        return f"Segmenter({str(self.model_path)!r}, {self.info.head}, {self.info.precision}, {state})"
+        return (
+            f"Segmenter({str(self.model_path)!r}, {self.info.head}, {self.info.precision}, {state})"
+        )

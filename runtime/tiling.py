@@ -66,27 +66,41 @@ class Band:
     probs: np.ndarray | None = None
 
 
-def check_spec(tile, overlap: float, blend: str, batch: int, model_size: tuple[int, int] | None,
-               multiple: int = GRID) -> TileSpec:
+def check_spec(
+    tile,
+    overlap: float,
+    blend: str,
+    batch: int,
+    model_size: tuple[int, int] | None,
+    multiple: int = GRID,
+) -> TileSpec:
     """A :class:`TileSpec` from the public arguments, or :class:`InputImageError` naming the bad one and the fix."""
     if tile == "model":
         if model_size is None:
-            raise InputImageError("tile='model': this model is size-agnostic, so it has no window size of its own; "
-                                  "pass tile=(H, W), e.g. (512, 512)")
+            raise InputImageError(
+                "tile='model': this model is size-agnostic, so it has no window size of its own; "
+                "pass tile=(H, W), e.g. (512, 512)"
+            )
         tile = model_size
     try:
         h, w = (int(v) for v in tile)
     except (TypeError, ValueError) as exc:
         raise InputImageError(f"tile={tile!r} must be 'model' or (height, width)") from exc
     if min(h, w) < multiple or h % multiple or w % multiple:
-        raise InputImageError(f"tile={tile!r}: the network pools four times, so window sides must be positive "
-                              f"multiples of {multiple}; use e.g. ({max(multiple, h // multiple * multiple)}, "
-                              f"{max(multiple, w // multiple * multiple)})")
+        raise InputImageError(
+            f"tile={tile!r}: the network pools four times, so window sides must be positive "
+            f"multiples of {multiple}; use e.g. ({max(multiple, h // multiple * multiple)}, "
+            f"{max(multiple, w // multiple * multiple)})"
+        )
     if model_size is not None and (h > model_size[0] or w > model_size[1]):
-        raise InputImageError(f"tile={tile!r} is larger than this model's {model_size[0]}x{model_size[1]}; "
-                              "use tile='model' (a smaller tile is padded to the model's size)")
+        raise InputImageError(
+            f"tile={tile!r} is larger than this model's {model_size[0]}x{model_size[1]}; "
+            "use tile='model' (a smaller tile is padded to the model's size)"
+        )
     if not 0 <= overlap <= MAX_OVERLAP:
-        raise InputImageError(f"overlap={overlap!r} must lie in [0, {MAX_OVERLAP}] (0.25 is a good start)")
+        raise InputImageError(
+            f"overlap={overlap!r} must lie in [0, {MAX_OVERLAP}] (0.25 is a good start)"
+        )
     if blend not in BLENDS:
         raise InputImageError(f"blend={blend!r} is not one of {', '.join(BLENDS)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -110,11 +124,14 @@ def _gaussian(h: int, w: int) -> np.ndarray:
 
     g = np.outer(axis(h), axis(w))
     g /= g.max()
-    return np.maximum(g, 1e-3).astype(np.float32)  # no zero weights: a pixel covered only by window edges still counts
+    return np.maximum(g, 1e-3).astype(
+        np.float32
+    )  # no zero weights: a pixel covered only by window edges still counts
 
 
 def _depth(h: int, w: int, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
     """Distance of each window pixel to the nearest window border that is not the image's border."""
+
     def side(n: int, first: bool, last: bool) -> np.ndarray:
         i = np.arange(n, dtype=np.float32)
         d = np.full(n, 1e9, np.float32)
@@ -137,8 +154,8 @@ class _Blend:
 
     def add(self, x: int, out: np.ndarray, _depth: np.ndarray) -> None:
         w = self.weight.shape[1]
-        self.probs[:, x:x + w] += out * self.weight[..., None]
-        self.weights[:, x:x + w] += self.weight
+        self.probs[:, x : x + w] += out * self.weight[..., None]
+        self.weights[:, x : x + w] += self.weight
 
     def finish(self, n: int, width: int, want_probs: bool):
         probs = self.probs[:n, :width] / self.weights[:n, :width, None]
@@ -159,14 +176,18 @@ class _Deepest:
 
     def add(self, x: int, out: np.ndarray, depth: np.ndarray) -> None:
         w = depth.shape[1]
-        better = depth > self.depth[:, x:x + w]
-        self.depth[:, x:x + w][better] = depth[better]
-        self.mask[:, x:x + w][better] = (out.argmax(-1).astype(np.uint8) if self.scores else out)[better]
+        better = depth > self.depth[:, x : x + w]
+        self.depth[:, x : x + w][better] = depth[better]
+        self.mask[:, x : x + w][better] = (out.argmax(-1).astype(np.uint8) if self.scores else out)[
+            better
+        ]
         if self.probs is not None:
-            self.probs[:, x:x + w][better] = out[better]
+            self.probs[:, x : x + w][better] = out[better]
 
     def finish(self, n: int, width: int, want_probs: bool):
-        return self.mask[:n, :width].copy(), None if self.probs is None else self.probs[:n, :width].copy()
+        return self.mask[:n, :width].copy(), None if self.probs is None else self.probs[
+            :n, :width
+        ].copy()
 
     def arrays(self) -> list[tuple[np.ndarray, float]]:
         out: list[tuple[np.ndarray, float]] = [(self.depth, -1.0), (self.mask, 0.0)]
@@ -175,9 +196,17 @@ class _Deepest:
         return out
 
 
-def tile_bands(image: np.ndarray, spec: TileSpec, run: Callable[[list], list], *, num_classes: int, scores: bool,
-               want_probs: bool, progress: Callable[[int, int], None] | None = None,
-               stats: dict | None = None) -> Iterator[Band]:
+def tile_bands(
+    image: np.ndarray,
+    spec: TileSpec,
+    run: Callable[[list], list],
+    *,
+    num_classes: int,
+    scores: bool,
+    want_probs: bool,
+    progress: Callable[[int, int], None] | None = None,
+    stats: dict | None = None,
+) -> Iterator[Band]:
     """Tile ``image``, run the windows, stitch them; yield the finished bands top to bottom.
 
     Args:
@@ -203,26 +232,35 @@ def tile_bands(image: np.ndarray, spec: TileSpec, run: Callable[[list], list], *
     if spec.blend == "deepest" or not scores:
         band = _Deepest(th, Wp, num_classes, scores, want_probs and scores)
     else:
-        band = _Blend(th, Wp, num_classes, _gaussian(th, tw) if spec.blend == "gaussian" else np.ones((th, tw), np.float32))
+        band = _Blend(
+            th,
+            Wp,
+            num_classes,
+            _gaussian(th, tw) if spec.blend == "gaussian" else np.ones((th, tw), np.float32),
+        )
     if stats is not None:
-        stats.update(windows=len(ys) * len(xs), accumulator_bytes=sum(a.nbytes for a, _ in band.arrays()))
+        stats.update(
+            windows=len(ys) * len(xs), accumulator_bytes=sum(a.nbytes for a, _ in band.arrays())
+        )
     total, done = len(ys) * len(xs), 0
     for row, top in enumerate(ys):
         windows = [(top, left) for left in xs]
         for first in range(0, len(windows), spec.batch):
-            chunk = windows[first:first + spec.batch]
-            outs = run([padded[y:y + th, x:x + tw] for y, x in chunk])
+            chunk = windows[first : first + spec.batch]
+            outs = run([padded[y : y + th, x : x + tw] for y, x in chunk])
             for (y, x), out in zip(chunk, outs, strict=True):
                 band.add(x, out, _depth(th, tw, y == 0, y + th >= Hp, x == 0, x + tw >= Wp))
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-        bottom = ys[row + 1] if row + 1 < len(ys) else top + th  # rows above the next window row are finished
+        bottom = (
+            ys[row + 1] if row + 1 < len(ys) else top + th
+        )  # rows above the next window row are finished
         n = min(bottom, H) - top
         if n > 0:
             mask, probs = band.finish(n, W, want_probs)
             yield Band(top, mask, probs)
         shift = min(bottom - top, th)  # the band moves down to the next window row
         for acc, empty in band.arrays():
-            acc[:th - shift] = acc[shift:]
-            acc[th - shift:] = empty
+            acc[: th - shift] = acc[shift:]
+            acc[th - shift :] = empty

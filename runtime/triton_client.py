@@ -49,8 +49,16 @@ class TritonSegmenter:
             there, or its configuration lacks what pre-processing needs.
     """
 
-    def __init__(self, url: str, model_name: str, *, protocol: str = "http", timeout_s: float = 60.0,
-                 info: ModelInfo | None = None, model_version: str = ""):
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        *,
+        protocol: str = "http",
+        timeout_s: float = 60.0,
+        info: ModelInfo | None = None,
+        model_version: str = "",
+    ):
         if protocol not in ("http", "grpc"):
             raise SegmenterError(f"protocol {protocol!r} is not supported; use 'http' or 'grpc'")
         if not timeout_s > 0:
@@ -61,32 +69,43 @@ class TritonSegmenter:
             else:
                 import tritonclient.grpc as tc
         except ImportError as exc:
-            raise SegmenterError("the Triton client needs tritonclient: pip install 'unet-onnx[triton]'") from exc
+            raise SegmenterError(
+                "the Triton client needs tritonclient: pip install 'unet-onnx[triton]'"
+            ) from exc
         self._tc, self._grpc = tc, protocol == "grpc"
         self.url, self.model_name, self.model_version = url, model_name, model_version
         self.timeout_s = timeout_s
         if self._grpc:
             self._client = tc.InferenceServerClient(url=url)
         else:
-            self._client = tc.InferenceServerClient(url=url, connection_timeout=timeout_s, network_timeout=timeout_s)
+            self._client = tc.InferenceServerClient(
+                url=url, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
         config = self._config()
         self.max_batch_size = int(config.get("max_batch_size", 0)) or 1
         (inp,), (out,) = config["input"], config["output"]
         self.input_name, self.output_name = inp["name"], out["name"]
         self.input_datatype = _FROM_CONFIG.get(inp["data_type"], inp["data_type"])
         if self.input_datatype not in _NP:
-            raise SegmenterError(f"{model_name!r} takes {self.input_datatype} input; a VGG19-UNet export takes "
-                                 f"{' or '.join(_NP)}")
+            raise SegmenterError(
+                f"{model_name!r} takes {self.input_datatype} input; a VGG19-UNet export takes "
+                f"{' or '.join(_NP)}"
+            )
         if info is None:
-            params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+            params = {
+                k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()
+            }
             try:
                 info = ModelInfo.from_metadata(params)
             except ValueError as exc:
-                raise SegmenterError(f"{model_name!r}: its config parameters are malformed ({exc})") from exc
+                raise SegmenterError(
+                    f"{model_name!r}: its config parameters are malformed ({exc})"
+                ) from exc
             if info is None:
                 raise SegmenterError(
                     f"{model_name!r} on {url} has no {METADATA_PREFIX}* parameters in its configuration; re-export "
-                    "the repository with export-unet --triton-repo, or pass info=ModelInfo(...)")
+                    "the repository with export-unet --triton-repo, or pass info=ModelInfo(...)"
+                )
         self.info = info
         self._pipeline = Pipeline(info, _NP[self.input_datatype])
 
@@ -96,12 +115,17 @@ class TritonSegmenter:
             if self._grpc:
                 from google.protobuf import json_format
 
-                response = self._client.get_model_config(self.model_name, self.model_version,
-                                                         client_timeout=self.timeout_s)
+                response = self._client.get_model_config(
+                    self.model_name, self.model_version, client_timeout=self.timeout_s
+                )
                 return json_format.MessageToDict(response.config, preserving_proto_field_name=True)
             return self._client.get_model_config(self.model_name, self.model_version)
-        except Exception as exc:  # tritonclient raises InferenceServerException and transport errors
-            raise SegmenterError(f"cannot read the configuration of {self.model_name!r} from {self.url}: {exc}") from exc
+        except (
+            Exception
+        ) as exc:  # tritonclient raises InferenceServerException and transport errors
+            raise SegmenterError(
+                f"cannot read the configuration of {self.model_name!r} from {self.url}: {exc}"
+            ) from exc
 
     def build_request(self, x: np.ndarray):
         """The InferInput/InferRequestedOutput pair for one model-ready batch (binary tensor data)."""
@@ -119,13 +143,24 @@ class TritonSegmenter:
         """The model's raw output for a prepared batch, sent in requests of at most ``max_batch_size``."""
         parts = []
         for start in range(0, len(x), self.max_batch_size):
-            inputs, outputs = self.build_request(np.ascontiguousarray(x[start:start + self.max_batch_size]))
+            inputs, outputs = self.build_request(
+                np.ascontiguousarray(x[start : start + self.max_batch_size])
+            )
             timeout = {"client_timeout": self.timeout_s} if self._grpc else {}
             try:
-                result = self._client.infer(self.model_name, inputs, outputs=outputs, model_version=self.model_version,
-                                            **timeout)
-            except Exception as exc:  # tritonclient raises InferenceServerException and transport errors
-                raise SegmenterError(f"request to {self.model_name!r} on {self.url} failed: {exc}") from exc
+                result = self._client.infer(
+                    self.model_name,
+                    inputs,
+                    outputs=outputs,
+                    model_version=self.model_version,
+                    **timeout,
+                )
+            except (
+                Exception
+            ) as exc:  # tritonclient raises InferenceServerException and transport errors
+                raise SegmenterError(
+                    f"request to {self.model_name!r} on {self.url} failed: {exc}"
+                ) from exc
             parts.append(result.as_numpy(self.output_name))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 

@@ -76,8 +76,12 @@ def narrow_export(tmp_path_factory, confident_weights):
     def make(**overrides):
         key = tuple(sorted(overrides.items()))
         if key not in cache:
-            cfg = dict(input_size=(32, 32), num_classes=NUM_CLASSES, width_multiplier=NARROW,
-                       weights=str(confident_weights))
+            cfg = dict(
+                input_size=(32, 32),
+                num_classes=NUM_CLASSES,
+                width_multiplier=NARROW,
+                weights=str(confident_weights),
+            )
             cfg.update(overrides)
             out = root / f"m{len(cache)}.onnx"
             cache[key] = export_model(ExportConfig(**cfg), out)
@@ -107,4 +111,6 @@ def labelled(tmp_path_factory):
 def run_cli(*args, env=None, timeout=900):
     """Run a console script in a subprocess; returns CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=full_env
+    )

@@ -26,7 +26,9 @@ FIXTURE_ACCURACY = 0.97
 def keras_scores(labelled):
     from unet_export import build_vgg19_unet
 
-    model = build_vgg19_unet((None, None, 3), labelled.num_classes, width_multiplier=labelled.width_multiplier)
+    model = build_vgg19_unet(
+        (None, None, 3), labelled.num_classes, width_multiplier=labelled.width_multiplier
+    )
     model.load_weights(labelled.weights)
     probs = model.predict(np.stack(labelled.images).astype(np.float32) / 255, verbose=0)
     masks = list(probs.argmax(-1).astype(np.uint8))
@@ -43,12 +45,19 @@ def exports(labelled, tmp_path_factory):
     calibration.mkdir()
     rng = np.random.default_rng(5)
     for i in range(12):
-        Image.fromarray(shapes_sample(rng, 96, labelled.num_classes)[0]).save(calibration / f"{i:02d}.png")
+        Image.fromarray(shapes_sample(rng, 96, labelled.num_classes)[0]).save(
+            calibration / f"{i:02d}.png"
+        )
     out = {}
     for precision in ("fp32", "fp16", "int8"):
-        config = ExportConfig(input_size=(96, 96), width_multiplier=labelled.width_multiplier, head="argmax",
-                              weights=str(labelled.weights), precision=precision,
-                              calibration_images=str(calibration) if precision == "int8" else None)
+        config = ExportConfig(
+            input_size=(96, 96),
+            width_multiplier=labelled.width_multiplier,
+            head="argmax",
+            weights=str(labelled.weights),
+            precision=precision,
+            calibration_images=str(calibration) if precision == "int8" else None,
+        )
         out[precision] = export_model(config, root / f"{precision}.onnx")
     return out
 
@@ -56,7 +65,9 @@ def exports(labelled, tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_accuracy_against_labels_and_keras(precision, labelled, keras_scores, exports):
     keras_masks, keras = keras_scores
-    assert keras["pixel_accuracy"] >= FIXTURE_ACCURACY, keras  # the fixture is trained: the figures mean something
+    assert keras["pixel_accuracy"] >= FIXTURE_ACCURACY, (
+        keras
+    )  # the fixture is trained: the figures mean something
     with Segmenter(exports[precision].path, providers="cpu") as seg:
         masks = seg.predict(labelled.images)
     ours = label_scores(labelled.labels, masks, labelled.num_classes)
@@ -64,7 +75,11 @@ def test_accuracy_against_labels_and_keras(precision, labelled, keras_scores, ex
     if precision == "fp32":
         assert agreement == 1.0 and ours == keras, (ours, keras)
     else:
-        assert ours["mean_iou"] >= keras["mean_iou"] - MIOU_MARGIN[precision], (precision, ours, keras)
+        assert ours["mean_iou"] >= keras["mean_iou"] - MIOU_MARGIN[precision], (
+            precision,
+            ours,
+            keras,
+        )
         assert agreement >= 0.99, agreement
     assert ours["pixel_accuracy"] >= FIXTURE_ACCURACY
 

@@ -12,12 +12,42 @@ from unet_bench.profile import profile_model, summarize, to_markdown
 def test_summarize_averages_node_events_over_runs():
     trace = [
         {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
-        {"cat": "Node", "name": "conv_a_kernel_time", "ts": 1, "dur": 60, "args": {"op_name": "Conv"}},
-        {"cat": "Node", "name": "conv_a_fence_before", "ts": 1, "dur": 0, "args": {"op_name": "Conv"}},
-        {"cat": "Node", "name": "q_kernel_time", "ts": 62, "dur": 30, "args": {"op_name": "QuantizeLinear"}},
+        {
+            "cat": "Node",
+            "name": "conv_a_kernel_time",
+            "ts": 1,
+            "dur": 60,
+            "args": {"op_name": "Conv"},
+        },
+        {
+            "cat": "Node",
+            "name": "conv_a_fence_before",
+            "ts": 1,
+            "dur": 0,
+            "args": {"op_name": "Conv"},
+        },
+        {
+            "cat": "Node",
+            "name": "q_kernel_time",
+            "ts": 62,
+            "dur": 30,
+            "args": {"op_name": "QuantizeLinear"},
+        },
         {"cat": "Session", "name": "model_run", "ts": 200, "dur": 120},
-        {"cat": "Node", "name": "conv_a_kernel_time", "ts": 201, "dur": 80, "args": {"op_name": "Conv"}},
-        {"cat": "Node", "name": "q_kernel_time", "ts": 282, "dur": 30, "args": {"op_name": "QuantizeLinear"}},
+        {
+            "cat": "Node",
+            "name": "conv_a_kernel_time",
+            "ts": 201,
+            "dur": 80,
+            "args": {"op_name": "Conv"},
+        },
+        {
+            "cat": "Node",
+            "name": "q_kernel_time",
+            "ts": 282,
+            "dur": 30,
+            "args": {"op_name": "QuantizeLinear"},
+        },
     ]
     p = summarize(trace, runs=2)
     assert p.run_us == 110 and p.by_op == {"Conv": 70, "QuantizeLinear": 30} and p.node_us == 100
@@ -30,18 +60,34 @@ def test_summarize_averages_node_events_over_runs():
 def test_profile_of_a_real_model(narrow_export):
     p = profile_model(str(narrow_export().path), runs=2, warmup=1)
     assert p.runs == 2 and 0 < p.node_us <= p.run_us * 1.05
-    assert p.op_nodes["Conv"] + p.op_nodes.get("FusedConv", 0) >= 20 and sum(p.op_nodes.values()) == len(p.by_node)
+    assert p.op_nodes["Conv"] + p.op_nodes.get("FusedConv", 0) >= 20 and sum(
+        p.op_nodes.values()
+    ) == len(p.by_node)
 
 
 def test_ab_interleaves_and_writes_both_files(narrow_export, tmp_path):
     a, b = narrow_export().path, narrow_export(fold_upsample="phase").path
-    proc = run_cli("unet_bench.cli", "ab", "--out", str(tmp_path / "ab"), "--rounds", "3", "--warmup", "0", "--size", "32",
-                   str(a), str(b))  # no warm-up asked: the mask still comes from one untimed run
+    proc = run_cli(
+        "unet_bench.cli",
+        "ab",
+        "--out",
+        str(tmp_path / "ab"),
+        "--rounds",
+        "3",
+        "--warmup",
+        "0",
+        "--size",
+        "32",
+        str(a),
+        str(b),
+    )  # no warm-up asked: the mask still comes from one untimed run
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "ab.json").read_text())
     assert data["first"] == str(a) and [len(r["raw_s"]) for r in data["rows"]] == [3, 3]
     assert data["rows"][0]["speedup_vs_first_median"] == 1.0
-    assert data["rows"][1]["mask_agreement_vs_first"] == pytest.approx(1.0, abs=0.01)  # the fold is the same function
+    assert data["rows"][1]["mask_agreement_vs_first"] == pytest.approx(
+        1.0, abs=0.01
+    )  # the fold is the same function
     assert "| speed-up vs first |" in (tmp_path / "ab.md").read_text()
 
 
@@ -53,19 +99,32 @@ def test_ab_and_profile_refuse_missing_models(tmp_path):
         assert not (tmp_path / "x.json").exists()
 
 
-@pytest.mark.parametrize("tool, flags, message", [
-    ("profile", ["--runs", "0"], "--runs 0 is not allowed: it must be >= 1"),
-    ("profile", ["--warmup", "-1"], "--warmup -1 is not allowed: it must be >= 0"),
-    ("profile", ["--top", "0"], "--top 0 is not allowed"),
-    ("profile", ["--threads", "0"], "--threads 0 is not allowed"),
-    ("ab", ["--rounds", "0"], "--rounds 0 is not allowed: it must be >= 1"),
-    ("ab", ["--warmup", "-2"], "--warmup -2 is not allowed: it must be >= 0"),
-    ("ab", ["--size", "40"], "--size 40 is not allowed: sizes must be multiples of 16 (e.g. 32)"),
-    ("ab", ["--image", "no.png"], "--image 'no.png' does not exist"),
-    ("ab", ["--out", "m.onnx/x"], "--out folder 'm.onnx' cannot be created: 'm.onnx' is a file"),
-    ("profile", ["--out", "."], "--out '.' is a folder; name a file inside it"),
-])
-def test_ab_and_profile_refuse_bad_flags_before_any_work(tool, flags, message, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "tool, flags, message",
+    [
+        ("profile", ["--runs", "0"], "--runs 0 is not allowed: it must be >= 1"),
+        ("profile", ["--warmup", "-1"], "--warmup -1 is not allowed: it must be >= 0"),
+        ("profile", ["--top", "0"], "--top 0 is not allowed"),
+        ("profile", ["--threads", "0"], "--threads 0 is not allowed"),
+        ("ab", ["--rounds", "0"], "--rounds 0 is not allowed: it must be >= 1"),
+        ("ab", ["--warmup", "-2"], "--warmup -2 is not allowed: it must be >= 0"),
+        (
+            "ab",
+            ["--size", "40"],
+            "--size 40 is not allowed: sizes must be multiples of 16 (e.g. 32)",
+        ),
+        ("ab", ["--image", "no.png"], "--image 'no.png' does not exist"),
+        (
+            "ab",
+            ["--out", "m.onnx/x"],
+            "--out folder 'm.onnx' cannot be created: 'm.onnx' is a file",
+        ),
+        ("profile", ["--out", "."], "--out '.' is a folder; name a file inside it"),
+    ],
+)
+def test_ab_and_profile_refuse_bad_flags_before_any_work(
+    tool, flags, message, tmp_path, capsys, monkeypatch
+):
     import importlib
 
     module = importlib.import_module(f"unet_bench.{tool}")
@@ -92,9 +151,21 @@ def test_ab_keras_candidate_on_an_image_file(tmp_path):
     # Resized as the runtime resizes (not Pillow's own filter), so A/B inputs match bench-unet's.
     assert image.dtype == np.uint8 and np.array_equal(image, resize_image(rgb, 32, 32))
     keras_model(32, seed=3).save_weights(str(tmp_path / "w.weights.h5"))
-    result = ab.run([], rounds=2, warmup=1, size=32, threads=None, keras_weights=str(tmp_path / "w.weights.h5"), image=image)
+    result = ab.run(
+        [],
+        rounds=2,
+        warmup=1,
+        size=32,
+        threads=None,
+        keras_weights=str(tmp_path / "w.weights.h5"),
+        image=image,
+    )
     (row,) = result["rows"]
-    assert result["first"] == row["name"] == "keras.predict" and len(row["raw_s"]) == 2 and row["median_ms"] > 0
+    assert (
+        result["first"] == row["name"] == "keras.predict"
+        and len(row["raw_s"]) == 2
+        and row["median_ms"] > 0
+    )
 
 
 def test_ab_times_openvino_on_the_same_files(narrow_export, tmp_path):
@@ -104,10 +175,14 @@ def test_ab_times_openvino_on_the_same_files(narrow_export, tmp_path):
 
     fp32 = str(narrow_export(head="argmax").path)
     int8 = str(narrow_export(head="argmax", precision="int8", calibration_count=8).path)
-    res = ab.run([fp32, int8], rounds=2, warmup=1, size=32, threads=None, keras_weights=None, openvino=True)
+    res = ab.run(
+        [fp32, int8], rounds=2, warmup=1, size=32, threads=None, keras_weights=None, openvino=True
+    )
     rows = {r["name"]: r for r in res["rows"]}
     names = [n.split(" ")[1] for n in rows if n.startswith("openvino")]
-    assert names == ["f32"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()) else []) + ["int8"]
+    assert names == ["f32"] + (
+        ["bf16"] if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()) else []
+    ) + ["int8"]
     for name, row in rows.items():
         assert len(row["raw_s"]) == 2
         if name.startswith("openvino f32"):  # the same fp32 function: the same masks

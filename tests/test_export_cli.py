@@ -50,16 +50,37 @@ def test_default_export_is_the_seed_verified(default_export):
 def test_help_lists_every_flag_with_defaults():
     proc = _cli("--help")
     assert proc.returncode == 0
-    for flag in ("--out", "--weights", "--encoder-weights", "--input-size", "--dynamic-size", "--layout",
-                 "--head", "--precision", "--opset", "--no-verify", "--report", "--class-names", "--seed"):
+    for flag in (
+        "--out",
+        "--weights",
+        "--encoder-weights",
+        "--input-size",
+        "--dynamic-size",
+        "--layout",
+        "--head",
+        "--precision",
+        "--opset",
+        "--no-verify",
+        "--report",
+        "--class-names",
+        "--seed",
+    ):
         assert flag in proc.stdout
     assert "default: 17" in proc.stdout and "default: softmax" in proc.stdout
     flat = " ".join(proc.stdout.split())  # argparse wraps lines anywhere
     assert "(default: 512 512)" in flat and "(default: 0.0 0.0 0.0)" in flat
 
 
-@pytest.mark.parametrize("module", ["unet_export.cli", "unet_runtime.cli", "unet_bench.cli", "unet_bench.ab",
-                                    "unet_bench.fixture"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "unet_export.cli",
+        "unet_runtime.cli",
+        "unet_bench.cli",
+        "unet_bench.ab",
+        "unet_bench.fixture",
+    ],
+)
 def test_help_shows_only_defaults_that_say_something(module):
     proc = run_cli(module, "--help")
     assert proc.returncode == 0 and "usage:" in proc.stdout
@@ -71,9 +92,17 @@ def test_help_shows_only_defaults_that_say_something(module):
     assert "default: " in proc.stdout
 
 
-@pytest.mark.parametrize("module, prog", [("unet_export.cli", "export-unet"), ("unet_runtime.cli", "segment-unet"),
-                                          ("unet_bench.cli", "bench-unet"), ("unet_export", "export-unet"),
-                                          ("unet_runtime", "segment-unet"), ("unet_bench", "bench-unet")])
+@pytest.mark.parametrize(
+    "module, prog",
+    [
+        ("unet_export.cli", "export-unet"),
+        ("unet_runtime.cli", "segment-unet"),
+        ("unet_bench.cli", "bench-unet"),
+        ("unet_export", "export-unet"),
+        ("unet_runtime", "segment-unet"),
+        ("unet_bench", "bench-unet"),
+    ],
+)
 def test_version_is_the_installed_distribution(module, prog):
     # `python -m PACKAGE` is the console script too (a venv whose bin/ is not on PATH).
     import importlib.metadata as md
@@ -109,19 +138,33 @@ def test_bad_input_one_line_exit_1_nothing_written(tmp_path, args, message):
 
 
 def test_missing_output_folders_are_made_only_for_a_verified_model(tmp_path, confident_weights):
-    cfg = dict(input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights))
+    cfg = dict(
+        input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights)
+    )
     out, report = tmp_path / "models" / "v1" / "m.onnx", tmp_path / "reports" / "m.json"
     export_model(ExportConfig(**cfg), out, report_path=report)
     assert out.is_file() and json.loads(report.read_text())["output"] == str(out)
     # An export that fails (here: weights of another class count) leaves no folder behind.
     bad = tmp_path / "bad" / "m.onnx"
-    proc = _cli("--out", bad, "--weights", str(confident_weights), "--num-classes", "21", "--input-size", "32", "32")
+    proc = _cli(
+        "--out",
+        bad,
+        "--weights",
+        str(confident_weights),
+        "--num-classes",
+        "21",
+        "--input-size",
+        "32",
+        "32",
+    )
     assert proc.returncode == 1 and not (tmp_path / "bad").exists(), proc.stderr[-1000:]
     # A folder that cannot be made is refused before any work.
     (tmp_path / "afile").write_text("x")
     proc = _cli("--out", tmp_path / "afile" / "sub" / "m.onnx")
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 1 and f"cannot be created: '{tmp_path / 'afile'}' is a file" in last, last
+    assert (
+        proc.returncode == 1 and f"cannot be created: '{tmp_path / 'afile'}' is a file" in last
+    ), last
 
 
 def test_a_failed_write_removes_the_folders_it_made(tmp_path, monkeypatch):
@@ -141,10 +184,22 @@ def test_weights_of_another_class_count_fail_before_writing(tmp_path):
 
     w = tmp_path / "five.weights.h5"
     build_vgg19_unet((32, 32, 3), 5).save_weights(w)
-    proc = _cli("--out", tmp_path / "m.onnx", "--input-size", "32", "32", "--weights", w, "--num-classes", "21")
+    proc = _cli(
+        "--out",
+        tmp_path / "m.onnx",
+        "--input-size",
+        "32",
+        "32",
+        "--weights",
+        w,
+        "--num-classes",
+        "21",
+    )
     assert proc.returncode == 1
     last = proc.stderr.splitlines()[-1]
-    assert "--num-classes 21" in last and "has 5 classes" in last and "pass --num-classes 5" in last, last
+    assert (
+        "--num-classes 21" in last and "has 5 classes" in last and "pass --num-classes 5" in last
+    ), last
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -157,15 +212,22 @@ def test_class_count_comes_from_the_weights_file(tmp_path, confident_weights):
     assert cfg.num_classes is None and cfg.resolved().num_classes == 5
     assert ExportConfig().resolved().num_classes == 21  # no weights file: Pascal VOC
     result = export_model(cfg, tmp_path / "m.onnx")
-    props = {p.key: p.value for p in onnx.load(result.path, load_external_data=False).metadata_props}
-    assert ModelInfo.from_metadata(props).num_classes == 5 and result.report["config"]["num_classes"] == 5
+    props = {
+        p.key: p.value for p in onnx.load(result.path, load_external_data=False).metadata_props
+    }
+    assert (
+        ModelInfo.from_metadata(props).num_classes == 5
+        and result.report["config"]["num_classes"] == 5
+    )
 
 
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch, confident_weights):
     # A tolerance no real export can meet: the gate must fail and stop the write.
     monkeypatch.setattr(verify_mod, "FP32_REL_L2", 0.0)
     out, rep = tmp_path / "m.onnx", tmp_path / "r.json"
-    cfg = ExportConfig(input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights))
+    cfg = ExportConfig(
+        input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights)
+    )
     with pytest.raises(VerificationError, match="would have been needed") as info:
         export_model(cfg, out, report_path=rep)
     assert info.value.report["cases"][0]["rel_l2"] > 0
@@ -183,7 +245,9 @@ def test_atomic_write_respects_umask(tmp_path):
 
 def test_atomic_write_never_sets_the_umask(tmp_path, monkeypatch):
     """Setting the umask to read it is process-wide and races with other threads creating files."""
-    monkeypatch.setattr(os, "umask", lambda *_: pytest.fail("atomic_write_bytes changed the process umask"))
+    monkeypatch.setattr(
+        os, "umask", lambda *_: pytest.fail("atomic_write_bytes changed the process umask")
+    )
     atomic_write_bytes(tmp_path / "m.onnx", b"x")
     assert (tmp_path / "m.onnx").read_bytes() == b"x"
 

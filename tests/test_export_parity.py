@@ -32,6 +32,7 @@ def _keras(model, pixels, mean=(0, 0, 0), std=(1, 1, 1)):
     ref.compute(dict(zip(keys, pixels, strict=True)))
     return ref.logits(keys), ref.probs(keys)
 
+
 # (size or None for dynamic, layout, head, precision, opset[, fold_upsample])
 TABLE = [
     ((32, 32), "nhwc", "softmax", "fp32", None),
@@ -53,7 +54,14 @@ TABLE = [
     ((32, 32), "nchw", "softmax", "fp32", None, "convtranspose"),
     (None, "nhwc", "softmax", "fp32", None, "phase"),
     (None, "nchw", "logits", "fp32", None, "convtranspose"),
-    ((32, 32), "nhwc", "softmax", "fp16", None, "off"),  # fp16's default is convtranspose: the seed graph too
+    (
+        (32, 32),
+        "nhwc",
+        "softmax",
+        "fp16",
+        None,
+        "off",
+    ),  # fp16's default is convtranspose: the seed graph too
     ((64, 96), "nchw", "argmax", "fp16", None, "phase"),
     ((64, 96), "nhwc", "logits", "fp32", None, "phase_nhwc"),
     (None, "nchw", "softmax", "fp32", None, "phase_nhwc"),  # dynamic: falls back to DepthToSpace
@@ -62,8 +70,10 @@ TABLE = [
 
 def _id(row):
     size, layout, head, precision, opset, *fold = row
-    return (f"{'dyn' if size is None else 'x'.join(map(str, size))}-{layout}-{head}-{precision}-op{opset or 'default'}"
-            + (f"-fold_{fold[0]}" if fold else ""))
+    return (
+        f"{'dyn' if size is None else 'x'.join(map(str, size))}-{layout}-{head}-{precision}-op{opset or 'default'}"
+        + (f"-fold_{fold[0]}" if fold else "")
+    )
 
 
 @pytest.mark.parametrize("row", TABLE, ids=[_id(r) for r in TABLE])
@@ -85,8 +95,11 @@ def test_onnx_matches_keras(row, narrow_export, confident_keras):
         assert "Resize" in ops
     else:
         assert result.report["fold_upsample"]["stages"] == 4 and "Resize" not in ops
-        expected = {"convtranspose": "ConvTranspose", "phase": "DepthToSpace",
-                    "phase_nhwc": "DepthToSpace" if size is None else "Reshape"}[form]
+        expected = {
+            "convtranspose": "ConvTranspose",
+            "phase": "DepthToSpace",
+            "phase_nhwc": "DepthToSpace" if size is None else "Reshape",
+        }[form]
         assert expected in ops, ops
 
     h, w = size or (48, 80)  # dynamic: a size the exporter never verified at
@@ -124,12 +137,21 @@ def test_onnx_matches_keras(row, narrow_export, confident_keras):
 def test_uint8_input_normalizes_inside_the_graph(layout, fold, narrow_export, confident_keras):
     """--input-dtype uint8: raw pixels in, (x/255 - mean)/std applied by the graph, same logits as Keras."""
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    result = narrow_export(input_dtype="uint8", layout=layout, head="logits", mean=mean, std=std, fold_upsample=fold,
-                           input_size=(64, 96))
+    result = narrow_export(
+        input_dtype="uint8",
+        layout=layout,
+        head="logits",
+        mean=mean,
+        std=std,
+        fold_upsample=fold,
+        input_size=(64, 96),
+    )
     pixels = np.stack([make_pixels(64, 96, 321 + i) for i in range(2)])
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(uint8)"
-    out = session.run(None, {"input": pixels.transpose(0, 3, 1, 2) if layout == "nchw" else pixels})[0]
+    out = session.run(
+        None, {"input": pixels.transpose(0, 3, 1, 2) if layout == "nchw" else pixels}
+    )[0]
     out = out.transpose(0, 2, 3, 1) if layout == "nchw" else out
     ref, _ = _keras(confident_keras, list(pixels), mean, std)
     err = compare(ref, out)
@@ -140,20 +162,29 @@ def test_export_from_an_in_memory_keras_model(confident_keras, tmp_path):
     """The end of a training script: export_model(config, out, keras_model=model), no weights file in between."""
     from unet_export import ExportConfig, export_model
 
-    # confident_keras is size-agnostic with 5 classes; the export is fixed at 64x48 and takes its class count.
-    res = export_model(ExportConfig(input_size=(64, 48), width_multiplier=0.125), tmp_path / "m.onnx",
-                       keras_model=confident_keras)
+    # confident_keras is size-agnostic with 5 classes; the export is fixed at 64x48 and takes its
+    # class count.
+    res = export_model(
+        ExportConfig(input_size=(64, 48), width_multiplier=0.125),
+        tmp_path / "m.onnx",
+        keras_model=confident_keras,
+    )
     assert res.report["trained"] and res.report["verification"]["cases"]
     meta = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
-    assert meta["unet.num_classes"] == "5" and "in-memory Keras model" in meta["unet.weights_source"]
+    assert (
+        meta["unet.num_classes"] == "5" and "in-memory Keras model" in meta["unet.weights_source"]
+    )
     x = np.random.default_rng(8).random((2, 64, 48, 3), dtype=np.float32)
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
     ours = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     ref = confident_keras(x, training=False).numpy()
     assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) <= FP32_REL_L2
     # The fingerprint is of the weights, so the same weights give the same one again.
-    again = export_model(ExportConfig(input_size=(32, 32), width_multiplier=0.125, verify=False), tmp_path / "n.onnx",
-                         keras_model=confident_keras)
+    again = export_model(
+        ExportConfig(input_size=(32, 32), width_multiplier=0.125, verify=False),
+        tmp_path / "n.onnx",
+        keras_model=confident_keras,
+    )
     meta_again = {p.key: p.value for p in onnx.load(str(again.path)).metadata_props}
     assert meta_again["unet.weights_sha256"] == meta["unet.weights_sha256"]
     assert len(meta["unet.weights_sha256"]) == 64
@@ -166,13 +197,30 @@ def test_in_memory_keras_model_errors_write_nothing(confident_keras, confident_w
 
     narrow = dict(input_size=(32, 32), width_multiplier=0.125)
     cases = [
-        (ExportConfig(num_classes=21, **narrow), confident_keras, ConfigError,
-         "num_classes 21 does not match keras_model, whose head has 5 classes; pass num_classes=5"),
-        (ExportConfig(weights=str(confident_weights), **narrow), confident_keras, ConfigError,
-         "keras_model= and a weights file were both given"),
-        (ExportConfig(**narrow), "model.keras", WeightsError, "keras_model is a str, not a Keras model"),
-        (ExportConfig(**narrow), keras.applications.VGG19(weights=None, include_top=False),
-         WeightsError, "it is not this architecture"),
+        (
+            ExportConfig(num_classes=21, **narrow),
+            confident_keras,
+            ConfigError,
+            "num_classes 21 does not match keras_model, whose head has 5 classes; pass num_classes=5",
+        ),
+        (
+            ExportConfig(weights=str(confident_weights), **narrow),
+            confident_keras,
+            ConfigError,
+            "keras_model= and a weights file were both given",
+        ),
+        (
+            ExportConfig(**narrow),
+            "model.keras",
+            WeightsError,
+            "keras_model is a str, not a Keras model",
+        ),
+        (
+            ExportConfig(**narrow),
+            keras.applications.VGG19(weights=None, include_top=False),
+            WeightsError,
+            "it is not this architecture",
+        ),
     ]
     for config, model, error, message in cases:
         with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):

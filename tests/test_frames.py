@@ -22,10 +22,17 @@ def _frames(seed=0):
 def exports(confident_weights, tmp_path_factory):
     """argmax and softmax heads with the resize in the graph, and the plain argmax export of the same weights."""
     root = tmp_path_factory.mktemp("frames")
-    base = dict(input_size=(64, 64), num_classes=NUM_CLASSES, width_multiplier=NARROW, weights=str(confident_weights),
-                input_dtype="uint8")
+    base = dict(
+        input_size=(64, 64),
+        num_classes=NUM_CLASSES,
+        width_multiplier=NARROW,
+        weights=str(confident_weights),
+        input_dtype="uint8",
+    )
     return {
-        "graph-argmax": export_model(ExportConfig(**base, head="argmax", resize_in_graph=True), root / "ga.onnx"),
+        "graph-argmax": export_model(
+            ExportConfig(**base, head="argmax", resize_in_graph=True), root / "ga.onnx"
+        ),
         "graph-softmax": export_model(ExportConfig(**base, resize_in_graph=True), root / "gs.onnx"),
         "host-argmax": export_model(ExportConfig(**base, head="argmax"), root / "ha.onnx"),
     }
@@ -40,15 +47,20 @@ def test_the_export_verifies_frames_of_several_sizes(exports):
     assert report["steps"]["frames"]["seconds"] >= 0 and report["verification"]["passed"]
     model = onnx.load(str(exports["graph-argmax"].path))
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    assert dims[1:] == ["height", "width", 3] and model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert (
+        dims[1:] == ["height", "width", 3]
+        and model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    )
 
 
 @pytest.mark.parametrize("backend", ["numpy", "opencv"])
 def test_masks_at_the_frames_size_equal_the_host_pipeline(exports, backend):
     im.set_resize_backend(backend)
     try:
-        with Segmenter(exports["graph-argmax"].path, providers="cpu") as graph, \
-                Segmenter(exports["host-argmax"].path, providers="cpu") as host:
+        with (
+            Segmenter(exports["graph-argmax"].path, providers="cpu") as graph,
+            Segmenter(exports["host-argmax"].path, providers="cpu") as host,
+        ):
             assert graph.info.resize_in_graph and not host.info.resize_in_graph
             frames = _frames()
             ours, theirs = graph.predict(frames), host.predict(frames)
@@ -56,7 +68,8 @@ def test_masks_at_the_frames_size_equal_the_host_pipeline(exports, backend):
         im.set_resize_backend("auto")
     for frame, a, b in zip(frames, ours, theirs, strict=True):
         assert a.shape == b.shape == frame.shape[:2]
-        # The two resizes may round a value differently by one grey level; masks differ only near ties.
+        # The two resizes may round a value differently by one grey level; masks differ only near
+        # ties.
         assert (a == b).mean() >= 0.99, (frame.shape, (a == b).mean())
 
 
@@ -83,7 +96,9 @@ def test_bad_frames_are_refused_before_the_session(exports):
 
 
 def test_refusals(confident_weights):
-    base = dict(input_size=(64, 64), num_classes=NUM_CLASSES, width_multiplier=NARROW, resize_in_graph=True)
+    base = dict(
+        input_size=(64, 64), num_classes=NUM_CLASSES, width_multiplier=NARROW, resize_in_graph=True
+    )
     for extra, message in [
         (dict(input_dtype="float32"), "--resize-in-graph takes raw uint8 RGB frames"),
         (dict(input_dtype="uint8", layout="nchw"), "--layout nhwc, not uint8 nchw"),
@@ -95,8 +110,15 @@ def test_refusals(confident_weights):
 
 def test_a_broken_resize_fails_its_gate(confident_weights):
     """The in-graph resize is checked value by value: a nearest-neighbour resize in its place is refused."""
-    config = ExportConfig(input_size=(64, 64), num_classes=NUM_CLASSES, width_multiplier=NARROW, head="argmax",
-                          weights=str(confident_weights), input_dtype="uint8", resize_in_graph=True).resolved()
+    config = ExportConfig(
+        input_size=(64, 64),
+        num_classes=NUM_CLASSES,
+        width_multiplier=NARROW,
+        head="argmax",
+        weights=str(confident_weights),
+        input_dtype="uint8",
+        resize_in_graph=True,
+    ).resolved()
     state = ExportState(config=config)
     for name, step in STEPS:
         if name == "verify":
@@ -106,5 +128,7 @@ def test_a_broken_resize_fails_its_gate(confident_weights):
     for attr in resize.attribute:
         if attr.name == "mode":
             attr.s = b"nearest"
-    with pytest.raises(VerificationError, match="in-graph resize vs the host's, largest difference"):
+    with pytest.raises(
+        VerificationError, match="in-graph resize vs the host's, largest difference"
+    ):
         dict(STEPS)["verify"](state)

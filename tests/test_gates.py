@@ -31,7 +31,9 @@ def _negate_a_weight(model) -> str:
     """Negate conv1-1's kernel (or, in a QDQ graph, the scale its int8 kernel is dequantized with)."""
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    conv = next(n for n in model.graph.node if n.op_type == "Conv" and "conv1-1" in n.input[1] + n.name)
+    conv = next(
+        n for n in model.graph.node if n.op_type == "Conv" and "conv1-1" in n.input[1] + n.name
+    )
     name = conv.input[1]
     if name not in inits:  # QDQ: Conv <- DequantizeLinear(int8 kernel, scale, zero point)
         name = producer[name].input[1]
@@ -43,8 +45,15 @@ def _negate_a_weight(model) -> str:
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("head", HEADS)
 def test_a_perturbed_weight_fails_a_gate(precision, head, confident_weights):
-    config = ExportConfig(input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights),
-                          head=head, precision=precision, calibration_count=8)
+    config = ExportConfig(
+        input_size=(32, 32),
+        num_classes=5,
+        width_multiplier=0.125,
+        weights=str(confident_weights),
+        head=head,
+        precision=precision,
+        calibration_count=8,
+    )
     state = _until_verify(config)
     _negate_a_weight(state.proto)
     with pytest.raises(VerificationError, match="logits rel L2") as info:
@@ -56,10 +65,19 @@ def test_a_perturbed_weight_fails_a_gate(precision, head, confident_weights):
 @pytest.mark.parametrize("precision, head", [("fp16", "argmax"), ("int8", "argmax")])
 def test_untrained_argmax_models_still_pass_a_numeric_gate(precision, head):
     """A flat softmax (random weights) leaves no confident pixel for a mask gate: the logits gates carry it."""
-    config = ExportConfig(input_size=(32, 32), num_classes=5, width_multiplier=0.125, head=head, precision=precision,
-                          calibration_count=8)
+    config = ExportConfig(
+        input_size=(32, 32),
+        num_classes=5,
+        width_multiplier=0.125,
+        head=head,
+        precision=precision,
+        calibration_count=8,
+    )
     state = _until_verify(config)
     dict(STEPS)["verify"](state)
     report = state.verification
     assert report["gates"] and all(g["passed"] for g in report["gates"])
-    assert any("logits rel L2" in g["name"] and np.isfinite(g["value"]) and g["value"] > 0 for g in report["gates"])
+    assert any(
+        "logits rel L2" in g["name"] and np.isfinite(g["value"]) and g["value"] > 0
+        for g in report["gates"]
+    )

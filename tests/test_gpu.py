@@ -22,7 +22,8 @@ pytestmark = pytest.mark.gpu
 # weights; the sharpened ones serve the mask-agreement tests only.
 EXACT_REL_L2 = 1e-5
 MASK_MIN = 0.99
-# File name -> export settings (the --models-from names of bench-unet; no fold, no padding: the tests
+# File name -> export settings (the --models-from names of bench-unet; no fold, no padding: the
+# tests
 # apply those rewrites themselves where they test them).
 GPU_MODELS = {
     "fp32-softmax-512.onnx": {"precision": "fp32", "head": "softmax"},
@@ -39,15 +40,19 @@ def source(tmp_path_factory):
         root = Path(os.environ["UNET_GPU_MODELS"])
         missing = [n for n in GPU_MODELS if not (root / n).is_file()]
         if missing:
-            pytest.fail(f"UNET_GPU_MODELS={str(root)!r} lacks {missing}: write them with "
-                        "bench-unet --save-models DIR --precision fp32 fp16 --head softmax argmax "
-                        "--input-dtype float32 uint8 --fold-upsample off")
+            pytest.fail(
+                f"UNET_GPU_MODELS={str(root)!r} lacks {missing}: write them with "
+                "bench-unet --save-models DIR --precision fp32 fp16 --head softmax argmax "
+                "--input-dtype float32 uint8 --fold-upsample off"
+            )
         return root
     import importlib.util
 
     if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("the GPU tests need their models and TensorFlow is not installed: install unet-onnx[export] to export them here, "
-                    "or set UNET_GPU_MODELS to a folder written by bench-unet --save-models")
+        pytest.skip(
+            "the GPU tests need their models and TensorFlow is not installed: install unet-onnx[export] to export them here, "
+            "or set UNET_GPU_MODELS to a folder written by bench-unet --save-models"
+        )
     from unet_export import ExportConfig, export_model
 
     root = tmp_path_factory.mktemp("gpu_models")
@@ -102,7 +107,9 @@ def test_cuda_exact_fp32_matches_cpu(models, reference):
     imgs, _ = reference
     with Segmenter(models["plain"], providers="cpu") as seg:
         ref = seg.predict_proba(imgs)
-    with Segmenter(models["plain"], providers=["cuda"], strict=True, config=ProviderConfig(exact=True)) as seg:
+    with Segmenter(
+        models["plain"], providers=["cuda"], strict=True, config=ProviderConfig(exact=True)
+    ) as seg:
         assert seg.providers[0] == "CUDAExecutionProvider"
         probs = seg.predict_proba(imgs)
     for r, p in zip(ref, probs, strict=True):
@@ -111,13 +118,22 @@ def test_cuda_exact_fp32_matches_cpu(models, reference):
         assert rel <= EXACT_REL_L2
 
 
-@pytest.mark.parametrize("name, config", [("fp32-softmax-512.onnx", {}), ("fp16-softmax-512.onnx", {}),
-                                          ("fp16-argmax-512.onnx", {}), ("fp16-argmax-512.onnx", {"cuda_graph": True})])
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("fp32-softmax-512.onnx", {}),
+        ("fp16-softmax-512.onnx", {}),
+        ("fp16-argmax-512.onnx", {}),
+        ("fp16-argmax-512.onnx", {"cuda_graph": True}),
+    ],
+)
 def test_tf32_and_fp16_masks_agree_on_confident_pixels(models, reference, name, config):
     from unet_runtime import ProviderConfig, Segmenter
 
     imgs, ref = reference
-    with Segmenter(models[name], providers=["cuda"], strict=True, config=ProviderConfig(**config)) as seg:
+    with Segmenter(
+        models[name], providers=["cuda"], strict=True, config=ProviderConfig(**config)
+    ) as seg:
         masks = seg.predict(imgs)
         again = seg.predict(imgs)  # buffers reused (and the CUDA graph replayed)
     for r, m, m2 in zip(ref, masks, again, strict=True):
@@ -138,10 +154,16 @@ def test_cuda_graph_serves_every_batch_shape(models, reference):
     from unet_runtime import ProviderConfig, Segmenter
 
     imgs, ref = reference
-    with Segmenter(models["fp16-argmax-512.onnx"], providers=["cuda"], strict=True,
-                   config=ProviderConfig(cuda_graph=True)) as seg:
+    with Segmenter(
+        models["fp16-argmax-512.onnx"],
+        providers=["cuda"],
+        strict=True,
+        config=ProviderConfig(cuda_graph=True),
+    ) as seg:
         first = seg.predict(imgs)
-        runs = [seg.predict(imgs[1]) for _ in range(3)] + [seg.predict(imgs[0])]  # capture, replays, new input
+        runs = [seg.predict(imgs[1]) for _ in range(3)] + [
+            seg.predict(imgs[0])
+        ]  # capture, replays, new input
         last = seg.predict(imgs)
     for r, m in zip(ref, first, strict=True):
         agree, n = _confident_agreement(r, m)
@@ -151,8 +173,10 @@ def test_cuda_graph_serves_every_batch_shape(models, reference):
     # runs[3]: the replayed graph must read the new input
     for r, m, batch2 in ((ref[1], runs[0], first[1]), (ref[0], runs[3], first[0])):
         agree, n = _confident_agreement(r, m)
-        print(f"batch-1 graph replay: agreement {agree:.4%} on {n} confident pixels; "
-              f"{int((m != batch2).sum())} pixels differ from batch 2")
+        print(
+            f"batch-1 graph replay: agreement {agree:.4%} on {n} confident pixels; "
+            f"{int((m != batch2).sum())} pixels differ from batch 2"
+        )
         assert n > 0.2 * m.size and agree >= MASK_MIN
     for m, f in zip(last, first, strict=True):
         np.testing.assert_array_equal(m, f)
@@ -167,14 +191,23 @@ def test_warmup_then_another_thread_gets_the_same_masks(models, reference):
     from unet_runtime import ProviderConfig, Segmenter
 
     imgs, ref = reference
-    with Segmenter(models["fp16-argmax-512.onnx"], providers=["cuda"], strict=True,
-                   config=ProviderConfig(cuda_graph=True)) as seg:
+    with Segmenter(
+        models["fp16-argmax-512.onnx"],
+        providers=["cuda"],
+        strict=True,
+        config=ProviderConfig(cuda_graph=True),
+    ) as seg:
         timings = seg.warmup(batch_sizes=(1, 2))
-        print("warmup seconds per run:", {b: [round(t, 4) for t in ts] for b, ts in timings.items()})
+        print(
+            "warmup seconds per run:", {b: [round(t, 4) for t in ts] for b, ts in timings.items()}
+        )
         here = [seg.predict(imgs[i % 2]) for i in range(4)] + [seg.predict(imgs)]
         there: list = []
-        worker = threading.Thread(target=lambda: there.extend(
-            [seg.predict(imgs[i % 2]) for i in range(4)] + [seg.predict(imgs)]))
+        worker = threading.Thread(
+            target=lambda: there.extend(
+                [seg.predict(imgs[i % 2]) for i in range(4)] + [seg.predict(imgs)]
+            )
+        )
         worker.start()
         worker.join(timeout=300)
     assert not worker.is_alive() and len(there) == 5
@@ -209,17 +242,22 @@ def test_fold_and_padding_keep_the_fp16_masks_on_the_gpu(u8_variants, reference)
     imgs, ref = reference
     masks = {}
     for path in u8_variants:
-        with Segmenter(path, providers=["cuda"], strict=True, config=ProviderConfig(cuda_graph=True)) as seg:
+        with Segmenter(
+            path, providers=["cuda"], strict=True, config=ProviderConfig(cuda_graph=True)
+        ) as seg:
             masks[path.stem] = seg.predict(imgs)
     for r, m, p in zip(ref, masks["rewritten"], masks["plain"], strict=True):
         agree, n = _confident_agreement(r, m)
         part = np.partition(r, -2, axis=-1)
         conf = (part[..., -1] - part[..., -2]) >= 0.05
         same, same_conf = float((m == p).mean()), float((m[conf] == p[conf]).mean())
-        print(f"fp16 u8 fold=convtranspose + pad8 [graph]: agreement {agree:.4%} on {n} confident pixels; "
-              f"same mask as the plain fp16 model on {same:.4%} of all and {same_conf:.4%} of the confident pixels")
+        print(
+            f"fp16 u8 fold=convtranspose + pad8 [graph]: agreement {agree:.4%} on {n} confident pixels; "
+            f"same mask as the plain fp16 model on {same:.4%} of all and {same_conf:.4%} of the confident pixels"
+        )
         assert n > 0.2 * m.size and agree >= MASK_MIN and m.max() < 21
-        # Exact in real arithmetic; the folded kernels are tap sums rounded to fp16, so near-ties may flip
+        # Exact in real arithmetic; the folded kernels are tap sums rounded to fp16, so near-ties
+        # may flip
         # (CPU dry run: 99.95% of all pixels the same), confident pixels must not.
         assert same_conf >= 0.999
 
@@ -240,7 +278,9 @@ def test_tensorrt_request_without_tensorrt_is_noticed(models):
         pass
     with pytest.warns(RuntimeWarning, match="requested tensorrt"):
         seg = Segmenter(models["fp16-argmax-512.onnx"], providers=["tensorrt", "cuda"])
-    assert "TensorrtExecutionProvider" not in seg.providers and seg.fallback == ["TensorrtExecutionProvider"]
+    assert "TensorrtExecutionProvider" not in seg.providers and seg.fallback == [
+        "TensorrtExecutionProvider"
+    ]
     with pytest.raises(ProviderError):
         Segmenter(models["fp16-argmax-512.onnx"], providers=["tensorrt"], strict=True)
 

@@ -39,8 +39,12 @@ def test_resize_is_nearest_asymmetric_floor_with_constant_scales(narrow_export):
     model = onnx.load(str(narrow_export(dynamic_size=True).path))
     inits = {i.name for i in model.graph.initializer}
     for node in (n for n in model.graph.node if n.op_type == "Resize"):
-        attrs = {a.name: a.s.decode() for a in node.attribute if a.type == onnx.AttributeProto.STRING}
-        assert attrs["mode"] == "nearest" and attrs["coordinate_transformation_mode"] == "asymmetric"
+        attrs = {
+            a.name: a.s.decode() for a in node.attribute if a.type == onnx.AttributeProto.STRING
+        }
+        assert (
+            attrs["mode"] == "nearest" and attrs["coordinate_transformation_mode"] == "asymmetric"
+        )
         assert attrs["nearest_mode"] == "floor"
         assert node.input[2] in inits and (len(node.input) < 4 or not node.input[3])
 
@@ -50,7 +54,12 @@ def test_dynamic_dims_and_io_names(narrow_export):
     (inp,), (out,) = model.graph.input, model.graph.output
     dims = [d.dim_value or d.dim_param for d in inp.type.tensor_type.shape.dim]
     assert inp.name == "input" and out.name == "probabilities"
-    assert isinstance(dims[0], str) and dims[1] == 3 and isinstance(dims[2], str) and isinstance(dims[3], str)
+    assert (
+        isinstance(dims[0], str)
+        and dims[1] == 3
+        and isinstance(dims[2], str)
+        and isinstance(dims[3], str)
+    )
 
 
 def test_fp16_graph_keeps_float32_io(narrow_export):
@@ -69,8 +78,18 @@ def test_metadata_describes_the_model(narrow_export, confident_weights):
     model = onnx.load(str(narrow_export(head="argmax", layout="nchw").path))
     props = {p.key: p.value for p in model.metadata_props}
     info = ModelInfo.from_metadata(props)
-    assert (info.num_classes, info.layout, info.head, info.precision) == (5, "nchw", "argmax", "fp32")
-    assert (info.height, info.width, info.mean, info.std) == (32, 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert (info.num_classes, info.layout, info.head, info.precision) == (
+        5,
+        "nchw",
+        "argmax",
+        "fp32",
+    )
+    assert (info.height, info.width, info.mean, info.std) == (
+        32,
+        32,
+        (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0),
+    )
     assert info.class_names == tuple(f"class_{i}" for i in range(5))
     assert info.extra["weights_sha256"] == sha256_file(confident_weights)
     assert {"tensorflow", "tf2onnx", "onnx"} <= json.loads(info.extra["versions"]).keys()

@@ -51,7 +51,9 @@ def _with_external(tmp_path, narrow_export, location):
 
 
 @pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd", "sub/../../outside.bin"])
-def test_external_data_outside_the_folder_is_refused(tmp_path, narrow_export, location, monkeypatch):
+def test_external_data_outside_the_folder_is_refused(
+    tmp_path, narrow_export, location, monkeypatch
+):
     path = _with_external(tmp_path, narrow_export, location)
     opened = []
     import onnxruntime as ort
@@ -73,10 +75,15 @@ def test_external_data_inside_the_folder_works(tmp_path, narrow_export):
     src = narrow_export(input_size=(32, 32)).path
     model = onnx.load(str(src))
     # onnx's default threshold (1 KiB): weights go out, the small Resize scales stay inline.
-    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data")
+    onnx.save_model(
+        model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data"
+    )
     assert external_data_locations((tmp_path / "ext.onnx").read_bytes()) != []
     img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    with Segmenter(tmp_path / "ext.onnx", providers="cpu") as a, Segmenter(src, providers="cpu") as b:
+    with (
+        Segmenter(tmp_path / "ext.onnx", providers="cpu") as a,
+        Segmenter(src, providers="cpu") as b,
+    ):
         np.testing.assert_array_equal(a.predict(img), b.predict(img))
 
 
@@ -108,11 +115,22 @@ def test_extreme_aspect_ratios(model64, shape):
     assert mask.shape == shape[:2] and mask.dtype == np.uint8
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(h=st.integers(0, 90), w=st.integers(0, 90), c=st.sampled_from([1, 3, 4]),
-       dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.int8]), dynamic=st.booleans())
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    h=st.integers(0, 90),
+    w=st.integers(0, 90),
+    c=st.sampled_from([1, 3, 4]),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.int8]),
+    dynamic=st.booleans(),
+)
 def test_property_masks_keep_size_and_valid_ids(narrow_export, h, w, c, dtype, dynamic):
-    path = narrow_export(dynamic_size=True).path if dynamic else narrow_export(input_size=(32, 32)).path
+    path = (
+        narrow_export(dynamic_size=True).path
+        if dynamic
+        else narrow_export(input_size=(32, 32)).path
+    )
     seg = Segmenter(path, providers="cpu")
     image = np.zeros((h, w, c), dtype)
     if dtype is np.uint8 and c == 3 and h and w:
@@ -125,10 +143,17 @@ def test_property_masks_keep_size_and_valid_ids(narrow_export, h, w, c, dtype, d
 
 def _png_header_only(width, height):
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_and_non_images_are_skipped(model64, tmp_path):
@@ -137,10 +162,23 @@ def test_decompression_bomb_and_non_images_are_skipped(model64, tmp_path):
     (tmp_path / "bomb.png").write_bytes(_png_header_only(60000, 60000))  # 3.6 gigapixels declared
     (tmp_path / "text.jpg").write_text("hello")
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "ok.png")
-    proc = run_cli("unet_runtime.cli", str(model64.path), str(tmp_path / "bomb.png"), str(tmp_path / "text.jpg"),
-                   str(tmp_path / "ok.png"), "--out", str(tmp_path / "o"), "--providers", "cpu")
+    proc = run_cli(
+        "unet_runtime.cli",
+        str(model64.path),
+        str(tmp_path / "bomb.png"),
+        str(tmp_path / "text.jpg"),
+        str(tmp_path / "ok.png"),
+        "--out",
+        str(tmp_path / "o"),
+        "--providers",
+        "cpu",
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "skipped" in proc.stderr and "bomb.png" in proc.stderr and "DecompressionBomb" in proc.stderr
+    assert (
+        "skipped" in proc.stderr
+        and "bomb.png" in proc.stderr
+        and "DecompressionBomb" in proc.stderr
+    )
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["ok.png"]
 
 
@@ -184,7 +222,9 @@ def test_long_run_memory_is_flat(model64):
                 curve.append(proc.memory_info().rss / 2**20)
     warm = curve[1]  # after 400 calls: allocator pools and caches are filled
     growth = (max(curve[1:]) - warm) / warm
-    print(f"RSS MB every 200 calls: {[round(m, 1) for m in curve]}; growth after warm-up {growth:.2%}")
+    print(
+        f"RSS MB every 200 calls: {[round(m, 1) for m in curve]}; growth after warm-up {growth:.2%}"
+    )
     assert growth < 0.05, curve
 
 
@@ -213,16 +253,28 @@ def test_close_while_another_thread_predicts(model64):
 
 
 # ------------------------------------------------------------ faults
-@pytest.mark.parametrize("where", ["unet_export.convert.convert_keras", "unet_export.graph.clean",
-                                   "unet_export.graph.check", "unet_export.verify.verify_export", "os.replace"])
-def test_export_interrupted_at_each_step_leaves_nothing(tmp_path, monkeypatch, confident_weights, where):
+@pytest.mark.parametrize(
+    "where",
+    [
+        "unet_export.convert.convert_keras",
+        "unet_export.graph.clean",
+        "unet_export.graph.check",
+        "unet_export.verify.verify_export",
+        "os.replace",
+    ],
+)
+def test_export_interrupted_at_each_step_leaves_nothing(
+    tmp_path, monkeypatch, confident_weights, where
+):
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(where, interrupt)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    cfg = ExportConfig(input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights))
+    cfg = ExportConfig(
+        input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights)
+    )
     with pytest.raises(KeyboardInterrupt):
         export_model(cfg, out_dir / "m.onnx", report_path=out_dir / "r.json")
     assert list(out_dir.iterdir()) == []
@@ -232,7 +284,8 @@ def test_ctrl_c_during_native_imports_waits_for_them():
     """A KeyboardInterrupt inside a native module's init aborts the process (onnx/nanobind); it must come after."""
     from unet_export.cli import _sigint_deferred
 
-    # Python's own handler, as at a terminal: a test runner started as a background job inherits an ignored SIGINT.
+    # Python's own handler, as at a terminal: a test runner started as a background job inherits an
+    # ignored SIGINT.
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         finished = []
@@ -241,8 +294,12 @@ def test_ctrl_c_during_native_imports_waits_for_them():
                 os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C "during the import"
                 finished.append(True)  # ...which still runs to the end
         assert finished == [True]
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works normally again
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # nohup, a background job: the user asked for no Ctrl-C
+        assert (
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )  # Ctrl-C works normally again
+        signal.signal(
+            signal.SIGINT, signal.SIG_IGN
+        )  # nohup, a background job: the user asked for no Ctrl-C
         with _sigint_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
@@ -253,12 +310,18 @@ def test_ctrl_c_during_native_imports_waits_for_them():
 
 def test_sigint_during_export_cli(tmp_path):
     out = tmp_path / "m.onnx"
-    # preexec_fn: the child gets SIGINT's default action, as at a terminal, even where this test runs as a
+    # preexec_fn: the child gets SIGINT's default action, as at a terminal, even where this test
+    # runs as a
     # background job (which inherits an ignored SIGINT, and export-unet rightly keeps it ignored).
-    proc = subprocess.Popen([sys.executable, "-m", "unet_export.cli", "--out", str(out), "--input-size", "32", "32"],
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    # Interrupt as soon as the build step reports: conversion (tens of seconds at full width) is then under
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unet_export.cli", "--out", str(out), "--input-size", "32", "32"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    # Interrupt as soon as the build step reports: conversion (tens of seconds at full width) is
+    # then under
     # way. A fixed sleep raced with fast machines, where the whole export could finish first.
     seen = []
     for line in proc.stderr:
@@ -277,7 +340,9 @@ def test_disk_full_while_writing(tmp_path, monkeypatch, confident_weights):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("os.fsync", full)
-    cfg = ExportConfig(input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights))
+    cfg = ExportConfig(
+        input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights)
+    )
     with pytest.raises(ExportError, match="No space left on device.*nothing was left there"):
         export_model(cfg, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
@@ -293,14 +358,32 @@ def test_read_only_output_folder(tmp_path, monkeypatch):
 def test_bench_output_disk_full(tmp_path, monkeypatch, model64):
     from unet_bench import cli as bench_cli
 
-    monkeypatch.setattr("unet_bench.report.write_json", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(
+        "unet_bench.report.write_json",
+        lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")),
+    )
     models = tmp_path / "models"
     models.mkdir()
     import shutil
 
     shutil.copy(model64.path, models / "fp32-softmax-64.onnx")
-    rc = bench_cli.main(["--out", str(tmp_path / "r"), "--size", "64", "--iters", "1", "--warmup", "0", "--layout", "nhwc",
-                         "--models-from", str(models), "-q"])
+    rc = bench_cli.main(
+        [
+            "--out",
+            str(tmp_path / "r"),
+            "--size",
+            "64",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--layout",
+            "nhwc",
+            "--models-from",
+            str(models),
+            "-q",
+        ]
+    )
     assert rc == 1 and not list(tmp_path.glob("r.*"))
 
 
@@ -324,8 +407,23 @@ def test_bench_cut_short_keeps_finished_rows_marked_partial(tmp_path, monkeypatc
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(model64.path, models / "fp32-softmax-64.onnx")
-    args = ["--out", str(tmp_path / "r"), "--size", "64", "--batch", "1", "2", "--iters", "1", "--warmup", "0",
-            "--models-from", str(models), "--plot", "-q"]
+    args = [
+        "--out",
+        str(tmp_path / "r"),
+        "--size",
+        "64",
+        "--batch",
+        "1",
+        "2",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--models-from",
+        str(models),
+        "--plot",
+        "-q",
+    ]
     (tmp_path / "r.png").write_bytes(b"an earlier run's plot")
     with pytest.raises(KeyboardInterrupt):
         bench_cli.main(args)
@@ -333,7 +431,11 @@ def test_bench_cut_short_keeps_finished_rows_marked_partial(tmp_path, monkeypatc
     assert data["complete"] is False and [r["batch"] for r in data["rows"]] == [1]
     assert "Partial run: 1 rows so far" in (tmp_path / "r.md").read_text()
     assert not (tmp_path / "r.png").exists()  # the plot belongs to a finished run
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "r.json", "r.md"]  # no temporary files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "models",
+        "r.json",
+        "r.md",
+    ]  # no temporary files
 
     monkeypatch.setattr(runner, "bench_ort", real)
     assert bench_cli.main(args) == 0
@@ -355,24 +457,69 @@ def test_bench_runs_the_torch_peer_after_every_ort_row(tmp_path, monkeypatch, mo
     def fake_torch_rows(*, batch, size, flops, **_):
         # Stands in for torch (not a dependency); yields rows as the real generator does.
         for name in ("torch fp32 channels_last", "torch fp32 torch.compile"):
-            yield Row(name=name, engine="torch", provider="cpu", precision="fp32", head="argmax", size=size,
-                      batch=batch, raw_device_s=[0.1], device=summarize([0.1], batch, flops))
+            yield Row(
+                name=name,
+                engine="torch",
+                provider="cpu",
+                precision="fp32",
+                head="argmax",
+                size=size,
+                batch=batch,
+                raw_device_s=[0.1],
+                device=summarize([0.1], batch, flops),
+            )
 
     monkeypatch.setattr(torch_bench, "torch_missing", lambda: None)
     monkeypatch.setattr(torch_bench, "torch_rows", fake_torch_rows)
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(model64.path, models / "fp32-softmax-64.onnx")
-    assert bench_cli.main(["--out", str(tmp_path / "r"), "--size", "64", "--batch", "1", "2", "--iters", "1",
-                           "--warmup", "0", "--models-from", str(models), "--torch", "--torch-compile", "-q"]) == 0
-    rows = [(r["engine"], r["batch"]) for r in json.loads((tmp_path / "r.json").read_text())["rows"]]
-    assert rows == [("onnxruntime", 1), ("onnxruntime", 2), ("torch", 1), ("torch", 1), ("torch", 2), ("torch", 2)]
+    assert (
+        bench_cli.main(
+            [
+                "--out",
+                str(tmp_path / "r"),
+                "--size",
+                "64",
+                "--batch",
+                "1",
+                "2",
+                "--iters",
+                "1",
+                "--warmup",
+                "0",
+                "--models-from",
+                str(models),
+                "--torch",
+                "--torch-compile",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    rows = [
+        (r["engine"], r["batch"]) for r in json.loads((tmp_path / "r.json").read_text())["rows"]
+    ]
+    assert rows == [
+        ("onnxruntime", 1),
+        ("onnxruntime", 2),
+        ("torch", 1),
+        ("torch", 1),
+        ("torch", 2),
+        ("torch", 2),
+    ]
 
 
 def test_tensorrt_cache_folder_unwritable(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    opts = provider_options(["TensorrtExecutionProvider"], ProviderConfig(trt_cache_dir=blocker / "cache"),
-                            model=b"m", input_name="input", input_shape=[1, 64, 64, 3], layout="nhwc")[0]
+    opts = provider_options(
+        ["TensorrtExecutionProvider"],
+        ProviderConfig(trt_cache_dir=blocker / "cache"),
+        model=b"m",
+        input_name="input",
+        input_shape=[1, 64, 64, 3],
+        layout="nhwc",
+    )[0]
     with pytest.raises(ProviderError, match="cannot be created"):
         prepare_trt_cache(opts)

@@ -27,8 +27,9 @@ def _bilinear_by_definition(a, height, width):
     x0, x1, fx = im._source_coords(width, a.shape[1])
     a = a.astype(np.float64)
     fy, fx = fy[:, None, None].astype(np.float64), fx[None, :, None].astype(np.float64)
-    return ((1 - fy) * ((1 - fx) * a[y0][:, x0] + fx * a[y0][:, x1])
-            + fy * ((1 - fx) * a[y1][:, x0] + fx * a[y1][:, x1]))
+    return (1 - fy) * ((1 - fx) * a[y0][:, x0] + fx * a[y0][:, x1]) + fy * (
+        (1 - fx) * a[y1][:, x0] + fx * a[y1][:, x1]
+    )
 
 
 @pytest.fixture(params=["numpy", "opencv"])
@@ -44,20 +45,38 @@ def backend(request):
 RESIZE_ATOL = {"numpy": 1e-6, "opencv": 1e-4}
 
 
-@pytest.mark.parametrize("src, dst", [((37, 53), (64, 96)), ((64, 96), (37, 53)), ((20, 300), (300, 20)),
-                                      ((1, 1), (5, 7)), ((9, 4), (9, 11)), ((512, 512), (480, 640))])
+@pytest.mark.parametrize(
+    "src, dst",
+    [
+        ((37, 53), (64, 96)),
+        ((64, 96), (37, 53)),
+        ((20, 300), (300, 20)),
+        ((1, 1), (5, 7)),
+        ((9, 4), (9, 11)),
+        ((512, 512), (480, 640)),
+    ],
+)
 @pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.float32, 21)])
 def test_resize_bilinear_is_the_four_neighbour_blend(src, dst, dtype, channels, backend):
-    # Both pass orders (rows first when that leaves the smaller intermediate, else columns first) occur above.
+    # Both pass orders (rows first when that leaves the smaller intermediate, else columns first)
+    # occur above.
     rng = np.random.default_rng(sum(src) + sum(dst))
-    a = (rng.integers(0, 256, (*src, channels)) if dtype == np.uint8 else rng.random((*src, channels))).astype(dtype)
+    a = (
+        rng.integers(0, 256, (*src, channels))
+        if dtype == np.uint8
+        else rng.random((*src, channels))
+    ).astype(dtype)
     ours = im.resize_bilinear(a, *dst)
     assert im.resize_backend() == backend
     assert ours.dtype == np.float32 and ours.shape == (*dst, channels) and ours.flags.c_contiguous
-    np.testing.assert_allclose(ours, _bilinear_by_definition(a, *dst), rtol=0, atol=RESIZE_ATOL[backend] * float(a.max()))
+    np.testing.assert_allclose(
+        ours, _bilinear_by_definition(a, *dst), rtol=0, atol=RESIZE_ATOL[backend] * float(a.max())
+    )
 
 
-@pytest.mark.parametrize("src, dst", [((1080, 1920), (512, 512)), ((480, 640), (64, 64)), ((33, 17), (96, 80))])
+@pytest.mark.parametrize(
+    "src, dst", [((1080, 1920), (512, 512)), ((480, 640), (64, 64)), ((33, 17), (96, 80))]
+)
 def test_resize_image_backends_agree_within_a_grey_level(src, dst):
     """uint8 images: OpenCV rounds in fixed point, numpy in float; the results may differ by one level, not more."""
     img = np.random.default_rng(3).integers(0, 256, (*src, 3), dtype=np.uint8)
@@ -102,12 +121,16 @@ def test_uint8_input_is_copied_only_when_it_must_be():
     rng = np.random.default_rng(6)
     a, b = (rng.integers(0, 256, (4, 6, 3), dtype=np.uint8) for _ in range(2))
     one = im.to_model_input([a], (0, 0, 0), (1, 1, 1), "nhwc", dtype=np.uint8)
-    assert one.shape == (1, 4, 6, 3) and np.shares_memory(one, a)  # a view: the model reads the image as it is
+    assert one.shape == (1, 4, 6, 3) and np.shares_memory(
+        one, a
+    )  # a view: the model reads the image as it is
     two = im.to_model_input([a, b], (0, 0, 0), (1, 1, 1), "nchw", dtype=np.uint8)
     assert two.shape == (2, 3, 4, 6) and two.flags.c_contiguous and not np.shares_memory(two, a)
     np.testing.assert_array_equal(two[1], b.transpose(2, 0, 1))
     strided = a[:, ::-1]  # not contiguous: copied into a fresh batch
-    assert not np.shares_memory(im.to_model_input([strided], (0, 0, 0), (1, 1, 1), "nhwc", dtype=np.uint8), a)
+    assert not np.shares_memory(
+        im.to_model_input([strided], (0, 0, 0), (1, 1, 1), "nhwc", dtype=np.uint8), a
+    )
 
 
 def test_mixed_images_are_refused_by_name():
@@ -120,7 +143,11 @@ def test_mixed_images_are_refused_by_name():
 
 def test_voc_palette_known_colours():
     pal = im.voc_palette(21)
-    assert pal[0].tolist() == [0, 0, 0] and pal[1].tolist() == [128, 0, 0] and pal[15].tolist() == [192, 128, 128]
+    assert (
+        pal[0].tolist() == [0, 0, 0]
+        and pal[1].tolist() == [128, 0, 0]
+        and pal[15].tolist() == [192, 128, 128]
+    )
 
 
 def test_softmax_is_stable():
@@ -140,8 +167,10 @@ def test_resize_and_pad_shapes(h, w, oh, ow):
 
 
 @settings(max_examples=40, deadline=None)
-@given(shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
-       dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64, np.bool_]))
+@given(
+    shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
+    dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64, np.bool_]),
+)
 def test_validate_accepts_only_rgb_uint8(shape, dtype):
     arr = np.zeros(shape, dtype)
     ok = dtype == np.uint8 and len(shape) == 3 and shape[2] == 3 and shape[0] > 0 and shape[1] > 0

@@ -14,8 +14,14 @@ from unet_runtime import Segmenter
 
 
 def _cfg(weights, **kw):
-    base = dict(input_size=(64, 64), num_classes=5, width_multiplier=0.125, weights=str(weights),
-                precision="int8", calibration_count=12)
+    base = dict(
+        input_size=(64, 64),
+        num_classes=5,
+        width_multiplier=0.125,
+        weights=str(weights),
+        precision="int8",
+        calibration_count=12,
+    )
     base.update(kw)
     return ExportConfig(**base)
 
@@ -34,10 +40,16 @@ def _gate(report, text):
 def test_int8_end_to_end(int8_export):
     report = int8_export.report
     acc = report["verification"]["held_out"]
-    assert acc["images"] == held_out_count(12) == 8 and acc["confident_pixels"] > 0.3 * acc["pixels"], acc
+    assert (
+        acc["images"] == held_out_count(12) == 8 and acc["confident_pixels"] > 0.3 * acc["pixels"]
+    ), acc
     mask_gate = _gate(report, "mask vs fp32 graph on confident pixels")
     assert mask_gate["passed"] and mask_gate["bound"] == verify_mod.INT8_MASK_AGREEMENT_MIN
-    assert mask_gate["value"] == acc["vs_fp32"]["confident_agreement"] >= verify_mod.INT8_MASK_AGREEMENT_MIN
+    assert (
+        mask_gate["value"]
+        == acc["vs_fp32"]["confident_agreement"]
+        >= verify_mod.INT8_MASK_AGREEMENT_MIN
+    )
     logits_gate = _gate(report, "held-out (8 images): logits rel L2 vs fp32 graph")
     assert 0 < logits_gate["value"] <= verify_mod.INT8_REL_L2
     # What was quantized is the model: the fp32 graph is held against Keras first.
@@ -47,7 +59,12 @@ def test_int8_end_to_end(int8_export):
     hist = op_histogram(onnx.load(str(int8_export.path)))
     # int8 folds the decoder upsampling by default (fold.py): 4 stages x 4 phase convs more.
     assert int8_export.report["fold_upsample"] == {"form": "phase_nhwc", "stages": 4}
-    assert hist["Conv"] == 25 + 16 and "Resize" not in hist and "DepthToSpace" not in hist and hist["Reshape"] == 8
+    assert (
+        hist["Conv"] == 25 + 16
+        and "Resize" not in hist
+        and "DepthToSpace" not in hist
+        and hist["Reshape"] == 8
+    )
     assert hist["QuantizeLinear"] > 0 and hist["DequantizeLinear"] > 0
 
 
@@ -62,15 +79,20 @@ def test_int8_relus_fold_into_the_convs(int8_export, tmp_path):
 
     assert "Relu" not in op_histogram(onnx.load(str(int8_export.path)))
     opts = ort.SessionOptions()
-    # ENABLE_ALL, as the runtime runs it: the NHWC layout of the integer convs is applied at that level.
+    # ENABLE_ALL, as the runtime runs it: the NHWC layout of the integer convs is applied at that
+    # level.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(int8_export.path), opts, providers=["CPUExecutionProvider"])
     hist = op_histogram(onnx.load(str(tmp_path / "opt.onnx")))
-    assert hist.get("QLinearConv") == 25 + 16, hist  # every Conv (phase ones included) runs in integers
-    # Only the graph input is quantized and only the head's logits dequantized; the fold's Add is integer too.
+    assert hist.get("QLinearConv") == 25 + 16, (
+        hist
+    )  # every Conv (phase ones included) runs in integers
+    # Only the graph input is quantized and only the head's logits dequantized; the fold's Add is
+    # integer too.
     assert hist.get("QLinearAdd") == 4, hist
-    # The NHWC interleave's transposes cancel ORT's layout transposes: one block copy per stage is left.
+    # The NHWC interleave's transposes cancel ORT's layout transposes: one block copy per stage is
+    # left.
     # (The NHWC graph input and output need none: ORT's integer convs are NHWC already.)
     assert hist.get("Transpose", 0) == 4 and "DepthToSpace" not in hist, hist
     assert hist.get("QuantizeLinear", 0) == 1 and hist.get("DequantizeLinear", 0) <= 1, hist
@@ -81,7 +103,10 @@ def test_runtime_runs_int8(int8_export):
     with Segmenter(int8_export.path, providers="cpu") as seg:
         assert seg.info.precision == "int8"
         # What it was calibrated on travels with the model (segment-unet --info prints it).
-        assert seg.info.extra["calibration"] == "12 synthetic shape images, minmax, QDQ U8S8 per-channel"
+        assert (
+            seg.info.extra["calibration"]
+            == "12 synthetic shape images, minmax, QDQ U8S8 per-channel"
+        )
         from unet_runtime.cli import describe
 
         assert "\n  calibrated 12 synthetic shape images, minmax" in describe(seg)
@@ -97,13 +122,20 @@ def test_constant_calibration_fails_the_held_out_gate(confident_weights, tmp_pat
     # Lift the logits bounds so that the held-out mask gate is what must fail.
     monkeypatch.setattr(verify_mod, "INT8_NOISE_REL_L2", 1e9)
     monkeypatch.setattr(verify_mod, "INT8_REL_L2", 1e9)
-    monkeypatch.setattr("unet_export.pipeline._int8_images",
-                        lambda config: (_read(calib), synthetic_images(4, 64, 64, seed=5), "constant"))
+    monkeypatch.setattr(
+        "unet_export.pipeline._int8_images",
+        lambda config: (_read(calib), synthetic_images(4, 64, 64, seed=5), "constant"),
+    )
     out = tmp_path / "out" / "m.onnx"
     out.parent.mkdir()
-    with pytest.raises(VerificationError, match="mask vs fp32 graph on confident pixels .* is 0.*below the bound") as info:
+    with pytest.raises(
+        VerificationError, match="mask vs fp32 graph on confident pixels .* is 0.*below the bound"
+    ) as info:
         export_model(_cfg(confident_weights), out)
-    assert info.value.report["held_out"]["vs_fp32"]["confident_agreement"] < verify_mod.INT8_MASK_AGREEMENT_MIN
+    assert (
+        info.value.report["held_out"]["vs_fp32"]["confident_agreement"]
+        < verify_mod.INT8_MASK_AGREEMENT_MIN
+    )
     assert list(out.parent.iterdir()) == []
 
 
@@ -141,9 +173,15 @@ def test_int8_with_uint8_input(confident_weights, int8_export, tmp_path):
     """Raw pixels in, normalized in the graph, then quantized: calibrated and gated like the float-input model."""
     result = export_model(_cfg(confident_weights, input_dtype="uint8"), tmp_path / "u8.onnx")
     assert _gate(result.report, "mask vs fp32 graph on confident pixels")["passed"]
-    assert result.report["verification"]["held_out"]["vs_fp32"]["confident_agreement"] >= verify_mod.INT8_MASK_AGREEMENT_MIN
+    assert (
+        result.report["verification"]["held_out"]["vs_fp32"]["confident_agreement"]
+        >= verify_mod.INT8_MASK_AGREEMENT_MIN
+    )
     images = synthetic_images(4, 64, 64, seed=99)
-    with Segmenter(result.path, providers="cpu") as u8, Segmenter(int8_export.path, providers="cpu") as f32:
+    with (
+        Segmenter(result.path, providers="cpu") as u8,
+        Segmenter(int8_export.path, providers="cpu") as f32,
+    ):
         assert u8.input_spec.dtype == np.uint8
         a, b = np.stack(u8.predict(images)), np.stack(f32.predict(images))
     assert (a == b).mean() >= 0.98

@@ -17,7 +17,10 @@ def test_param_count_is_the_seeds(seed_model):
 
 
 def test_every_layer_matches_the_seed_summary(seed_model):
-    got = [(layer.name, tuple(layer.output.shape[1:]), layer.count_params()) for layer in seed_model.layers]
+    got = [
+        (layer.name, tuple(layer.output.shape[1:]), layer.count_params())
+        for layer in seed_model.layers
+    ]
     assert len(got) == len(SEED_SUMMARY)
     for row_got, row_seed in zip(got, SEED_SUMMARY, strict=True):
         assert row_got == row_seed
@@ -56,7 +59,11 @@ def test_seeding_leaves_the_global_random_state_alone():
     expected = (random.random(), np.random.random(), float(keras.random.uniform(()).numpy()))
     keras.utils.set_random_seed(123)
     build_vgg19_unet((32, 32, 3), 3, seed=5, width_multiplier=0.125)
-    assert (random.random(), np.random.random(), float(keras.random.uniform(()).numpy())) == expected
+    assert (
+        random.random(),
+        np.random.random(),
+        float(keras.random.uniform(()).numpy()),
+    ) == expected
 
 
 def test_dynamic_model_runs_at_several_sizes():
@@ -66,7 +73,10 @@ def test_dynamic_model_runs_at_several_sizes():
         assert out.shape == (1, h, w, 4)
 
 
-@pytest.mark.parametrize("size, hint", [((500, 512), "use 496 or 512"), ((512, 8), "use 16"), ((0, 32), "positive multiple")])
+@pytest.mark.parametrize(
+    "size, hint",
+    [((500, 512), "use 496 or 512"), ((512, 8), "use 16"), ((0, 32), "positive multiple")],
+)
 def test_bad_sizes_say_the_nearest_valid_ones(size, hint):
     with pytest.raises(ConfigError, match=hint):
         build_vgg19_unet((*size, 3))

@@ -20,31 +20,45 @@ def _tiny(head="argmax", classes=5, rgb=3, bias=True):
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((4, rgb, 3, 3)).astype(np.float32)
     w2 = rng.standard_normal((classes, 4, 1, 1)).astype(np.float32)
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b1")]
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b1"),
+    ]
     head_inputs = ["r", "w2"]
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "b2"))
         head_inputs.append("b2")
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Conv", head_inputs, ["logits"], name="head")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Conv", head_inputs, ["logits"], name="head"),
+    ]
     if head == "argmax":
-        nodes += [helper.make_node("ArgMax", ["logits"], ["idx"], axis=1, keepdims=0),
-                  helper.make_node("Cast", ["idx"], ["y"], to=TensorProto.UINT8)]
+        nodes += [
+            helper.make_node("ArgMax", ["logits"], ["idx"], axis=1, keepdims=0),
+            helper.make_node("Cast", ["idx"], ["y"], to=TensorProto.UINT8),
+        ]
         out = helper.make_tensor_value_info("y", TensorProto.UINT8, ["n", 6, 7])
     else:
         nodes.append(helper.make_node("Softmax", ["logits"], ["y"], axis=1))
         out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", classes, 6, 7])
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", rgb, 6, 7])],
-                              [out], inits)
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", rgb, 6, 7])],
+        [out],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
 
 
 def _run(model, x):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -104,17 +118,29 @@ def test_aligned_channels_are_not_touched():
 
 
 def test_graph_without_an_rgb_conv_is_refused():
-    with pytest.raises(ConversionError, match="expected one Conv reading the 3 RGB channels, found 0"):
+    with pytest.raises(
+        ConversionError, match="expected one Conv reading the 3 RGB channels, found 0"
+    ):
         pad_channels(_tiny(rgb=4))
 
 
 def test_int8_with_padding_is_a_config_error_naming_the_fix():
-    with pytest.raises(ConfigError, match="--pad-channels aligns channels for GPU tensor cores.*drop --pad-channels"):
+    with pytest.raises(
+        ConfigError,
+        match="--pad-channels aligns channels for GPU tensor cores.*drop --pad-channels",
+    ):
         ExportConfig(precision="int8", pad_channels=True).validate()
 
 
 def test_cli_refuses_int8_padding_before_any_work(tmp_path):
-    proc = run_cli("unet_export.cli", "--out", str(tmp_path / "m.onnx"), "--precision", "int8", "--pad-channels")
+    proc = run_cli(
+        "unet_export.cli",
+        "--out",
+        str(tmp_path / "m.onnx"),
+        "--precision",
+        "int8",
+        "--pad-channels",
+    )
     assert proc.returncode == 1 and "--pad-channels aligns channels" in proc.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -122,19 +148,28 @@ def test_cli_refuses_int8_padding_before_any_work(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_export_with_padding_is_verified_and_equals_the_plain_export(narrow_export, precision):
     plain = narrow_export(head="argmax", precision=precision, input_dtype="uint8")
-    padded = narrow_export(head="argmax", precision=precision, input_dtype="uint8", pad_channels=True)
+    padded = narrow_export(
+        head="argmax", precision=precision, input_dtype="uint8", pad_channels=True
+    )
     assert len(padded.report["pad_channels"]) == 2 and "Pad" in padded.report["ops"]
-    # Verified against Keras like any export; the fp16 conversion kept the padding (8 classes, fp16 weights).
+    # Verified against Keras like any export; the fp16 conversion kept the padding (8 classes, fp16
+    # weights).
     assert all(c["agreement"] >= 0.99 for c in padded.report["verification"]["cases"])
     m = onnx.load(str(padded.path))
     head = [n for n in m.graph.node if n.op_type == "Conv"][-1]
     w = next(t for t in m.graph.initializer if t.name == head.input[1])
-    assert w.dims[0] == 8 and w.data_type == (TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT)
+    assert w.dims[0] == 8 and w.data_type == (
+        TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+    )
     x = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    a, b = (ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"]) for r in (plain, padded))
+    a, b = (
+        ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"])
+        for r in (plain, padded)
+    )
     ma, mb = a.run(None, {"input": x})[0], b.run(None, {"input": x})[0]
     assert mb.max() < NUM_CLASSES
-    # fp32: bit-identical masks; fp16 may round a near-tie differently when the channel sum order changes.
+    # fp32: bit-identical masks; fp16 may round a near-tie differently when the channel sum order
+    # changes.
     assert np.mean(ma == mb) == 1.0 if precision == "fp32" else np.mean(ma == mb) >= 0.999
 
 
@@ -143,13 +178,40 @@ def test_bench_derives_padded_rows_from_plain_models(narrow_export, tmp_path):
     models.mkdir()
     shutil.copy(narrow_export(head="softmax").path, models / "fp32-softmax-32.onnx")
     shutil.copy(narrow_export(head="argmax").path, models / "fp32-argmax-32.onnx")
-    proc = run_cli("unet_bench.cli", "--out", str(tmp_path / "x"), "--size", "32", "--iters", "1", "--warmup", "0",
-                   "--models-from", str(models), "--head", "argmax", "--pad-channels", "off", "on",
-                   "--fold-upsample", "auto", "convtranspose", "-q")
+    proc = run_cli(
+        "unet_bench.cli",
+        "--out",
+        str(tmp_path / "x"),
+        "--size",
+        "32",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--models-from",
+        str(models),
+        "--head",
+        "argmax",
+        "--pad-channels",
+        "off",
+        "on",
+        "--fold-upsample",
+        "auto",
+        "convtranspose",
+        "-q",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["name"]: r for r in json.loads((tmp_path / "x.json").read_text())["rows"]}
-    assert set(rows) == {"ort cpu fp32 argmax", "ort cpu fp32 argmax pad8", "ort cpu fp32 argmax fold=convtranspose",
-                         "ort cpu fp32 argmax fold=convtranspose pad8"}
+    assert set(rows) == {
+        "ort cpu fp32 argmax",
+        "ort cpu fp32 argmax pad8",
+        "ort cpu fp32 argmax fold=convtranspose",
+        "ort cpu fp32 argmax fold=convtranspose pad8",
+    }
     for row in rows.values():
-        # Every derived model is the same function: the confident pixels all agree with the fp32 reference.
-        assert row["numerics"]["confident_pixels"] > 0 and row["numerics"]["confident_agreement"] == 1.0
+        # Every derived model is the same function: the confident pixels all agree with the fp32
+        # reference.
+        assert (
+            row["numerics"]["confident_pixels"] > 0
+            and row["numerics"]["confident_agreement"] == 1.0
+        )

@@ -52,8 +52,15 @@ def test_float32_and_uint8_input_models_see_the_same_input(narrow_export):
     imgs = _images(4, [(64, 96)] * 2)
     outs = []
     for input_dtype in ("float32", "uint8"):
-        path = narrow_export(input_dtype=input_dtype, layout="nhwc", head="logits", mean=mean, std=std,
-                             fold_upsample="off", input_size=(64, 96)).path
+        path = narrow_export(
+            input_dtype=input_dtype,
+            layout="nhwc",
+            head="logits",
+            mean=mean,
+            std=std,
+            fold_upsample="off",
+            input_size=(64, 96),
+        ).path
         with Segmenter(path, providers="cpu") as seg:
             outs.append(seg.predict_proba(imgs))
     for a, b in zip(*outs, strict=True):
@@ -67,7 +74,9 @@ def test_dynamic_model_pads_and_crops_exactly(narrow_export, confident_keras):
         assert not seg.info.fixed_size
         probs = seg.predict_proba(img)
     padded = im.pad_to_multiple(img, 16)  # 64 x 80
-    ref = confident_keras(im.to_model_input([padded], (0, 0, 0), (1, 1, 1), "nhwc"), training=False).numpy()[0]
+    ref = confident_keras(
+        im.to_model_input([padded], (0, 0, 0), (1, 1, 1), "nhwc"), training=False
+    ).numpy()[0]
     assert probs.shape == (50, 70, 5)
     np.testing.assert_allclose(probs, ref[:50, :70], atol=1e-5)
 
@@ -92,7 +101,9 @@ def test_predict_with_proba_is_predict_and_predict_proba_in_one_run(narrow_expor
         runs = []
         seg.run = (lambda run: lambda x: runs.append(x.shape) or run(x))(seg.run)
         pairs = seg.predict_with_proba(imgs)
-        assert len(runs) == (1 if "input_size" in cfg else 3)  # one session call per network size, as predict
+        assert len(runs) == (
+            1 if "input_size" in cfg else 3
+        )  # one session call per network size, as predict
         masks, probs = seg.predict(imgs), seg.predict_proba(imgs)
         single = seg.predict_with_proba(imgs[1])
     assert isinstance(single, tuple) and len(pairs) == 3
@@ -110,14 +121,22 @@ def test_warmup_runs_each_batch_shape_and_leaves_results_unchanged(narrow_export
     imgs = _images(6, [(40, 50), (32, 32)])
     with Segmenter(path, providers="cpu") as plain:
         expected = plain.predict(imgs)
-    # The CUDA path (IO binding, a graph id per shape) run with CPU buffers, as in the binding tests below.
-    seg = Segmenter(path, providers=["cpu"], config=ProviderConfig(cuda_graph=True, io_binding=True))
+    # The CUDA path (IO binding, a graph id per shape) run with CPU buffers, as in the binding tests
+    # below.
+    seg = Segmenter(
+        path, providers=["cpu"], config=ProviderConfig(cuda_graph=True, io_binding=True)
+    )
     seen = []
     seg.run = (lambda run: lambda x: seen.append(x.shape) or run(x))(seg.run)
     timings = seg.warmup(batch_sizes=(1, 2), runs=3)
     assert sorted(timings) == [1, 2] and all(len(t) == 3 and min(t) > 0 for t in timings.values())
-    assert seen == [(1, 32, 32, 3)] * 3 + [(2, 32, 32, 3)] * 3  # the network's shapes, each run 3 times
-    assert seg.bound_shapes == ((1, 32, 32, 3), (2, 32, 32, 3))  # buffers and graph ids made by the warm-up
+    assert (
+        seen == [(1, 32, 32, 3)] * 3 + [(2, 32, 32, 3)] * 3
+    )  # the network's shapes, each run 3 times
+    assert seg.bound_shapes == (
+        (1, 32, 32, 3),
+        (2, 32, 32, 3),
+    )  # buffers and graph ids made by the warm-up
     for got, want in zip(seg.predict(imgs), expected, strict=True):
         np.testing.assert_array_equal(got, want)
     seg.close()
@@ -151,7 +170,9 @@ def test_bound_buffers_per_shape_bounded_and_exact(narrow_export, cuda_graph):
 
     path = narrow_export(dynamic_size=True, head="argmax").path
     plain = Segmenter(path, providers=["cpu"])
-    seg = Segmenter(path, providers=["cpu"], config=ProviderConfig(cuda_graph=cuda_graph, io_binding=True))
+    seg = Segmenter(
+        path, providers=["cpu"], config=ProviderConfig(cuda_graph=cuda_graph, io_binding=True)
+    )
     rng = np.random.default_rng(3)
     sizes = [16 * (i + 1) for i in range(max(MAX_BOUND_SHAPES, MAX_GRAPH_SHAPES) + 2)]
     for side in sizes + sizes[:2]:  # every shape, then two of the first ones again
@@ -160,9 +181,10 @@ def test_bound_buffers_per_shape_bounded_and_exact(narrow_export, cuda_graph):
     keys = [k[1] for k in seg.bound_shapes]  # NHWC input: (1, H, W, 3)
     if not cuda_graph:
         # the most recent shapes, least recently used first: 16 and 32 came back last
-        assert keys == sizes[-MAX_BOUND_SHAPES + 2:] + sizes[:2]
+        assert keys == sizes[-MAX_BOUND_SHAPES + 2 :] + sizes[:2]
     else:
-        # the first shapes own graph ids 1..N and are never dropped; later ones ran uncaptured (id -1)
+        # the first shapes own graph ids 1..N and are never dropped; later ones ran uncaptured (id
+        # -1)
         ids = {k[1]: seg.bind(np.zeros(k, np.float32)).graph_id for k in seg.bound_shapes}
         assert ids == {side: i for i, side in enumerate(sizes[:MAX_GRAPH_SHAPES], start=1)}
         late = seg.bind(np.zeros((1, 512, 512, 3), np.float32))
@@ -207,12 +229,17 @@ def test_resolve_auto_and_explicit(monkeypatch):
     avail = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(providers, "tensorrt_loadable", lambda: True)
     assert resolve_providers("auto", avail) == avail
-    # onnxruntime-gpu lists TensorRT without TensorRT installed: 'auto' then leaves it out, quietly...
+    # onnxruntime-gpu lists TensorRT without TensorRT installed: 'auto' then leaves it out,
+    # quietly...
     monkeypatch.setattr(providers, "tensorrt_loadable", lambda: False)
     assert resolve_providers("auto", avail) == avail[1:]
-    # ...while a request by name keeps it, so that check_fallback reports it (or strict=True raises).
+    # ...while a request by name keeps it, so that check_fallback reports it (or strict=True
+    # raises).
     assert resolve_providers(["tensorrt", "cuda"], avail) == avail
-    assert resolve_providers(["cuda"], ["CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(["cuda"], ["CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert resolve_providers(["cpu", "cpu"], avail) == ["CPUExecutionProvider"]
     with pytest.raises(ProviderError, match="unknown provider 'tpu'"):
         resolve_providers(["tpu"], avail)
@@ -230,10 +257,13 @@ def test_tensorrt_loadable_tries_the_provider_library(tmp_path):
     for folder in (empty, broken, loadable):
         folder.mkdir()
     (broken / "libonnxruntime_providers_tensorrt.so").write_bytes(b"\x7fELF but not really")
-    # Any shared object the loader accepts stands for a provider library whose TensorRT libraries resolve.
+    # Any shared object the loader accepts stands for a provider library whose TensorRT libraries
+    # resolve.
     shutil.copy(_ctypes.__file__, loadable / "libonnxruntime_providers_tensorrt.so")
     assert [tensorrt_loadable(str(f)) for f in (empty, broken, loadable)] == [False, False, True]
-    assert tensorrt_loadable() is False  # this CPU build of onnxruntime has no TensorRT provider library
+    assert (
+        tensorrt_loadable() is False
+    )  # this CPU build of onnxruntime has no TensorRT provider library
 
 
 def test_tensorrt_options_follow_ort_docs(tmp_path, monkeypatch):
@@ -241,26 +271,53 @@ def test_tensorrt_options_follow_ort_docs(tmp_path, monkeypatch):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"model-bytes")
     names = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    trt, cuda, cpu = provider_options(names, ProviderConfig(trt_max_batch=4), model=str(model), input_name="input",
-                                      input_shape=["N", 512, 512, 3], layout="nhwc")
+    trt, cuda, cpu = provider_options(
+        names,
+        ProviderConfig(trt_max_batch=4),
+        model=str(model),
+        input_name="input",
+        input_shape=["N", 512, 512, 3],
+        layout="nhwc",
+    )
     assert trt["trt_fp16_enable"] == "1" and trt["trt_engine_cache_enable"] == "1"
     assert trt["trt_timing_cache_enable"] == "1"
     assert trt["trt_engine_cache_path"].startswith(str(tmp_path / "unet-onnx" / "tensorrt"))
     assert len(trt["trt_engine_cache_path"].rsplit("/", 1)[1]) == 16  # keyed by model hash
-    assert (trt["trt_profile_min_shapes"], trt["trt_profile_opt_shapes"], trt["trt_profile_max_shapes"]) == (
-        "input:1x512x512x3", "input:1x512x512x3", "input:4x512x512x3")
+    assert (
+        trt["trt_profile_min_shapes"],
+        trt["trt_profile_opt_shapes"],
+        trt["trt_profile_max_shapes"],
+    ) == ("input:1x512x512x3", "input:1x512x512x3", "input:4x512x512x3")
     assert cuda["prefer_nhwc"] == "1" and cuda["fuse_conv_bias"] == "1" and cuda["use_tf32"] == "1"
     assert cpu == {}
     # size-agnostic NCHW model: a range of sizes; exact fp32: no TF32, no fp16, no fuse_conv_bias
-    trt, cuda, _ = provider_options(names, ProviderConfig(exact=True), model=b"x", input_name="input",
-                                    input_shape=["N", 3, "H", "W"], layout="nchw")
-    assert trt["trt_profile_min_shapes"] == "input:1x3x64x64" and trt["trt_profile_max_shapes"] == "input:8x3x1024x1024"
-    assert trt["trt_fp16_enable"] == "0" and cuda["use_tf32"] == "0" and cuda["fuse_conv_bias"] == "0"
-    # CUDA graphs: off unless asked for, then on for both GPU providers (a TensorRT session that falls back
+    trt, cuda, _ = provider_options(
+        names,
+        ProviderConfig(exact=True),
+        model=b"x",
+        input_name="input",
+        input_shape=["N", 3, "H", "W"],
+        layout="nchw",
+    )
+    assert (
+        trt["trt_profile_min_shapes"] == "input:1x3x64x64"
+        and trt["trt_profile_max_shapes"] == "input:8x3x1024x1024"
+    )
+    assert (
+        trt["trt_fp16_enable"] == "0" and cuda["use_tf32"] == "0" and cuda["fuse_conv_bias"] == "0"
+    )
+    # CUDA graphs: off unless asked for, then on for both GPU providers (a TensorRT session that
+    # falls back
     # to CUDA keeps it)
     assert trt["trt_cuda_graph_enable"] == cuda["enable_cuda_graph"] == "0"
-    trt, cuda, _ = provider_options(names, ProviderConfig(cuda_graph=True), model=b"x", input_name="input",
-                                    input_shape=["N", 3, 64, 64], layout="nchw")
+    trt, cuda, _ = provider_options(
+        names,
+        ProviderConfig(cuda_graph=True),
+        model=b"x",
+        input_name="input",
+        input_shape=["N", 3, 64, 64],
+        layout="nchw",
+    )
     assert trt["trt_cuda_graph_enable"] == cuda["enable_cuda_graph"] == "1"
 
 
@@ -269,7 +326,9 @@ def test_fallback_strict_raises_and_lenient_warns():
     with pytest.raises(ProviderError, match="requested cuda but ONNX Runtime runs on cpu"):
         check_fallback(req, ["CPUExecutionProvider"], strict=True)
     with pytest.warns(RuntimeWarning, match="requested cuda"):
-        assert check_fallback(req, ["CPUExecutionProvider"], strict=False) == ["CUDAExecutionProvider"]
+        assert check_fallback(req, ["CPUExecutionProvider"], strict=False) == [
+            "CUDAExecutionProvider"
+        ]
     assert check_fallback(req, req, strict=True) == []
 
 
@@ -277,7 +336,9 @@ def test_real_fallback_is_noticed(narrow_export):
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("CUDA is available here: this test needs a machine where the CUDA request cannot be met")
+        pytest.skip(
+            "CUDA is available here: this test needs a machine where the CUDA request cannot be met"
+        )
     path = narrow_export(input_size=(32, 32)).path
     with pytest.warns(RuntimeWarning, match="requested cuda"):
         seg = Segmenter(path, providers=["cuda"])
@@ -307,7 +368,9 @@ def test_runtime_imports_and_runs_without_tensorflow(narrow_export, tmp_path):
         assert not bad, bad
         print('ok')
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -336,9 +399,12 @@ def test_truncated_model(narrow_export, tmp_path):
 def test_model_of_another_network(tmp_path):
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "other",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "other",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+    )
     path = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(ModelFileError, match="is this a VGG19-UNet export"):
@@ -366,8 +432,14 @@ def test_model_without_metadata_needs_and_takes_explicit_args(narrow_export, tmp
         (np.zeros((2, 2, 2, 3, 1), np.uint8), "only \\(H, W, 3\\) RGB"),
         ("not an image", "pass an \\(H, W, 3\\) uint8 array"),
         ([], "the batch is empty"),
-        ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.int16)], "image 1 has dtype int16.*clip to 0..255"),
-        (np.zeros((8, 8, 3), np.uint16), "dtype uint16; only uint8 RGB is allowed \\(keep the top 8 bits: \\(image >> 8\\)"),
+        (
+            [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.int16)],
+            "image 1 has dtype int16.*clip to 0..255",
+        ),
+        (
+            np.zeros((8, 8, 3), np.uint16),
+            "dtype uint16; only uint8 RGB is allowed \\(keep the top 8 bits: \\(image >> 8\\)",
+        ),
         (np.zeros((8, 8, 3), bool), "dtype bool.*not an image"),
     ],
 )
@@ -378,7 +450,9 @@ def test_bad_images(narrow_export, image, message):
 
 
 def test_pixel_limit_and_argmax_has_no_probabilities(narrow_export):
-    with Segmenter(narrow_export(input_size=(32, 32), head="argmax").path, providers="cpu", max_pixels=100) as seg:
+    with Segmenter(
+        narrow_export(input_size=(32, 32), head="argmax").path, providers="cpu", max_pixels=100
+    ) as seg:
         with pytest.raises(InputImageError, match="more than the limit of 100"):
             seg.predict(np.zeros((11, 10, 3), np.uint8))
         for method in (seg.predict_proba, seg.predict_with_proba):

@@ -36,15 +36,22 @@ TYPES = {"TYPE_FP32": onnx.TensorProto.FLOAT, "TYPE_UINT8": onnx.TensorProto.UIN
 
 
 def _config(text: str):
-    return text_format.Parse(text, model_config_pb2.ModelConfig())  # unknown fields or bad enums raise here
+    return text_format.Parse(
+        text, model_config_pb2.ModelConfig()
+    )  # unknown fields or bad enums raise here
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, confident_weights):
     """An exported repository: fp32, NCHW, softmax, max batch 4, default options."""
     root = tmp_path_factory.mktemp("repo")
-    cfg = ExportConfig(input_size=(32, 32), num_classes=NUM_CLASSES, width_multiplier=NARROW, layout="nchw",
-                       weights=str(confident_weights))
+    cfg = ExportConfig(
+        input_size=(32, 32),
+        num_classes=NUM_CLASSES,
+        width_multiplier=NARROW,
+        layout="nchw",
+        weights=str(confident_weights),
+    )
     res = export_model(cfg, None, triton=TritonOptions(repo=root, max_batch_size=4))
     return root / "vgg19_unet", res
 
@@ -54,18 +61,32 @@ def test_repository_matches_the_model_and_the_backends_rules(repo):
     cfg = _config((folder / "config.pbtxt").read_text())
     model = onnx.load(str(folder / "1" / "model.onnx"))
     assert cfg.backend == "onnxruntime" and cfg.max_batch_size == 4 and cfg.name == "vgg19_unet"
-    for cfg_io, onnx_io in ((cfg.input[0], model.graph.input[0]), (cfg.output[0], model.graph.output[0])):
+    for cfg_io, onnx_io in (
+        (cfg.input[0], model.graph.input[0]),
+        (cfg.output[0], model.graph.output[0]),
+    ):
         t = onnx_io.type.tensor_type
         assert cfg_io.name == onnx_io.name
         assert TYPES[model_config_pb2.DataType.Name(cfg_io.data_type)] == t.elem_type
         assert list(cfg_io.dims) == [d.dim_value or -1 for d in t.shape.dim][1:]
-    # No preferred sizes unless asked (Triton's batcher guide): the batcher forms any batch up to the max.
+    # No preferred sizes unless asked (Triton's batcher guide): the batcher forms any batch up to
+    # the max.
     assert cfg.HasField("dynamic_batching") and not cfg.dynamic_batching.preferred_batch_size
     (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
-    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP32"  # an fp32 export is served in fp32
-    assert acc.parameters["trt_engine_cache_path"] == acc.parameters["trt_timing_cache_path"] == "/trt_cache"
+    assert (
+        acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP32"
+    )  # an fp32 export is served in fp32
+    assert (
+        acc.parameters["trt_engine_cache_path"]
+        == acc.parameters["trt_timing_cache_path"]
+        == "/trt_cache"
+    )
     assert acc.parameters["trt_profile_min_shapes"] == "input:1x3x32x32"
-    assert acc.parameters["trt_profile_opt_shapes"] == acc.parameters["trt_profile_max_shapes"] == "input:4x3x32x32"
+    assert (
+        acc.parameters["trt_profile_opt_shapes"]
+        == acc.parameters["trt_profile_max_shapes"]
+        == "input:4x3x32x32"
+    )
     assert [w.batch_size for w in cfg.model_warmup] == [1, 4]
     # What pre-processing needs travels in the config: the model's own metadata, parsed back.
     params = {k: v.string_value for k, v in cfg.parameters.items() if k.startswith("unet.")}
@@ -80,9 +101,14 @@ def test_every_config_uses_only_keys_the_backend_and_ort_accept(precision, narro
     """max_batch_size 1, 4, 8 with every accelerator the precision allows, fixed and size-agnostic."""
     for dynamic in (False, True):
         extra = {"calibration_count": 8} if precision == "int8" else {}
-        model = onnx.load(str(narrow_export(precision=precision, dynamic_size=dynamic, **extra).path))
-        allowed = {"fp32": ("auto", "tensorrt", "cuda", "cpu"), "fp16": ("auto", "tensorrt", "cuda"),
-                   "int8": ("auto", "cpu")}[precision]
+        model = onnx.load(
+            str(narrow_export(precision=precision, dynamic_size=dynamic, **extra).path)
+        )
+        allowed = {
+            "fp32": ("auto", "tensorrt", "cuda", "cpu"),
+            "fp16": ("auto", "tensorrt", "cuda"),
+            "int8": ("auto", "cpu"),
+        }[precision]
         for accelerator in allowed:
             for batch in (1, 4, 8):
                 opts = TritonOptions(repo=tmp_path, accelerator=accelerator, max_batch_size=batch)
@@ -91,13 +117,19 @@ def test_every_config_uses_only_keys_the_backend_and_ort_accept(precision, narro
                 cfg = _config(text)
                 for where, keys in config_keys(text).items():
                     table = CONFIG_KEYS["model"] if where == "model" else CONFIG_KEYS[where]
-                    unknown = [k for k in keys if k not in table and not (where == "model" and k.startswith("unet."))]
+                    unknown = [
+                        k
+                        for k in keys
+                        if k not in table and not (where == "model" and k.startswith("unet."))
+                    ]
                     assert not unknown, (precision, accelerator, where, unknown)
                 kind = model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind)
                 resolved = opts.resolved(precision).accelerator
                 assert kind == ("KIND_CPU" if resolved == "cpu" else "KIND_GPU")
                 if resolved == "tensorrt":
-                    params = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters
+                    params = cfg.optimization.execution_accelerators.gpu_execution_accelerator[
+                        0
+                    ].parameters
                     assert params["precision_mode"] == {"fp16": "FP16"}.get(precision, "FP32")
                     if dynamic:  # the size range of a size-agnostic export is in the profile too
                         assert params["trt_profile_min_shapes"] == "input:1x16x16x3"
@@ -123,8 +155,9 @@ def test_max_batch_size_4_with_the_default_flags(tmp_path, precision):
     """A default never contradicts another flag: --max-batch-size 4 alone used to fail on preferred sizes [4, 8]."""
     from unet_export.cli import build_parser, triton_options
 
-    args = build_parser().parse_args(["--triton-repo", str(tmp_path / "r"), "--max-batch-size", "4",
-                                      "--precision", precision])
+    args = build_parser().parse_args(
+        ["--triton-repo", str(tmp_path / "r"), "--max-batch-size", "4", "--precision", precision]
+    )
     opts = triton_options(args)
     opts.validate(32, precision)  # raises on any contradiction
     assert opts.max_batch_size == 4 and opts.preferred_batch_sizes == ()
@@ -132,9 +165,13 @@ def test_max_batch_size_4_with_the_default_flags(tmp_path, precision):
 
 def test_every_batch_up_to_max_runs(repo):
     folder, _ = repo
-    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     for batch in range(1, 5):
-        out = session.run(None, {"input": np.random.default_rng(batch).random((batch, 3, 32, 32), np.float32)})[0]
+        out = session.run(
+            None, {"input": np.random.default_rng(batch).random((batch, 3, 32, 32), np.float32)}
+        )[0]
         assert out.shape == (batch, NUM_CLASSES, 32, 32)
 
 
@@ -143,27 +180,44 @@ def test_onnx_test_data_round_trips(repo):
     data = folder / "1" / "test_data_set_0"
     x = numpy_helper.to_array(onnx.load_tensor(str(data / "input_0.pb")))
     want = numpy_helper.to_array(onnx.load_tensor(str(data / "output_0.pb")))
-    got = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    got = ort.InferenceSession(
+        str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    ).run(None, {"input": x})[0]
     assert np.linalg.norm(got - want) / np.linalg.norm(want) <= FP32_REL_L2
 
 
 def test_bad_triton_options(tmp_path, confident_weights):
-    cfg = ExportConfig(input_size=(32, 32), num_classes=NUM_CLASSES, width_multiplier=NARROW, weights=str(confident_weights))
+    cfg = ExportConfig(
+        input_size=(32, 32),
+        num_classes=NUM_CLASSES,
+        width_multiplier=NARROW,
+        weights=str(confident_weights),
+    )
     with pytest.raises(ConfigError, match="--max-batch-size 0 must be >= 1"):
         export_model(cfg, None, triton=TritonOptions(repo=tmp_path / "r", max_batch_size=0))
     with pytest.raises(ConfigError, match="larger than the largest batch the export verifies"):
         export_model(cfg, None, triton=TritonOptions(repo=tmp_path / "r", max_batch_size=64))
     with pytest.raises(ConfigError, match="--accelerator 'tpu'"):
         export_model(cfg, None, triton=TritonOptions(repo=tmp_path / "r", accelerator="tpu"))
-    with pytest.raises(ConfigError, match=r"--preferred-batch-sizes \[8\] must lie in 1..--max-batch-size \(4\)"):
-        export_model(cfg, None, triton=TritonOptions(repo=tmp_path / "r", max_batch_size=4, preferred_batch_sizes=(8,)))
+    with pytest.raises(
+        ConfigError, match=r"--preferred-batch-sizes \[8\] must lie in 1..--max-batch-size \(4\)"
+    ):
+        export_model(
+            cfg,
+            None,
+            triton=TritonOptions(repo=tmp_path / "r", max_batch_size=4, preferred_batch_sizes=(8,)),
+        )
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "other_model").mkdir()
     (busy / "keep.txt").write_text("unrelated")
     with pytest.raises(ConfigError, match="not empty.*--force"):
         export_model(cfg, None, triton=TritonOptions(repo=busy, max_batch_size=2))
-    export_model(cfg, None, triton=TritonOptions(repo=busy, max_batch_size=2, preferred_batch_sizes=(2,), force=True))
+    export_model(
+        cfg,
+        None,
+        triton=TritonOptions(repo=busy, max_batch_size=2, preferred_batch_sizes=(2,), force=True),
+    )
     assert sorted(p.name for p in busy.iterdir()) == ["keep.txt", "other_model", "vgg19_unet"]
     assert (busy / "keep.txt").read_text() == "unrelated"
     assert "preferred_batch_size: [ 2 ]" in (busy / "vgg19_unet" / "config.pbtxt").read_text()
@@ -175,17 +229,34 @@ def test_grpc_model_config_encoding_is_tritons():
 
     from unet_runtime.serve import encode_model_config
 
-    config = {"name": "m", "platform": "onnxruntime_onnx", "backend": "onnxruntime", "max_batch_size": 4,
-              "input": [{"name": "input", "data_type": "TYPE_UINT8", "dims": ["-1", "-1", "3"]}],
-              "output": [{"name": "mask", "data_type": "TYPE_UINT8", "dims": ["-1", "-1"]}],
-              "parameters": {"unet.head": {"string_value": '"argmax"'}, "unet.mean": {"string_value": "[0, 0, 0]"}}}
+    config = {
+        "name": "m",
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": 4,
+        "input": [{"name": "input", "data_type": "TYPE_UINT8", "dims": ["-1", "-1", "3"]}],
+        "output": [{"name": "mask", "data_type": "TYPE_UINT8", "dims": ["-1", "-1"]}],
+        "parameters": {
+            "unet.head": {"string_value": '"argmax"'},
+            "unet.mean": {"string_value": "[0, 0, 0]"},
+        },
+    }
     decoded = service_pb2.ModelConfigResponse.FromString(encode_model_config(config)).config
-    assert (decoded.name, decoded.platform, decoded.backend, decoded.max_batch_size) == ("m", "onnxruntime_onnx",
-                                                                                        "onnxruntime", 4)
-    assert list(decoded.input[0].dims) == [-1, -1, 3] and decoded.input[0].data_type == model_config_pb2.TYPE_UINT8
+    assert (decoded.name, decoded.platform, decoded.backend, decoded.max_batch_size) == (
+        "m",
+        "onnxruntime_onnx",
+        "onnxruntime",
+        4,
+    )
+    assert (
+        list(decoded.input[0].dims) == [-1, -1, 3]
+        and decoded.input[0].data_type == model_config_pb2.TYPE_UINT8
+    )
     assert decoded.output[0].name == "mask" and list(decoded.output[0].dims) == [-1, -1]
-    assert {k: v.string_value for k, v in decoded.parameters.items()} == {"unet.head": '"argmax"',
-                                                                         "unet.mean": "[0, 0, 0]"}
+    assert {k: v.string_value for k, v in decoded.parameters.items()} == {
+        "unet.head": '"argmax"',
+        "unet.mean": "[0, 0, 0]",
+    }
 
 
 # ------------------------------------------------------------------ a real server
@@ -206,9 +277,25 @@ def server(repo, tmp_path_factory):
     http, grpc_port = _free_ports(2)
     log = tmp_path_factory.mktemp("server") / "log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "unet_runtime.cli", "serve", str(folder / "1" / "model.onnx"),
-                                 "--http-port", str(http), "--grpc-port", str(grpc_port), "--max-batch-size", "4",
-                                 "--providers", "cpu"], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "unet_runtime.cli",
+                "serve",
+                str(folder / "1" / "model.onnx"),
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc_port),
+                "--max-batch-size",
+                "4",
+                "--providers",
+                "cpu",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -221,8 +308,13 @@ def server(repo, tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("the server did not become ready in 90 s:\n" + log.read_text()[-3000:])
-    yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc_port}", "proc": proc, "log": log,
-           "model": folder / "1" / "model.onnx"}
+    yield {
+        "http": f"127.0.0.1:{http}",
+        "grpc": f"127.0.0.1:{grpc_port}",
+        "proc": proc,
+        "log": log,
+        "model": folder / "1" / "model.onnx",
+    }
     if proc.poll() is None:
         proc.kill()
 
@@ -235,7 +327,9 @@ def _images(seed, sizes):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_client_against_the_server_equals_local(server, protocol):
     """Mixed sizes and more images than max_batch_size (split by the client), no model file on the client side."""
-    imgs = _images(0, [(32, 32), (50, 40), (32, 32), (17, 61), (32, 32), (32, 32), (32, 32), (40, 32)])
+    imgs = _images(
+        0, [(32, 32), (50, 40), (32, 32), (17, 61), (32, 32), (32, 32), (32, 32), (40, 32)]
+    )
     with TritonSegmenter(server[protocol], "vgg19_unet", protocol=protocol, timeout_s=30) as client:
         assert client.max_batch_size == 4 and client.info.layout == "nchw"
         remote = client.predict(imgs)
@@ -270,12 +364,16 @@ def test_load_8_clients_x_50_requests(server):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         latencies = np.concatenate(list(pool.map(client, range(8))))
     assert len(latencies) == 400
-    print(f"\n400 requests from 8 clients: p50 {np.percentile(latencies, 50) * 1e3:.1f} ms, "
-          f"p99 {np.percentile(latencies, 99) * 1e3:.1f} ms")
+    print(
+        f"\n400 requests from 8 clients: p50 {np.percentile(latencies, 50) * 1e3:.1f} ms, "
+        f"p99 {np.percentile(latencies, 99) * 1e3:.1f} ms"
+    )
 
 
 def _post(url: str, body: bytes, headers=None):
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.read()
@@ -288,18 +386,31 @@ def test_bad_requests_get_protocol_errors_and_the_server_keeps_serving(server):
 
     def request(shape, datatype="FP32", name="input", data=None):
         n = int(np.prod(shape))
-        return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype,
-                                       "data": data if data is not None else [0.0] * n}]}).encode()
+        return json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": name,
+                        "shape": shape,
+                        "datatype": datatype,
+                        "data": data if data is not None else [0.0] * n,
+                    }
+                ]
+            }
+        ).encode()
 
     status, body = _post(f"{base}/nope/infer", request([1, 3, 32, 32]))
     assert status == 404, body
     for payload, message in [
-        (request([1, 3, 32, 32], datatype="UINT8", data=[0] * 3072), b"datatype UINT8; this model takes FP32"),
+        (
+            request([1, 3, 32, 32], datatype="UINT8", data=[0] * 3072),
+            b"datatype UINT8; this model takes FP32",
+        ),
         (request([1, 3, 16, 32]), b"shape [1, 3, 16, 32]"),
         (request([5, 3, 32, 32]), b"batch-size must be <= 4"),
         (request([1, 3, 32, 32], name="image"), b"named 'input'"),
         (request([1, 3, 32, 32], data=[1.0, 2.0]), b"input"),
-        (b"\x00\xffgarbage{", b"\"error\""),
+        (b"\x00\xffgarbage{", b'"error"'),
     ]:
         status, body = _post(f"{base}/vgg19_unet/infer", payload)
         assert 400 <= status < 500, (status, body)
@@ -333,6 +444,17 @@ def test_server_stops_cleanly_on_sigterm(server):
 
 def test_serve_refuses_bad_flags(tmp_path):
     proc = run_cli("unet_runtime.cli", "serve", str(tmp_path / "m.onnx"), "--max-batch-size", "0")
-    assert proc.returncode == 1 and "--max-batch-size 0 must be >= 1" in proc.stderr.strip().splitlines()[-1]
-    proc = run_cli("unet_runtime.cli", "serve", str(tmp_path / "missing.onnx"), "--http-port", "1", "--grpc-port", "2")
+    assert (
+        proc.returncode == 1
+        and "--max-batch-size 0 must be >= 1" in proc.stderr.strip().splitlines()[-1]
+    )
+    proc = run_cli(
+        "unet_runtime.cli",
+        "serve",
+        str(tmp_path / "missing.onnx"),
+        "--http-port",
+        "1",
+        "--grpc-port",
+        "2",
+    )
     assert proc.returncode == 1 and "does not exist" in proc.stderr.strip().splitlines()[-1]

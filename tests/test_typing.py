@@ -14,8 +14,17 @@ def test_mypy_accepts_the_library_packages(tmp_path):
     from mypy import api
 
     # onnxruntime, tensorflow, tf2onnx ... ship no stubs: their imports are Any, ours are checked.
-    out, err, status = api.run(["--ignore-missing-imports", "--check-untyped-defs", "--no-error-summary",
-                                "--cache-dir", str(tmp_path), str(ROOT / "runtime"), str(ROOT / "export")])
+    out, err, status = api.run(
+        [
+            "--ignore-missing-imports",
+            "--check-untyped-defs",
+            "--no-error-summary",
+            "--cache-dir",
+            str(tmp_path),
+            str(ROOT / "runtime"),
+            str(ROOT / "export"),
+        ]
+    )
     assert status == 0, out + err
 
 
@@ -35,5 +44,7 @@ def test_pyflakes_finds_nothing():
     from pyflakes.reporter import Reporter
 
     out, err = io.StringIO(), io.StringIO()
-    found = checkRecursive([str(ROOT / d) for d in ("export", "runtime", "benchmarks", "tests")], Reporter(out, err))
+    found = checkRecursive(
+        [str(ROOT / d) for d in ("export", "runtime", "benchmarks", "tests")], Reporter(out, err)
+    )
     assert found == 0 and not err.getvalue(), out.getvalue() + err.getvalue()

@@ -51,8 +51,12 @@ def test_encoder_weights_map_block_names(tmp_path):
     model = build_vgg19_unet((32, 32, 3), 21, seed=5)
     decoder_before = model.get_layer("conv2d").get_weights()[0].copy()
     load_encoder_weights(model, path)
-    np.testing.assert_array_equal(model.get_layer("conv1-1").get_weights()[0], vgg.get_layer("block1_conv1").get_weights()[0])
-    np.testing.assert_array_equal(model.get_layer("conv5-4").get_weights()[0], vgg.get_layer("block5_conv4").get_weights()[0])
+    np.testing.assert_array_equal(
+        model.get_layer("conv1-1").get_weights()[0], vgg.get_layer("block1_conv1").get_weights()[0]
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("conv5-4").get_weights()[0], vgg.get_layer("block5_conv4").get_weights()[0]
+    )
     np.testing.assert_array_equal(model.get_layer("conv2d").get_weights()[0], decoder_before)
 
 
@@ -87,7 +91,9 @@ def test_stored_class_count_unknown_is_none(tmp_path):
     # No 1x1 kernel, two different 1x1 widths, and bytes that are no HDF5/zip at all.
     no_head = keras.Sequential([keras.layers.Input((8, 8, 3)), keras.layers.Conv2D(2, 3)])
     no_head.save(tmp_path / "no_head.keras")
-    two_heads = keras.Sequential([keras.layers.Input((8, 8, 3)), keras.layers.Conv2D(4, 1), keras.layers.Conv2D(6, 1)])
+    two_heads = keras.Sequential(
+        [keras.layers.Input((8, 8, 3)), keras.layers.Conv2D(4, 1), keras.layers.Conv2D(6, 1)]
+    )
     two_heads.save_weights(tmp_path / "two.weights.h5")
     (tmp_path / "junk.h5").write_bytes(b"not hdf5" * 100)
     (tmp_path / "junk.keras").write_bytes(b"not a zip" * 100)
@@ -108,7 +114,9 @@ def test_other_architecture_is_refused(tmp_path):
 @pytest.mark.parametrize("suffix", [".weights.h5", ".keras", ".h5"])
 def test_corrupt_or_truncated_files(trained, tmp_path, suffix):
     _, paths = trained
-    source = paths["keras" if suffix == ".keras" else ("weights.h5" if suffix == ".weights.h5" else "h5")]
+    source = paths[
+        "keras" if suffix == ".keras" else ("weights.h5" if suffix == ".weights.h5" else "h5")
+    ]
     truncated = tmp_path / f"trunc{suffix}"
     truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
     garbage = tmp_path / f"garbage{suffix}"
