@@ -1,12 +1,16 @@
 # Two commands for a fresh machine (Python 3.11+, no GPU needed):
 #   make model   -> .venv with the export extras, then model.onnx (512x512, 21 classes, verified)
-#   make test    -> .venv with everything, then the test suite
+#   make test    -> .venv with everything, then the test suite (what CI runs)
+# While editing: make test-fast (under a minute: no full-size export, no server, no soak) and make lint.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: model test install-export install-test clean
+# The edit loop leaves out what takes minutes; CI runs everything.
+FAST := not fullsize and not soak and not server and not slow
+
+.PHONY: model test test-fast lint install-export install-test install-lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +22,25 @@ install-export: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[export,cpu,test]"
 
+install-lint: $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[lint]"
+
 model: install-export
 	$(BIN)/export-unet --out model.onnx --report model.report.json
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-fast: install-test
+	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
+
+# Formatting, lint rules (pyproject.toml [tool.ruff]), the library packages' annotations (they ship
+# py.typed), and pyflakes over every Python file.
+lint: install-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy --cache-dir .mypy_cache runtime export
+	$(BIN)/python -m pyflakes export runtime benchmarks tests
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache model.onnx model.report.json
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache model.onnx model.report.json

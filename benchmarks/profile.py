@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -198,23 +198,34 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet profile") -> int
         "--threads", type=int, default=None, help="intra-op threads (default: physical cores)"
     )
     ap.add_argument("--top", type=int, default=15, help="slowest nodes to list")
-    ap.add_argument("--out", help="write the Markdown here as well as to stdout")
+    ap.add_argument(
+        "--out",
+        help="also write PREFIX.md (machine, command, tables) and PREFIX.json (every figure)",
+    )
     args = ap.parse_args(argv)
     problem = _bad_arguments(args)
     if problem:
         print(f"{ap.prog}: error: {problem}", file=sys.stderr)
         return 1
-    parts = []
+    from .report import header_lines, run_meta, write_text_atomic
+
+    meta = run_meta(prog, argv)
+    parts, profiles = [], {}
     for m in args.models:
         p = profile_model(
             m, runs=args.runs, warmup=args.warmup, batch=args.batch, threads=args.threads
         )
+        profiles[os.path.basename(m)] = asdict(p)
         parts.append(to_markdown(p, os.path.basename(m), args.top))
         print(parts[-1], flush=True)
     if args.out:
-        from .report import write_text_atomic
-
-        write_text_atomic(args.out, "\n".join(parts))
+        # PREFIX.md (a .md --out is the prefix's Markdown) and PREFIX.json with every figure.
+        out = Path(args.out)
+        header = "\n".join(header_lines("bench-unet profile", meta)) + "\n"
+        write_text_atomic(
+            out.with_suffix(".json"), json.dumps({**meta, "profiles": profiles}, indent=1) + "\n"
+        )
+        write_text_atomic(out.with_suffix(".md"), header + "\n".join(parts))
     return 0
 
 

@@ -1,6 +1,7 @@
 """unet_bench.profile (ORT profiler summary) and unet_bench.ab (interleaved A/B): small real runs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,19 @@ def test_profile_of_a_real_model(narrow_export):
     assert p.op_nodes["Conv"] + p.op_nodes.get("FusedConv", 0) >= 20 and sum(
         p.op_nodes.values()
     ) == len(p.by_node)
+
+
+def test_profile_out_records_machine_command_and_every_figure(narrow_export, tmp_path, capsys):
+    from unet_bench.profile import main
+
+    path = str(narrow_export().path)
+    assert main([path, "--runs", "1", "--warmup", "0", "--out", str(tmp_path / "p.md")]) == 0
+    md = (tmp_path / "p.md").read_text()
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert md.startswith("# bench-unet profile: ") and "Command: `bench-unet profile " in md
+    assert "| op type | nodes | ms/run | share |" in md and "Commit: " in md
+    prof = data["profiles"][Path(path).name]
+    assert prof["runs"] == 1 and prof["by_op"] and data["machine"]["versions"]
 
 
 def test_ab_interleaves_and_writes_both_files(narrow_export, tmp_path):
