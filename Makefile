@@ -35,12 +35,13 @@ test-fast: install-test
 	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 # Formatting, lint rules (pyproject.toml [tool.ruff]), the library packages' annotations (they ship
-# py.typed), and pyflakes over every Python file.
+# py.typed), pyflakes over every Python file, and the results index matching its files.
 lint: install-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m mypy --cache-dir .mypy_cache runtime export
 	$(BIN)/python -m pyflakes export runtime benchmarks tests
+	$(BIN)/bench-unet index --check
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache model.onnx model.report.json

@@ -73,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=INPUT_DTYPES,
         help="exported input types: float32 (host normalizes) and/or uint8 (normalized in the graph)",
     )
-    # nhwc, as export-unet: an image is HWC, so a uint8 NHWC model needs no host-side transpose
-    # (benchmarks/results/h100-pad-layout-prediction-2026-11-25.md).
+    # nhwc, as export-unet: an image is HWC, so a uint8 NHWC model needs no host-side transpose.
     p.add_argument("--layout", default=d.layout, choices=LAYOUTS, help="exported input layout")
     p.add_argument(
         "--cuda-variants",
@@ -437,6 +436,7 @@ SUBCOMMANDS = {
         "fixture",
         "train the labelled shapes fixture (trained weights and labelled images for the benchmarks)",
     ),
+    "index": ("index", "regenerate benchmarks/results/README.md from the result files"),
 }
 
 

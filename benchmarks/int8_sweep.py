@@ -13,7 +13,7 @@ scored against the fp32 graph on three sets of images:
 
 These figures set the export's INT8 bounds and its default calibration count.
 
-    bench-unet int8 --out benchmarks/results/export-int8-bounds --weights fixture/weights.weights.h5
+    bench-unet int8 --out benchmarks/results/int8-calibration-trained --weights fixture/weights.weights.h5
 """
 
 from __future__ import annotations

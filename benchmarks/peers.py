@@ -16,9 +16,7 @@ __all__ = ["keras_model", "keras_rows", "TorchUNet", "torch_from_onnx"]
 def keras_model(size: int, *, seed: int = 0, weights: str | None = None):
     """The Keras peer: the seed network at ``size`` x ``size`` x 3, seeded like every export, or ``weights``.
 
-    Built at the timed size because that is the seed's (and a user's) model; a
-    size-agnostic build times the same on the 2-core CPU
-    (benchmarks/results/cpu-keras-baseline-2026-11-25.md) but need not elsewhere.
+    Built at the timed size because that is the seed's (and a user's) model.
     """
     from unet_export import build_vgg19_unet
 

@@ -202,7 +202,10 @@ def machine_line(machine: dict) -> str:
     """One line naming the machine: the GPU, or the CPU with its flags and core count."""
     if machine.get("gpu"):
         return machine["gpu"]
-    flags = ", ".join(machine.get("cpu_flags") or []) or "no AVX2"
+    if "cpu_flags" not in machine:  # a result file older than flag recording
+        flags = "CPU flags not recorded"
+    else:
+        flags = ", ".join(machine["cpu_flags"]) or "no AVX2"
     return f"{machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} cores; {flags})"
 
 

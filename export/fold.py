@@ -32,7 +32,7 @@ Two equivalent ONNX forms, because runtimes support them differently:
   size is not static falls back to ``phase``. Slower in fp32 on the CPU
   (its NCHWc path makes every transpose real): an INT8 form.
 
-Measured effects are in benchmarks/results/ (see the README's tables).
+Measured effects: docs/performance.md and the result files it cites.
 """
 
 from __future__ import annotations
@@ -57,17 +57,16 @@ FOLD_CHOICES = ("auto", *FOLD_FORMS)
 def auto_fold_form(precision: str) -> str:
     """The fold ``--fold-upsample auto`` stands for with ``precision``, each where it was measured fastest.
 
-    - int8 (a CPU model): ``phase_nhwc``, 13% (``phase``) and another 4%
-      faster than the seed's graph on a 2-core AVX2 CPU at equal accuracy
-      (benchmarks/results/cpu-2core-2026-11-25-ab*.md; a dynamic-size export
-      falls back to ``phase``).
+    - int8 (a CPU model): ``phase_nhwc``, 16% faster than ``phase`` on a
+      2-core AVX-512 VNNI CPU at the same masks (benchmarks/results/cpu-fold.md;
+      a dynamic-size export falls back to ``phase``).
     - fp16 (a GPU model): ``convtranspose``, the one fold ONNX Runtime's CUDA
       EP runs in NHWC: 1.90 -> 1.39 ms at batch 1 and 1.72 -> 1.13 ms per
       image at batch 8 on an H100 (benchmarks/results/h100-2026-11-26-goal.md),
       masks as before (99.96% vs 99.97% agreement with fp32).
     - fp32: ``off``, the seed's graph, node for node what Keras computes
-      (the reference export). ``convtranspose`` is 10% faster on the CPU too,
-      but fp32 on the GPU was not measured with it.
+      (the reference export). On a CPU ``phase`` is 12% faster
+      (cpu-fold.md); fp32 on a GPU was not measured with a fold.
     """
     return {"int8": "phase_nhwc", "fp16": "convtranspose"}.get(precision, "off")
 

@@ -56,9 +56,8 @@ def to_fp16(model):
 # QLinearConv -> QLinearConv directly. Without it the Conv output is
 # quantized over its pre-ReLU range (half of the uint8 codes wasted on
 # negatives) and every Conv is followed by a DequantizeLinear/QuantizeLinear
-# pair: 6% of the INT8 run on a 2-core AVX2 CPU (ORT profiler, see
-# benchmarks/results/cpu-int8-profile-2026-11-25.md), and the ReLU before each
-# Resize kept that Resize in float.
+# pair (``bench-unet profile`` shows them), and the ReLU before each Resize
+# keeps that Resize in float.
 # Add, DepthToSpace, Transpose and Reshape appear when the decoder upsampling is folded (fold.py).
 _INT8_OPS = [
     "Conv",

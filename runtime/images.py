@@ -235,8 +235,8 @@ def to_model_input(
     is converted straight into its slot of the output (one pass, with the
     NCHW transpose folded in), then scaled in place. For a single NHWC uint8
     image nothing is copied at all: the model gets a view of the image.
-    (A per-channel lookup table through ``np.take`` into strided slices was
-    2-5x slower; benchmarks/results/cpu-2core-2026-11-25-preprocess.md.)
+    (A per-channel lookup table through ``np.take`` into strided slices is
+    slower: the gather cannot vectorize as the multiply-add does.)
     """
     first = images[0]
     for i, x in enumerate(images):

@@ -63,9 +63,7 @@ class Pipeline:
         """``(mask, probabilities)`` per image from one model run.
 
         The mask is :meth:`predict`'s and the probabilities are
-        :meth:`predict_proba`'s, from one model run instead of two (about
-        half the time of calling both at 512x512 on a CPU:
-        benchmarks/results/cpu-2core-2026-11-26-with-proba.md). (Where an
+        :meth:`predict_proba`'s, from one model run instead of two. (Where an
         image is resized to a fixed-size model, the mask is the network's own
         argmax resized by nearest neighbour, so at a few edge pixels it can
         differ from the argmax of the bilinearly resized probabilities.)

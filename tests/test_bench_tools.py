@@ -201,3 +201,40 @@ def test_ab_times_openvino_on_the_same_files(narrow_export, tmp_path):
         assert len(row["raw_s"]) == 2
         if name.startswith("openvino f32"):  # the same fp32 function: the same masks
             assert row["mask_agreement_vs_first"] >= 0.99
+
+
+def test_results_index_lists_every_run_and_record(tmp_path):
+    from unet_bench.index import build_index, main
+
+    meta = {
+        "command": "bench-unet micro --out x|y",
+        "date": "2026-12-02T09:00:00+00:00",
+        "machine": {
+            "cpu": "Some CPU",
+            "cpu_count": 2,
+            "cpu_flags": ["avx2"],
+            "git_commit": "abcdef123",
+        },
+    }
+    (tmp_path / "run.json").write_text(json.dumps(meta))
+    (tmp_path / "run.md").write_text("# bench-unet micro: Some CPU\n")
+    old = {**meta, "date": "2026-11-25", "machine": {"cpu": "Old CPU", "cpu_count": 2}}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "probe.txt").write_text("\x1b[0;93m2026 warning\nhead logits: rel L2 3e-6\n")
+    (tmp_path / "notes.json").write_text("[1, 2]")  # not a result: left out
+    text = build_index(tmp_path)
+    rows = [line for line in text.splitlines() if ".json)" in line]
+    assert [r.split()[1] for r in rows] == ["run", "old"]  # newest first
+    assert "Some CPU (2 cores; avx2)" in rows[0] and "abcdef1" in rows[0] and "x\\|y" in rows[0]
+    assert "CPU flags not recorded" in rows[1] and "[md](run.md)" in rows[0]
+    assert "| [probe.txt](probe.txt) | head logits: rel L2 3e-6 |" in text and "notes" not in text
+    assert main(["--dir", str(tmp_path), "--check"]) == 1
+    assert main(["--dir", str(tmp_path)]) == 0
+    assert main(["--dir", str(tmp_path), "--check"]) == 0
+
+
+def test_committed_results_index_is_up_to_date():
+    from unet_bench.index import INDEX, build_index
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    assert (folder / INDEX).read_text() == build_index(folder), "run: bench-unet index"

@@ -150,7 +150,7 @@ def test_cuda_graph_serves_every_batch_shape(models, reference):
 
     A batch-1 mask is compared with the reference, not bit for bit with the same image's batch-2 mask: cuDNN
     may pick other kernels for another batch size, and fp16 near-ties then flip (seen on an H200, 2026-11-26:
-    166 of 262,144 pixels). Stale buffers would show as the other image's mask, far below MASK_MIN."""
+    166 of 262,144 pixels, benchmarks/results/h200-2026-11-26-gpu-tests.txt). Stale buffers would show as the other image's mask, far below MASK_MIN."""
     from unet_runtime import ProviderConfig, Segmenter
 
     imgs, ref = reference
