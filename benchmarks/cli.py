@@ -287,8 +287,8 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
         for variant, size in sorted(want, key=lambda k: (k[1], k[0].file_name(k[1]))):
             src = args.models_from / variant.file_name(size)
             # A fold or padding of an fp32/fp16 model is derived here from the plain one, after
-            # refilling,
-            # so all rows carry the same weights (int8 graphs are folded before calibration).
+            # refilling, so all rows carry the same weights (int8 graphs are folded before
+            # calibration).
             derive = (
                 not src.is_file()
                 and variant.precision != "int8"

@@ -296,8 +296,7 @@ def _sigint_deferred():
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
         # Handlers can only be set from the main thread; and an ignored SIGINT (nohup, a background
-        # job)
-        # or an application's own handler stays as it is.
+        # job) or an application's own handler stays as it is.
         yield
         return
     caught: list[int] = []

@@ -20,7 +20,8 @@ graph before each of its ~36 optimizer runs (``tf2onnx/optimizer/__init__.py``,
 node after each (``GraphOptimizerBase.optimize`` -> ``update_proto``). That
 took ~28 s and ~8 GiB on a 2-core CPU for the 512x512 model. Converted as
 ``f(image, *weights)`` through Keras' ``stateless_call``, the function has
-no large constant, tf2onnx converts it in about a second, and
+no large constant, tf2onnx converts it in about a second (the optimizer's
+safety copies are switched off too: :func:`_optimizer_errors_raise`), and
 :func:`unet_export.graph.attach_weights` then turns the weight inputs into
 initializers (evaluating the Transposes/Reshapes tf2onnx put on them once).
 The graph is node for node the one the frozen conversion gives; the
@@ -33,7 +34,9 @@ us name the inputs and control the signature (static or dynamic H/W).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 from unet_runtime.images import normalization
 from unet_runtime.model_info import INPUT_NAME
@@ -117,6 +120,30 @@ def _weights_by_twin_order(model, twin) -> tuple[list, list]:
     return pick(twin.trainable_variables), pick(twin.non_trainable_variables)
 
 
+@contextlib.contextmanager
+def _optimizer_errors_raise():
+    """Run tf2onnx's graph optimizers without their per-pass safety copy.
+
+    With errors caught (tf2onnx's default), ``optimizer.optimize_graph``
+    deep-copies the whole graph before each of its ~20 passes, every
+    iteration, so that a failing pass can be skipped: half of the conversion
+    time of this network (tf2onnx 1.17, ``tf2onnx/optimizer/__init__.py``).
+    tf2onnx's own switch, the ``TF2ONNX_CATCH_ERRORS`` environment variable
+    (``tf2onnx/constants.py``), turns that off; a pass that fails then fails
+    the conversion, which is what an export that must be reproducible wants
+    rather than a graph that silently missed a pass.
+    """
+    key, old = "TF2ONNX_CATCH_ERRORS", os.environ.get("TF2ONNX_CATCH_ERRORS")
+    os.environ[key] = "FALSE"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 def convert_keras(
     model,
     *,
@@ -198,13 +225,14 @@ def convert_keras(
         layout,
     )
     try:
-        proto, _ = tf2onnx.convert.from_function(
-            forward,
-            input_signature=[spec, *weight_specs],
-            opset=opset,
-            inputs_as_nchw=nchw,
-            outputs_as_nchw=out_nchw,
-        )
+        with _optimizer_errors_raise():
+            proto, _ = tf2onnx.convert.from_function(
+                forward,
+                input_signature=[spec, *weight_specs],
+                opset=opset,
+                inputs_as_nchw=nchw,
+                outputs_as_nchw=out_nchw,
+            )
     except Exception as exc:  # tf2onnx raises bare Exceptions/ValueErrors
         raise ConversionError(
             f"tf2onnx failed to convert the model at opset {opset}: {exc}"

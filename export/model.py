@@ -119,9 +119,8 @@ def build_vgg19_unet(
     from keras import layers
 
     # Each layer's initializer gets a seed of its own (seed + its index): reproducible, and the
-    # process's
-    # global seeds (Python, numpy, TensorFlow) are left alone, which matters when a training script
-    # exports.
+    # process's global seeds (Python, numpy, TensorFlow) are left alone, which matters when a
+    # training script exports.
     index = iter(range(10_000))
 
     def init(kind: str):

@@ -216,9 +216,8 @@ def _trt_params(
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": opts.trt_cache_dir,
         # One profile from batch 1 to max_batch_size (and, size-agnostic, 16 px to max_image_side):
-        # without it
-        # ONNX Runtime builds an engine for each new shape it meets, minutes in the middle of
-        # serving.
+        # without it ONNX Runtime builds an engine for each new shape it meets, minutes in the
+        # middle of serving.
         "trt_profile_min_shapes": _shapes(in_name, in_dims, 1, 16 if dynamic else 0),
         "trt_profile_opt_shapes": _shapes(in_name, in_dims, opts.max_batch_size, opt_side),
         "trt_profile_max_shapes": _shapes(

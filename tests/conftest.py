@@ -37,7 +37,48 @@ def _cuda_device_present() -> bool:
         return False
 
 
+#: Fixtures that take several seconds or more to make (a trained model, a full-width benchmark run,
+#: the full-size export, frame exports verified at four sizes, a server in a child process): tests using one are `slow`,
+#: and those using a server are `server` too. make test-fast leaves both out; CI runs everything.
+SLOW_FIXTURES = frozenset(
+    {"labelled", "full_width_run", "default_export", "server", "frame_exports"}
+)
+
+
+#: Fixtures through which a test exports a model (a second or more each, converted by tf2onnx): such
+#: tests are marked `exports`; make test-fast keeps only those also marked `core`.
+EXPORT_FIXTURES = frozenset({"narrow_export", "confident_weights", "confident_keras"})
+
+
+#: The export tests make test-fast keeps: one per path a change can break (fp32, fp16 and INT8
+#: against Keras, the runtime's masks, the graph clean-up, the gates, the Triton repository, the
+#: segment-unet CLI, an interrupted write). Node ids relative to tests/.
+CORE_EXPORT_TESTS = frozenset(
+    {
+        "test_export_parity.py::test_onnx_matches_keras[32x32-nhwc-softmax-fp32-opdefault]",
+        "test_export_parity.py::test_onnx_matches_keras[32x32-nhwc-softmax-fp16-opdefault]",
+        "test_int8.py::test_int8_end_to_end",
+        "test_runtime.py::test_masks_equal_keras_argmax[nhwc-argmax]",
+        "test_graph.py::test_clean_op_histogram[nhwc-softmax-False-2]",
+        "test_gates.py::test_a_perturbed_weight_fails_a_gate[softmax-fp32]",
+        "test_triton.py::test_repository_matches_the_model_and_the_backends_rules",
+        "test_segment_cli.py::test_probabilities_are_written_beside_the_masks",
+        "test_hardening.py::test_export_interrupted_at_each_step_leaves_nothing[os.replace]",
+    }
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.removeprefix("tests/") in CORE_EXPORT_TESTS:
+            item.add_marker(pytest.mark.core)
+        names = set(getattr(item, "fixturenames", ()))
+        if "server" in names:
+            item.add_marker(pytest.mark.server)
+        if names & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        if names & EXPORT_FIXTURES:
+            item.add_marker(pytest.mark.exports)
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs onnxruntime-gpu and a CUDA device: neither is present")
@@ -74,17 +115,18 @@ def narrow_export(tmp_path_factory, confident_weights):
     root = tmp_path_factory.mktemp("exports")
 
     def make(**overrides):
-        key = tuple(sorted(overrides.items()))
+        cfg = dict(
+            input_size=(32, 32),
+            num_classes=NUM_CLASSES,
+            width_multiplier=NARROW,
+            weights=str(confident_weights),
+        )
+        cfg.update(overrides)
+        config = ExportConfig(**cfg)
+        # Keyed by the whole configuration, so tests that spell the same export differently share it.
+        key = repr(config)
         if key not in cache:
-            cfg = dict(
-                input_size=(32, 32),
-                num_classes=NUM_CLASSES,
-                width_multiplier=NARROW,
-                weights=str(confident_weights),
-            )
-            cfg.update(overrides)
-            out = root / f"m{len(cache)}.onnx"
-            cache[key] = export_model(ExportConfig(**cfg), out)
+            cache[key] = export_model(config, root / f"m{len(cache)}.onnx")
         return cache[key]
 
     return make
@@ -108,9 +150,49 @@ def labelled(tmp_path_factory):
     return small_fixture(tmp_path_factory.mktemp("labelled"), images=16, image_size=96)
 
 
-def run_cli(*args, env=None, timeout=900):
-    """Run a console script in a subprocess; returns CompletedProcess."""
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=full_env
+def run_cli(*args, env=None, timeout=900, subprocess_run=False):
+    """Run a console script's ``main(argv)`` (``args[0]`` is its module); returns a CompletedProcess.
+
+    In this process by default: an import of TensorFlow per call would cost
+    seconds, and ``main(argv)`` is what the entry points call. Its stdout and
+    stderr are captured, its log records at WARNING and above land in stderr
+    (as the CLIs configure it), and an exit through ``SystemExit`` (argparse)
+    gives its code. ``subprocess_run=True`` (or an ``env``) runs ``python -m``
+    in a child instead: for the entry points themselves, signals, and
+    environment variables read at import.
+    """
+    if subprocess_run or env or "." not in args[0]:  # a package's __main__: the entry point itself
+        full_env = dict(os.environ, **(env or {}))
+        return subprocess.run(
+            [sys.executable, "-m", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+        )
+    import contextlib
+    import importlib
+    import io
+    import logging
+
+    module, argv = args[0], [str(a) for a in args[1:]]
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if exc.code is not None and not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)
+    finally:
+        root.removeHandler(handler)
+    return subprocess.CompletedProcess(
+        [sys.executable, "-m", *args], code or 0, out.getvalue(), err.getvalue()
     )

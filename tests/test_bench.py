@@ -253,6 +253,7 @@ def test_bad_choice_is_a_usage_error(tmp_path):
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
+@pytest.mark.slow  # builds the full-width Keras model twice
 def test_keras_peer_is_the_seed_model_at_the_timed_size(tmp_path):
     import numpy as np
 

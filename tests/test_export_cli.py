@@ -23,7 +23,10 @@ def _cli(*args):
 @pytest.fixture(scope="module")
 def default_export(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("full")
-    proc = _cli("--out", out_dir / "model.onnx", "--report", out_dir / "report.json")
+    # In a child, through the package's entry point: what `make model` runs.
+    proc = run_cli(
+        "unet_export", "--out", out_dir / "model.onnx", "--report", out_dir / "report.json"
+    )
     return proc, out_dir
 
 

@@ -19,7 +19,7 @@ def _frames(seed=0):
 
 
 @pytest.fixture(scope="module")
-def exports(confident_weights, tmp_path_factory):
+def frame_exports(confident_weights, tmp_path_factory):
     """argmax and softmax heads with the resize in the graph, and the plain argmax export of the same weights."""
     root = tmp_path_factory.mktemp("frames")
     base = dict(
@@ -38,14 +38,14 @@ def exports(confident_weights, tmp_path_factory):
     }
 
 
-def test_the_export_verifies_frames_of_several_sizes(exports):
-    report = exports["graph-argmax"].report
+def test_the_export_verifies_frames_of_several_sizes(frame_exports):
+    report = frame_exports["graph-argmax"].report
     names = [g["name"] for g in report["verification"]["gates"]]
     for h, w in ((1080, 1920), (480, 640), (333, 517), (3000, 4000)):
         assert any(n.startswith(f"frame {h}x{w}: in-graph resize") for n in names), names
         assert any(n.startswith(f"frame {h}x{w}: mask vs the host pipeline") for n in names), names
     assert report["steps"]["frames"]["seconds"] >= 0 and report["verification"]["passed"]
-    model = onnx.load(str(exports["graph-argmax"].path))
+    model = onnx.load(str(frame_exports["graph-argmax"].path))
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert (
         dims[1:] == ["height", "width", 3]
@@ -54,12 +54,12 @@ def test_the_export_verifies_frames_of_several_sizes(exports):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "opencv"])
-def test_masks_at_the_frames_size_equal_the_host_pipeline(exports, backend):
+def test_masks_at_the_frames_size_equal_the_host_pipeline(frame_exports, backend):
     im.set_resize_backend(backend)
     try:
         with (
-            Segmenter(exports["graph-argmax"].path, providers="cpu") as graph,
-            Segmenter(exports["host-argmax"].path, providers="cpu") as host,
+            Segmenter(frame_exports["graph-argmax"].path, providers="cpu") as graph,
+            Segmenter(frame_exports["host-argmax"].path, providers="cpu") as host,
         ):
             assert graph.info.resize_in_graph and not host.info.resize_in_graph
             frames = _frames()
@@ -73,8 +73,8 @@ def test_masks_at_the_frames_size_equal_the_host_pipeline(exports, backend):
         assert (a == b).mean() >= 0.99, (frame.shape, (a == b).mean())
 
 
-def test_softmax_scores_come_back_at_the_network_size_and_the_runtime_resizes_them(exports):
-    with Segmenter(exports["graph-softmax"].path, providers="cpu") as seg:
+def test_softmax_scores_come_back_at_the_network_size_and_the_runtime_resizes_them(frame_exports):
+    with Segmenter(frame_exports["graph-softmax"].path, providers="cpu") as seg:
         frame = _frames()[1]
         mask, probs = seg.predict_with_proba(frame)
         raw = seg.run(seg.prepare([frame]))  # the model's own output: scores at the network's 64x64
@@ -83,8 +83,10 @@ def test_softmax_scores_come_back_at_the_network_size_and_the_runtime_resizes_th
     assert np.allclose(probs.sum(-1), 1, atol=1e-4)
 
 
-def test_bad_frames_are_refused_before_the_session(exports):
-    with Segmenter(exports["graph-argmax"].path, providers="cpu", max_pixels=5_000_000) as seg:
+def test_bad_frames_are_refused_before_the_session(frame_exports):
+    with Segmenter(
+        frame_exports["graph-argmax"].path, providers="cpu", max_pixels=5_000_000
+    ) as seg:
         for bad, message in [
             (np.zeros((40, 40, 3), np.float32), "dtype float32"),
             (np.zeros((40, 40, 4), np.uint8), "shape"),

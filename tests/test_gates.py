@@ -62,6 +62,7 @@ def test_a_perturbed_weight_fails_a_gate(precision, head, confident_weights):
     assert failed and all("rel L2" in n or "mask" in n for n in failed), failed
 
 
+@pytest.mark.exports
 @pytest.mark.parametrize("precision, head", [("fp16", "argmax"), ("int8", "argmax")])
 def test_untrained_argmax_models_still_pass_a_numeric_gate(precision, head):
     """A flat softmax (random weights) leaves no confident pixel for a mask gate: the logits gates carry it."""

@@ -23,8 +23,7 @@ pytestmark = pytest.mark.gpu
 EXACT_REL_L2 = 1e-5
 MASK_MIN = 0.99
 # File name -> export settings (the --models-from names of bench-unet; no fold, no padding: the
-# tests
-# apply those rewrites themselves where they test them).
+# tests apply those rewrites themselves where they test them).
 GPU_MODELS = {
     "fp32-softmax-512.onnx": {"precision": "fp32", "head": "softmax"},
     "fp16-softmax-512.onnx": {"precision": "fp16", "head": "softmax"},
@@ -257,8 +256,7 @@ def test_fold_and_padding_keep_the_fp16_masks_on_the_gpu(u8_variants, reference)
         )
         assert n > 0.2 * m.size and agree >= MASK_MIN and m.max() < 21
         # Exact in real arithmetic; the folded kernels are tap sums rounded to fp16, so near-ties
-        # may flip
-        # (CPU dry run: 99.95% of all pixels the same), confident pixels must not.
+        # may flip (CPU dry run: 99.95% of all pixels the same), confident pixels must not.
         assert same_conf >= 0.999
 
 

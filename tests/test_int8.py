@@ -92,8 +92,7 @@ def test_int8_relus_fold_into_the_convs(int8_export, tmp_path):
     # integer too.
     assert hist.get("QLinearAdd") == 4, hist
     # The NHWC interleave's transposes cancel ORT's layout transposes: one block copy per stage is
-    # left.
-    # (The NHWC graph input and output need none: ORT's integer convs are NHWC already.)
+    # left. (The NHWC graph input and output need none: ORT's integer convs are NHWC already.)
     assert hist.get("Transpose", 0) == 4 and "DepthToSpace" not in hist, hist
     assert hist.get("QuantizeLinear", 0) == 1 and hist.get("DequantizeLinear", 0) <= 1, hist
     assert "Relu" not in hist, hist

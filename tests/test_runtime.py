@@ -307,8 +307,7 @@ def test_tensorrt_options_follow_ort_docs(tmp_path, monkeypatch):
         trt["trt_fp16_enable"] == "0" and cuda["use_tf32"] == "0" and cuda["fuse_conv_bias"] == "0"
     )
     # CUDA graphs: off unless asked for, then on for both GPU providers (a TensorRT session that
-    # falls back
-    # to CUDA keeps it)
+    # falls back to CUDA keeps it)
     assert trt["trt_cuda_graph_enable"] == cuda["enable_cuda_graph"] == "0"
     trt, cuda, _ = provider_options(
         names,

@@ -8,6 +8,8 @@ the confident pixels, constant weights on >= 99.96%, and the argmax model
 of all pixels; the bounds below are 99.9%.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -108,7 +110,7 @@ def test_window_starts_cover_the_image_on_the_grid():
         padded = -(-length // 16) * 16
         assert starts[0] == 0 and all(s % 16 == 0 for s in starts)
         assert starts[-1] + tile >= min(padded, length) and all(
-            b - a <= tile for a, b in zip(starts, starts[1:], strict=True)
+            b - a <= tile for a, b in itertools.pairwise(starts)
         )
 
 

@@ -443,7 +443,16 @@ def test_server_stops_cleanly_on_sigterm(server):
 
 
 def test_serve_refuses_bad_flags(tmp_path):
-    proc = run_cli("unet_runtime.cli", "serve", str(tmp_path / "m.onnx"), "--max-batch-size", "0")
+    # In a child: kserve's protocol module and tritonclient's register the same protobuf symbols, so
+    # the server never shares a process with the client (as in deployment).
+    proc = run_cli(
+        "unet_runtime.cli",
+        "serve",
+        str(tmp_path / "m.onnx"),
+        "--max-batch-size",
+        "0",
+        subprocess_run=True,
+    )
     assert (
         proc.returncode == 1
         and "--max-batch-size 0 must be >= 1" in proc.stderr.strip().splitlines()[-1]
@@ -456,5 +465,6 @@ def test_serve_refuses_bad_flags(tmp_path):
         "1",
         "--grpc-port",
         "2",
+        subprocess_run=True,
     )
     assert proc.returncode == 1 and "does not exist" in proc.stderr.strip().splitlines()[-1]

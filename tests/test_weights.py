@@ -74,6 +74,7 @@ def test_stored_class_count_is_read_from_every_format(trained, fmt):
     assert stored_num_classes(paths[fmt]) == 4
 
 
+@pytest.mark.slow  # trains a step to get optimizer slots into the file
 def test_stored_class_count_ignores_optimizer_slots(tmp_path):
     # A .keras saved after training also holds Adam's moments of the head's
     # kernel: same 1x1 shape, same class count, still one answer.
