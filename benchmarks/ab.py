@@ -15,7 +15,6 @@ Writes PREFIX.json (every raw timing, machine, versions, command) and PREFIX.md.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unet_runtime._help import DefaultsHelpFormatter
+from .report import begin_run, cpu_flags, header_lines, results_parser, save_results
 
 
 def _session(path: str, threads: int | None):
@@ -68,8 +67,6 @@ def _openvino_calls(models: list[str], image: np.ndarray, threads: int | None) -
     graph as INT8 (OpenVINO runs Q/DQ models in integer precision)."""
     import onnx
     import openvino as ov
-
-    from .report import cpu_flags
 
     core = ov.Core()
     bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
@@ -189,7 +186,6 @@ def _load_image(path: str, size: int) -> np.ndarray:
 
 def to_markdown(result: dict, meta: dict) -> str:
     """One table: median/min/p90 per candidate and the median per-round speed-up over the first."""
-    from .report import header_lines
 
     lines = [
         *header_lines("Interleaved A/B", meta),
@@ -215,11 +211,6 @@ def _bad_arguments(args) -> str | None:
     missing = [m for m in args.models if not Path(m).is_file()]
     if missing:
         return f"model {missing[0]!r} does not exist; pass exported .onnx files"
-    from .report import out_prefix_problem
-
-    problem = out_prefix_problem(args.out)
-    if problem:
-        return problem
     for flag, value, low in (
         ("--rounds", args.rounds, 1),
         ("--warmup", args.warmup, 0),
@@ -244,14 +235,9 @@ def _bad_arguments(args) -> str | None:
 
 def main(argv: list[str] | None = None, prog: str = "bench-unet ab") -> int:
     """Command line; returns the exit code."""
-    ap = argparse.ArgumentParser(
-        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
-    )
+    ap = results_parser(prog, __doc__)
     ap.add_argument(
         "models", nargs="+", help="ONNX files (the first is the baseline unless --keras-weights)"
-    )
-    ap.add_argument(
-        "--out", required=True, type=Path, help="output prefix: PREFIX.json and PREFIX.md"
     )
     ap.add_argument("--rounds", type=int, default=12, help="timed rounds")
     ap.add_argument(
@@ -289,12 +275,9 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet ab") -> int:
         "INT8 for QDQ graphs",
     )
     args = ap.parse_args(argv)
-    problem = _bad_arguments(args)
-    if problem:
-        print(f"{ap.prog}: error: {problem}", file=sys.stderr)
+    meta = begin_run(prog, argv, args.out, _bad_arguments(args), image=args.image or "seeded noise")
+    if meta is None:
         return 1
-    from .report import run_meta, save_results
-
     result = run(
         args.models,
         rounds=args.rounds,
@@ -307,7 +290,6 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet ab") -> int:
         torch_compile=args.torch_compile,
         openvino=args.openvino,
     )
-    meta = run_meta(prog, argv, image=args.image or "seeded noise")
     save_results(args.out, {**meta, **result}, to_markdown(result, meta))
     return 0
 

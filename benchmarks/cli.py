@@ -334,53 +334,22 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
 
 
 def _export_subprocess(args, variant: Variant, size: int, out: Path) -> dict:
-    """Run export-unet in a child process; return the key figures of its report.
-
-    A child, not a call: TensorFlow keeps the memory its graphs and calls
-    used, and the timed rows should not run beside it.
-    """
+    """Run export-unet in a child process (:mod:`.exporting`); return the key figures of its report."""
     import json
-    import subprocess
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "unet_export.cli",
-        "--out",
-        str(out),
-        "--report",
-        str(out.with_suffix(".json")),
-        "--input-size",
-        str(size),
-        str(size),
-        "--precision",
-        variant.precision,
-        "--head",
-        variant.head,
-        "--layout",
-        args.layout,
-        "--input-dtype",
-        variant.input_dtype,
-        "--fold-upsample",
-        variant.fold,
-        "--seed",
-        str(args.seed),
-        "-q",
-    ]
+    from .exporting import run_export
+
+    flags = ["--report", out.with_suffix(".json"), "--input-size", size, size]
+    flags += ["--precision", variant.precision, "--head", variant.head, "--layout", args.layout]
+    flags += ["--input-dtype", variant.input_dtype, "--fold-upsample", variant.fold]
+    flags += ["--seed", args.seed]
     if variant.pad:
-        cmd.append("--pad-channels")
+        flags.append("--pad-channels")
     if args.weights:
-        cmd += ["--weights", args.weights]
+        flags += ["--weights", args.weights]
     if variant.precision == "int8" and args.calibration_images:
-        cmd += ["--calibration-images", args.calibration_images]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (
-            proc.stderr.strip().splitlines()[-1]
-            if proc.stderr.strip()
-            else f"exit {proc.returncode}"
-        )
-        raise BenchError(f"exporting {out.name} failed: {last}")
+        flags += ["--calibration-images", args.calibration_images]
+    run_export(out, *flags, error=BenchError)
     rep = json.loads(out.with_suffix(".json").read_text())
     return {
         k: rep.get(k)

@@ -10,7 +10,6 @@ gives each step's time and peak memory; the table puts them side by side.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import shlex
@@ -21,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from unet_runtime._help import DefaultsHelpFormatter
+from .exporting import export_command
+from .report import begin_run, header_lines, results_parser, save_results
 
 __all__ = ["ROWS", "measure", "main"]
 
@@ -53,17 +53,7 @@ def measure(args: list[str], workdir: Path) -> dict:
     import psutil
 
     model, report = workdir / "model.onnx", workdir / "report.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "unet_export.cli",
-        "--out",
-        str(model),
-        "--report",
-        str(report),
-        "-q",
-        *args,
-    ]
+    cmd = export_command(model, "--report", report, *args)
     peak = 0
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -114,7 +104,6 @@ def measure(args: list[str], workdir: Path) -> dict:
 
 def to_markdown(rows: dict, meta: dict) -> str:
     """The cost table: one line per configuration, each step's seconds and peak GiB."""
-    from .report import header_lines
 
     steps = next((list(r["steps"]) for r in rows.values() if "steps" in r), [])
     lines = [
@@ -159,32 +148,18 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
     if "--" in argv:  # everything after -- goes to every export-unet call
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    p = argparse.ArgumentParser(
-        prog=prog,
-        formatter_class=DefaultsHelpFormatter,
-        description=__doc__.split("\n\n")[0],
-        epilog="Arguments after -- are passed to every export, e.g. -- --weights my.keras",
-    )
-    p.add_argument(
-        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
-    )
+    p = results_parser(prog, __doc__)
+    p.epilog = "Arguments after -- are passed to every export, e.g. -- --weights my.keras"
     p.add_argument(
         "--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="configurations to export"
     )
     args = p.parse_args(argv)
-    from .report import out_prefix_problem, run_meta, save_results
-
-    problem = out_prefix_problem(args.out)
-    if problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+    no_psutil = importlib.util.find_spec("psutil") is None  # checked before minutes of work
+    psutil_problem = "measuring the process tree needs psutil: pip install 'unet-onnx[bench]'"
+    meta = begin_run(prog, argv, args.out, psutil_problem if no_psutil else None)
+    if meta is None:
         return 1
-    if importlib.util.find_spec("psutil") is None:  # checked before minutes of work
-        print(
-            f"{prog}: error: measuring the process tree needs psutil: pip install 'unet-onnx[bench]'",
-            file=sys.stderr,
-        )
-        return 1
-    meta = {**run_meta(prog, argv), "command": command}
+    meta["command"] = command
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         for name in args.rows:

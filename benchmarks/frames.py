@@ -15,15 +15,16 @@ with the numpy host path.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from unet_runtime._help import DefaultsHelpFormatter
+from unet_runtime.providers import parse_providers
 
+from .exporting import run_export
+from .report import begin_run, header_lines, results_parser, save_results
 from .timing import summarize, time_calls
 
 __all__ = ["main", "frame_rows"]
@@ -41,32 +42,13 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _export(out: Path, args, resize: bool) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "unet_export.cli",
-        "--out",
-        str(out),
-        "--input-size",
-        str(args.size),
-        str(args.size),
-        "--precision",
-        args.precision,
-        "--head",
-        "argmax",
-        "--input-dtype",
-        "uint8",
-        "--seed",
-        str(args.seed),
-        "-q",
-    ]
+    flags = ["--input-size", args.size, args.size, "--precision", args.precision]
+    flags += ["--head", "argmax", "--input-dtype", "uint8", "--seed", args.seed]
     if resize:
-        cmd.append("--resize-in-graph")
+        flags.append("--resize-in-graph")
     if args.weights:
-        cmd += ["--weights", args.weights]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"exporting {out.name} failed: {proc.stderr.strip().splitlines()[-1]}")
+        flags += ["--weights", args.weights]
+    run_export(out, *flags)
 
 
 def frame_rows(
@@ -129,12 +111,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
     from unet_runtime.model_info import PRECISIONS
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(
-        prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
-    )
+    p = results_parser(prog, __doc__)
     p.add_argument(
         "--frame-size",
         type=_size,
@@ -158,16 +135,10 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per row")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the frames")
     args = p.parse_args(argv)
-    from .report import header_lines, out_prefix_problem, run_meta, save_results
-
-    problem = out_prefix_problem(args.out)
-    if problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+    meta = begin_run(prog, argv, args.out)
+    if meta is None:
         return 1
-    meta = run_meta(prog, argv)
-    providers = (
-        "auto" if args.providers == "auto" else [s.strip() for s in args.providers.split(",")]
-    )
+    providers = parse_providers(args.providers)
     rng = np.random.default_rng(args.seed)
     frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in args.frame_size]
     with tempfile.TemporaryDirectory(prefix="bench-frames-") as tmp:

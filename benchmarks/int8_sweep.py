@@ -18,15 +18,13 @@ These figures set the export's INT8 bounds and its default calibration count.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from unet_runtime._help import DefaultsHelpFormatter
+from .report import begin_run, header_lines, results_parser, save_results
 
 __all__ = ["sweep", "main"]
 
@@ -134,7 +132,6 @@ def sweep(
 
 def to_markdown(result: dict, meta: dict) -> str:
     """One table per image set: a row per calibration count."""
-    from .report import header_lines
 
     lines = [
         *header_lines("bench-unet int8", meta),
@@ -172,12 +169,7 @@ def to_markdown(result: dict, meta: dict) -> str:
 def main(argv: list[str] | None = None, prog: str = "bench-unet int8") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(
-        prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
-    )
+    p = results_parser(prog, __doc__)
     p.add_argument("--weights", help="trained weights (bench-unet fixture); default: untrained")
     p.add_argument(
         "--counts", type=int, nargs="+", default=[8, 16, 24, 32], help="calibration image counts"
@@ -187,13 +179,9 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet int8") -> int:
     p.add_argument("--held-out", type=int, default=8, help="synthetic held-out images scored")
     p.add_argument("--seed", type=int, default=0, help="seed of the init and of every image set")
     args = p.parse_args(argv)
-    from .report import out_prefix_problem, run_meta, save_results
-
-    problem = out_prefix_problem(args.out)
-    if problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+    meta = begin_run(prog, argv, args.out)
+    if meta is None:
         return 1
-    meta = run_meta(prog, argv)
     result = sweep(
         args.counts,
         size=args.size,

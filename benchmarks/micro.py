@@ -11,14 +11,12 @@ back (bilinear, numpy and OpenCV) and the argmax of a probability map.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import timeit
-from pathlib import Path
 
 import numpy as np
 
-from unet_runtime._help import DefaultsHelpFormatter
+from .report import begin_run, header_lines, results_parser, save_results
 
 __all__ = ["main", "steps"]
 
@@ -72,19 +70,12 @@ def steps(frame_hw: tuple[int, int], size: int, classes: int = 21) -> dict:
 def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(
-        prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
-    )
+    p = results_parser(prog, __doc__)
     p.add_argument("--frame-size", default="1920x1080", help="frame WIDTHxHEIGHT")
     p.add_argument("--size", type=int, default=512, help="the network's size")
     p.add_argument("--repeat", type=int, default=30, help="timed calls per step (median reported)")
     args = p.parse_args(argv)
     from unet_runtime import images as im
-
-    from .report import header_lines, out_prefix_problem, run_meta, save_results
 
     try:
         w, h = (int(v) for v in args.frame_size.lower().split("x"))
@@ -94,11 +85,9 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
             file=sys.stderr,
         )
         return 1
-    problem = out_prefix_problem(args.out)
-    if problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+    meta = begin_run(prog, argv, args.out)
+    if meta is None:
         return 1
-    meta = run_meta(prog, argv)
     rows = []
     for name, (backend, fn) in steps((h, w), args.size).items():
         if backend:

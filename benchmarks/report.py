@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -23,6 +24,9 @@ __all__ = [
     "write_json",
     "write_text_atomic",
     "run_meta",
+    "results_parser",
+    "begin_run",
+    "model_problem",
     "header_lines",
     "save_results",
     "markdown",
@@ -218,6 +222,44 @@ def run_meta(prog: str, argv=None, **extra) -> dict:
         "machine": machine_info(),
         **extra,
     }
+
+
+def results_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of a ``bench-unet`` subcommand that writes results: its ``--out`` is declared here.
+
+    ``doc`` is the subcommand module's docstring; its first paragraph is the
+    description ``--help`` shows.
+    """
+    from unet_runtime._help import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(
+        prog=prog,
+        formatter_class=DefaultsHelpFormatter,
+        description=(doc or "").split("\n\n")[0],
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
+    )
+    return p
+
+
+def begin_run(prog: str, argv, out: Path, problem: str | None = None, **extra) -> dict | None:
+    """The run's :func:`run_meta`, or None after printing why it cannot start (the caller exits 1).
+
+    Checked before any measurement: ``out`` must be writable
+    (:func:`out_prefix_problem`), and ``problem`` is the caller's own check
+    of its arguments (None when they are fine).
+    """
+    problem = out_prefix_problem(out) or problem
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return None
+    return run_meta(prog, argv, **extra)
+
+
+def model_problem(model: Path, flag: str = "--model") -> str | None:
+    """Why ``model`` cannot be measured (not a file), with the flag named; None if it is a file."""
+    return None if Path(model).is_file() else f"{flag} {str(model)!r} is not a file"
 
 
 def header_lines(title: str, meta: dict, *, partial: str | None = None) -> list[str]:

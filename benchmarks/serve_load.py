@@ -12,7 +12,6 @@ throughput, and the errors, with the machine.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import socket
 import subprocess
@@ -24,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from unet_runtime._help import DefaultsHelpFormatter
+from .report import begin_run, header_lines, model_problem, results_parser, save_results
 
-__all__ = ["load_test", "main"]
+__all__ = ["free_ports", "load_test", "main"]
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on the loopback interface now (the OS picks them; closed again at return)."""
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
         s.bind(("127.0.0.1", 0))
@@ -40,7 +40,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _start(model: Path, max_batch: int, providers: str, log: Path):
-    http, grpc = _free_ports(2)
+    http, grpc = free_ports(2)
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             [
@@ -145,13 +145,8 @@ def load_test(
 def main(argv: list[str] | None = None, prog: str = "bench-unet serve") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(
-        prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0]
-    )
+    p = results_parser(prog, __doc__)
     p.add_argument("--model", type=Path, required=True, help="the .onnx model to serve")
-    p.add_argument(
-        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
-    )
     p.add_argument("--clients", type=int, default=8, help="concurrent clients")
     p.add_argument("--requests", type=int, default=20, help="requests per client")
     p.add_argument(
@@ -168,18 +163,12 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet serve") -> int:
     )
     p.add_argument("--providers", default="cpu", help="the server's providers")
     args = p.parse_args(argv)
-    from .report import header_lines, out_prefix_problem, run_meta, save_results
-
-    problem = out_prefix_problem(args.out) or (
-        None if args.model.is_file() else f"--model {str(args.model)!r} is not a file"
-    )
-    if problem or min(args.clients, args.requests, args.batch) < 1:
-        print(
-            f"{prog}: error: {problem or '--clients, --requests and --batch must be >= 1'}",
-            file=sys.stderr,
-        )
+    problem = model_problem(args.model)
+    if not problem and min(args.clients, args.requests, args.batch) < 1:
+        problem = "--clients, --requests and --batch must be >= 1"
+    meta = begin_run(prog, argv, args.out, problem)
+    if meta is None:
         return 1
-    meta = run_meta(prog, argv)
     r = load_test(
         args.model,
         clients=args.clients,

@@ -10,7 +10,6 @@ resident memory of the process (sampled), with the machine.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -18,8 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from unet_runtime._help import DefaultsHelpFormatter
+from unet_runtime.providers import parse_providers
 from unet_runtime.tiling import BLENDS
+
+from .report import (
+    begin_run,
+    header_lines,
+    model_problem,
+    results_parser,
+    save_results,
+)
 
 __all__ = ["main"]
 
@@ -34,13 +41,8 @@ def _rss_mb() -> float:
 def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(
-        prog=prog, formatter_class=DefaultsHelpFormatter, description=__doc__.split("\n\n")[0]
-    )
+    p = results_parser(prog, __doc__)
     p.add_argument("--model", type=Path, required=True, help="the .onnx model")
-    p.add_argument(
-        "--out", type=Path, required=True, help="output prefix: writes PREFIX.json and PREFIX.md"
-    )
     p.add_argument(
         "--image-size",
         type=int,
@@ -61,18 +63,10 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
     args = p.parse_args(argv)
     from unet_runtime import Segmenter
 
-    from .report import header_lines, out_prefix_problem, run_meta, save_results
-
-    problem = out_prefix_problem(args.out) or (
-        None if args.model.is_file() else f"--model {str(args.model)!r} is not a file"
-    )
-    if problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+    meta = begin_run(prog, argv, args.out, model_problem(args.model))
+    if meta is None:
         return 1
-    meta = run_meta(prog, argv)
-    providers = (
-        "auto" if args.providers == "auto" else [s.strip() for s in args.providers.split(",")]
-    )
+    providers = parse_providers(args.providers)
     h, w = args.image_size
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     peak, stop = [_rss_mb()], threading.Event()

@@ -342,13 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     from . import images as im
+    from .providers import parse_providers
     from .segmenter import Segmenter
 
-    providers = (
-        "auto"
-        if args.providers == "auto"
-        else [p.strip() for p in args.providers.split(",") if p.strip()]
-    )
+    providers = parse_providers(args.providers)
     try:
         paths = _collect(args.images, args.overlay, args.probabilities)
         args.tile = _tile_arg(args.tile)

@@ -29,6 +29,7 @@ from .errors import ProviderError
 __all__ = [
     "ProviderConfig",
     "resolve_providers",
+    "parse_providers",
     "provider_options",
     "check_fallback",
     "default_cache_dir",
@@ -130,6 +131,15 @@ def tensorrt_loadable(capi_dir: str | None = None) -> bool:
         log.info("TensorRT is listed by ONNX Runtime but cannot load (%s); 'auto' uses CUDA", exc)
         return False
     return True
+
+
+def parse_providers(spec: str) -> str | list[str]:
+    """A ``--providers`` flag's value as :class:`Segmenter` takes it: ``"auto"``, or the comma list split.
+
+    ``"cuda,cpu"`` -> ``["cuda", "cpu"]``; names are checked later, by
+    :func:`resolve_providers`, against what this ONNX Runtime has.
+    """
+    return "auto" if spec == "auto" else [p.strip() for p in spec.split(",") if p.strip()]
 
 
 def resolve_providers(request: str | Sequence[str], available: Iterable[str]) -> list[str]:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ._help import DefaultsHelpFormatter
 from .errors import SegmenterError
+from .providers import parse_providers
 
 __all__ = ["serve", "main", "model_config", "DATATYPES"]
 
@@ -410,11 +411,7 @@ def main(argv: list[str] | None = None, prog: str = "segment-unet serve") -> int
     logging.getLogger("kserve.trace").setLevel(
         logging.WARNING
     )  # a line per request and timer otherwise
-    providers = (
-        "auto"
-        if args.providers == "auto"
-        else [p.strip() for p in args.providers.split(",") if p.strip()]
-    )
+    providers = parse_providers(args.providers)
     try:
         serve(
             args.model,

@@ -150,6 +150,21 @@ def labelled(tmp_path_factory):
     return small_fixture(tmp_path_factory.mktemp("labelled"), images=16, image_size=96)
 
 
+def bench_argv(
+    out, models, *extra, size: int, batch=(), iters: int = 1, warmup: int = 0
+) -> list[str]:
+    """bench-unet's arguments for a quick, quiet run over a folder of models, then ``extra``.
+
+    One home for the flags the bench tests share; ``iters=1, warmup=0`` because
+    they check rows and files, never timings.
+    """
+    argv = ["--out", out, "--size", size, "--iters", iters, "--warmup", warmup]
+    argv += ["--models-from", models]
+    if batch:
+        argv += ["--batch", *batch]
+    return [str(a) for a in (*argv, *extra, "-q")]
+
+
 def run_cli(*args, env=None, timeout=900, subprocess_run=False):
     """Run a console script's ``main(argv)`` (``args[0]`` is its module); returns a CompletedProcess.
 

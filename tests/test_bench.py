@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import bench_argv, run_cli
 from unet_bench.flops import conv_flops
 from unet_bench.weights import is_stripped, refill
 
@@ -126,17 +126,7 @@ def test_models_from_folder_with_refill(full_width_run, tmp_path):
     )  # folders that do not exist yet: created at the first write
     proc = run_cli(
         "unet_bench.cli",
-        "--out",
-        str(out),
-        "--size",
-        "32",
-        "--iters",
-        "2",
-        "--warmup",
-        "0",
-        "--models-from",
-        str(models),
-        "-q",
+        *bench_argv(out, models, size=32, iters=2),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
@@ -151,20 +141,7 @@ def test_fold_rows_side_by_side(full_width_run, tmp_path):
     # model.
     proc = run_cli(
         "unet_bench.cli",
-        "--out",
-        str(tmp_path / "x"),
-        "--size",
-        "32",
-        "--iters",
-        "2",
-        "--warmup",
-        "0",
-        "--models-from",
-        str(models),
-        "--fold-upsample",
-        "auto",
-        "phase",
-        "-q",
+        *bench_argv(tmp_path / "x", models, "--fold-upsample", "auto", "phase", size=32, iters=2),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["name"]: r for r in json.loads((tmp_path / "x.json").read_text())["rows"]}
@@ -173,21 +150,9 @@ def test_fold_rows_side_by_side(full_width_run, tmp_path):
     assert rows["ort cpu fp32 softmax fold=phase"]["numerics"]["rel_l2"] < 1e-5
     proc = run_cli(
         "unet_bench.cli",
-        "--out",
-        str(tmp_path / "y"),
-        "--size",
-        "32",
-        "--iters",
-        "1",
-        "--warmup",
-        "0",
-        "--models-from",
-        str(models),
-        "--precision",
-        "int8",
-        "--fold-upsample",
-        "phase",
-        "-q",
+        *bench_argv(
+            tmp_path / "y", models, "--precision", "int8", "--fold-upsample", "phase", size=32
+        ),
     )
     assert proc.returncode == 1 and "int8-softmax-32-fold_phase.onnx' is missing" in proc.stderr
 
@@ -485,25 +450,18 @@ def test_three_photos_and_their_labels(full_width_run, tmp_path):
         label.save(tmp_path / "lab" / f"p{i}.png")
     proc = run_cli(
         "unet_bench.cli",
-        "--out",
-        str(tmp_path / "r"),
-        "--size",
-        "32",
-        "--batch",
-        "4",
-        "--iters",
-        "1",
-        "--warmup",
-        "0",
-        "--models-from",
-        str(root / "models"),
-        "--images",
-        str(tmp_path / "img"),
-        "--labels",
-        str(tmp_path / "lab"),
-        "--agreement-images",
-        "5",
-        "-q",
+        *bench_argv(
+            tmp_path / "r",
+            root / "models",
+            "--images",
+            tmp_path / "img",
+            "--labels",
+            tmp_path / "lab",
+            "--agreement-images",
+            "5",
+            size=32,
+            batch=(4,),
+        ),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
@@ -512,16 +470,14 @@ def test_three_photos_and_their_labels(full_width_run, tmp_path):
     (tmp_path / "lab" / "p2.png").unlink()
     proc = run_cli(
         "unet_bench.cli",
-        "--out",
-        str(tmp_path / "s"),
-        "--size",
-        "32",
-        "--models-from",
-        str(root / "models"),
-        "--images",
-        str(tmp_path / "img"),
-        "--labels",
-        str(tmp_path / "lab"),
-        "-q",
+        *bench_argv(
+            tmp_path / "s",
+            root / "models",
+            "--images",
+            tmp_path / "img",
+            "--labels",
+            tmp_path / "lab",
+            size=32,
+        ),
     )
     assert proc.returncode == 1 and "p2.png' is missing" in proc.stderr.strip().splitlines()[-1]

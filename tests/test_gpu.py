@@ -94,6 +94,13 @@ def reference(models):
         return imgs, seg.predict_proba(imgs)
 
 
+def _graph_segmenter(path):
+    """A Segmenter on the CUDA provider alone (no silent CPU fallback) with CUDA graphs on."""
+    from unet_runtime import ProviderConfig, Segmenter
+
+    return Segmenter(path, providers=["cuda"], strict=True, config=ProviderConfig(cuda_graph=True))
+
+
 def _confident_agreement(ref, mask):
     part = np.partition(ref, -2, axis=-1)
     conf = (part[..., -1] - part[..., -2]) >= 0.05
@@ -150,15 +157,9 @@ def test_cuda_graph_serves_every_batch_shape(models, reference):
     A batch-1 mask is compared with the reference, not bit for bit with the same image's batch-2 mask: cuDNN
     may pick other kernels for another batch size, and fp16 near-ties then flip (seen on an H200, 2026-11-26:
     166 of 262,144 pixels, benchmarks/results/h200-2026-11-26-gpu-tests.txt). Stale buffers would show as the other image's mask, far below MASK_MIN."""
-    from unet_runtime import ProviderConfig, Segmenter
 
     imgs, ref = reference
-    with Segmenter(
-        models["fp16-argmax-512.onnx"],
-        providers=["cuda"],
-        strict=True,
-        config=ProviderConfig(cuda_graph=True),
-    ) as seg:
+    with _graph_segmenter(models["fp16-argmax-512.onnx"]) as seg:
         first = seg.predict(imgs)
         runs = [seg.predict(imgs[1]) for _ in range(3)] + [
             seg.predict(imgs[0])
@@ -187,15 +188,8 @@ def test_warmup_then_another_thread_gets_the_same_masks(models, reference):
     still be the one this thread got."""
     import threading
 
-    from unet_runtime import ProviderConfig, Segmenter
-
     imgs, ref = reference
-    with Segmenter(
-        models["fp16-argmax-512.onnx"],
-        providers=["cuda"],
-        strict=True,
-        config=ProviderConfig(cuda_graph=True),
-    ) as seg:
+    with _graph_segmenter(models["fp16-argmax-512.onnx"]) as seg:
         timings = seg.warmup(batch_sizes=(1, 2))
         print(
             "warmup seconds per run:", {b: [round(t, 4) for t in ts] for b, ts in timings.items()}
@@ -236,14 +230,11 @@ def u8_variants(source, tmp_path_factory):
 
 
 def test_fold_and_padding_keep_the_fp16_masks_on_the_gpu(u8_variants, reference):
-    from unet_runtime import ProviderConfig, Segmenter
 
     imgs, ref = reference
     masks = {}
     for path in u8_variants:
-        with Segmenter(
-            path, providers=["cuda"], strict=True, config=ProviderConfig(cuda_graph=True)
-        ) as seg:
+        with _graph_segmenter(path) as seg:
             masks[path.stem] = seg.predict(imgs)
     for r, m, p in zip(ref, masks["rewritten"], masks["plain"], strict=True):
         agree, n = _confident_agreement(r, m)

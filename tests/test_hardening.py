@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import external_data_helper
 
-from tests.conftest import run_cli
+from tests.conftest import bench_argv, run_cli
 from unet_export import ExportConfig, ExportError, export_model
 from unet_runtime import (
     InputImageError,
@@ -369,23 +369,7 @@ def test_bench_output_disk_full(tmp_path, monkeypatch, model64):
     import shutil
 
     shutil.copy(model64.path, models / "fp32-softmax-64.onnx")
-    rc = bench_cli.main(
-        [
-            "--out",
-            str(tmp_path / "r"),
-            "--size",
-            "64",
-            "--iters",
-            "1",
-            "--warmup",
-            "0",
-            "--layout",
-            "nhwc",
-            "--models-from",
-            str(models),
-            "-q",
-        ]
-    )
+    rc = bench_cli.main(bench_argv(tmp_path / "r", models, "--layout", "nhwc", size=64))
     assert rc == 1 and not list(tmp_path.glob("r.*"))
 
 
@@ -409,23 +393,7 @@ def test_bench_cut_short_keeps_finished_rows_marked_partial(tmp_path, monkeypatc
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(model64.path, models / "fp32-softmax-64.onnx")
-    args = [
-        "--out",
-        str(tmp_path / "r"),
-        "--size",
-        "64",
-        "--batch",
-        "1",
-        "2",
-        "--iters",
-        "1",
-        "--warmup",
-        "0",
-        "--models-from",
-        str(models),
-        "--plot",
-        "-q",
-    ]
+    args = bench_argv(tmp_path / "r", models, "--plot", size=64, batch=(1, 2))
     (tmp_path / "r.png").write_bytes(b"an earlier run's plot")
     with pytest.raises(KeyboardInterrupt):
         bench_cli.main(args)
@@ -478,24 +446,7 @@ def test_bench_runs_the_torch_peer_after_every_ort_row(tmp_path, monkeypatch, mo
     shutil.copy(model64.path, models / "fp32-softmax-64.onnx")
     assert (
         bench_cli.main(
-            [
-                "--out",
-                str(tmp_path / "r"),
-                "--size",
-                "64",
-                "--batch",
-                "1",
-                "2",
-                "--iters",
-                "1",
-                "--warmup",
-                "0",
-                "--models-from",
-                str(models),
-                "--torch",
-                "--torch-compile",
-                "-q",
-            ]
+            bench_argv(tmp_path / "r", models, "--torch", "--torch-compile", size=64, batch=(1, 2))
         )
         == 0
     )

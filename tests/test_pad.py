@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import NUM_CLASSES, run_cli
+from tests.conftest import NUM_CLASSES, bench_argv, run_cli
 from unet_export import ConfigError, ExportConfig
 from unet_export.errors import ConversionError
 from unet_export.pad import PAD_LOGIT, pad_channels
@@ -180,25 +180,19 @@ def test_bench_derives_padded_rows_from_plain_models(narrow_export, tmp_path):
     shutil.copy(narrow_export(head="argmax").path, models / "fp32-argmax-32.onnx")
     proc = run_cli(
         "unet_bench.cli",
-        "--out",
-        str(tmp_path / "x"),
-        "--size",
-        "32",
-        "--iters",
-        "1",
-        "--warmup",
-        "0",
-        "--models-from",
-        str(models),
-        "--head",
-        "argmax",
-        "--pad-channels",
-        "off",
-        "on",
-        "--fold-upsample",
-        "auto",
-        "convtranspose",
-        "-q",
+        *bench_argv(
+            tmp_path / "x",
+            models,
+            "--head",
+            "argmax",
+            "--pad-channels",
+            "off",
+            "on",
+            "--fold-upsample",
+            "auto",
+            "convtranspose",
+            size=32,
+        ),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["name"]: r for r in json.loads((tmp_path / "x.json").read_text())["rows"]}

@@ -10,7 +10,6 @@ KServe's Open Inference Protocol server, over HTTP and gRPC.
 import concurrent.futures
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from onnx import numpy_helper
 from tritonclient.grpc import model_config_pb2
 
 from tests.conftest import NARROW, NUM_CLASSES, run_cli
+from unet_bench.serve_load import free_ports
 from unet_export import ConfigError, ExportConfig, export_model
 from unet_export.triton import CONFIG_KEYS, TritonOptions, config_keys, render_config
 from unet_export.verify import FP32_REL_L2
@@ -260,21 +260,11 @@ def test_grpc_model_config_encoding_is_tritons():
 
 
 # ------------------------------------------------------------------ a real server
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def server(repo, tmp_path_factory):
     """``segment-unet serve`` on the repository's model (loopback, free ports, max batch 4), until the module ends."""
     folder, _ = repo
-    http, grpc_port = _free_ports(2)
+    http, grpc_port = free_ports(2)
     log = tmp_path_factory.mktemp("server") / "log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
