@@ -184,3 +184,39 @@ def test_int8_with_uint8_input(confident_weights, int8_export, tmp_path):
         assert u8.input_spec.dtype == np.uint8
         a, b = np.stack(u8.predict(images)), np.stack(f32.predict(images))
     assert (a == b).mean() >= 0.98
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_calibration_holds_one_image_of_activations_at_a_time(
+    narrow_export, tmp_path, monkeypatch, method
+):
+    """ORT's calibrators keep every intermediate output of a ``collect_data`` call until it ends (tens of GiB
+    for 32 full-size images of this network): ``calibrate`` must hand them CALIBRATION_CHUNK (one) image per
+    call, and still merge the ranges of every image."""
+    from onnxruntime.quantization import calibrate as ort_calibrate
+
+    from unet_export.precision import calibrate
+
+    held = []  # images' worth of activations the calibrator holds at each reduction
+    minmax_compute = ort_calibrate.MinMaxCalibrater.compute_data
+    histogram_collect = ort_calibrate.HistogramCollector.collect
+
+    def minmax_spy(self):
+        held.append(len(self.intermediate_outputs))
+        return minmax_compute(self)
+
+    def histogram_spy(self, name_to_arr):
+        held.append(max(len(v) for v in name_to_arr.values()))
+        return histogram_collect(self, name_to_arr)
+
+    monkeypatch.setattr(ort_calibrate.MinMaxCalibrater, "compute_data", minmax_spy)
+    monkeypatch.setattr(ort_calibrate.HistogramCollector, "collect", histogram_spy)
+    model = narrow_export()
+    dims = [
+        d.dim_value or 1 for d in onnx.load(model.path).graph.input[0].type.tensor_type.shape.dim
+    ]
+    inputs = [np.random.default_rng(i).random(dims, np.float32) for i in range(5)]
+    ranges = calibrate(model.path, inputs, method=method, workdir=tmp_path)
+    assert max(held) == 1, f"the calibrator held {max(held)} images' activations at once"
+    assert held.count(1) == len(inputs)  # every image was collected, one per call
+    assert len(list(ranges)) > 0
