@@ -104,14 +104,13 @@ def calibration_session(model_path: str, providers=None):
     return ort.InferenceSession(model_path, opts, providers=providers or ["CPUExecutionProvider"])
 
 
-def calibrate(model_path, calibration_inputs, *, method: str, workdir, on_chunk=None):
+def calibrate(model_path, calibration_inputs, *, method: str, workdir):
     """Activation ranges of the model at ``model_path`` over ``calibration_inputs`` (ORT's calibrators).
 
     Runs ONNX Runtime's calibrator (``create_calibrator``: the same
     calibrator and settings ``quantize_static`` uses) in
     :func:`calibration_session`, ``CALIBRATION_CHUNK`` images per
-    ``collect_data`` call. ``on_chunk(calibrator)`` is called after each
-    chunk (tests use it to check what the calibrator holds).
+    ``collect_data`` call.
 
     Returns:
         ORT's ``TensorsData``, as ``quantize_static`` would compute it.
@@ -146,8 +145,6 @@ def calibrate(model_path, calibration_inputs, *, method: str, workdir, on_chunk=
     name = calibrator.infer_session.get_inputs()[0].name
     for start in range(0, len(inputs), CALIBRATION_CHUNK):
         calibrator.collect_data(Chunk(inputs[start : start + CALIBRATION_CHUNK], name))
-        if on_chunk is not None:
-            on_chunk(calibrator)
     ranges = calibrator.compute_data()
     del calibrator
     return ranges
@@ -160,7 +157,6 @@ def to_int8(
     method: str = "minmax",
     per_channel: bool = True,
     nodes_to_exclude=(),
-    on_chunk=None,
 ):
     """Static INT8 quantization (QDQ) with ONNX Runtime's quantization tool.
 
@@ -173,7 +169,6 @@ def to_int8(
         per_channel: one weight scale per output channel (conv kernels vary a
             lot between channels; per-tensor scales lose the small ones).
         nodes_to_exclude: node names kept in float.
-        on_chunk: see :func:`calibrate`.
 
     Activations are uint8 and weights int8 (U8S8): the fast path of x86
     VNNI in ONNX Runtime's CPU kernels (its quantization docs). The ranges
@@ -210,9 +205,7 @@ def to_int8(
         # ORT's recommended pre-processing: shape inference + graph optimization.
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         src.unlink()
-        save_tensors_data(
-            calibrate(pre, calibration_inputs, method=method, workdir=tmp, on_chunk=on_chunk), cache
-        )
+        save_tensors_data(calibrate(pre, calibration_inputs, method=method, workdir=tmp), cache)
         quantize_static(
             str(pre),
             str(dst),
