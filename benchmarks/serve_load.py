@@ -25,7 +25,7 @@ import numpy as np
 
 from .report import begin_run, header_lines, model_problem, results_parser, save_results
 
-__all__ = ["free_ports", "load_test", "main"]
+__all__ = ["free_ports", "start_server", "load_test", "main"]
 
 
 def free_ports(n: int) -> list[int]:
@@ -39,7 +39,13 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def _start(model: Path, max_batch: int, providers: str, log: Path):
+def start_server(model: Path, max_batch: int, providers: str, log: Path, timeout_s: float = 120):
+    """``segment-unet serve MODEL`` in a child on free loopback ports, once it reports ready.
+
+    Returns ``(process, {"http": "127.0.0.1:PORT", "grpc": ...})``; the
+    server's output goes to ``log``. Raises RuntimeError with the log's end
+    if it exits or is not ready within ``timeout_s``.
+    """
     http, grpc = free_ports(2)
     with open(log, "w") as fh:
         proc = subprocess.Popen(
@@ -61,7 +67,7 @@ def _start(model: Path, max_batch: int, providers: str, log: Path):
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2):
@@ -71,7 +77,9 @@ def _start(model: Path, max_batch: int, providers: str, log: Path):
                 break
             time.sleep(0.3)
     proc.kill()
-    raise RuntimeError("the server did not become ready:\n" + log.read_text()[-2000:])
+    raise RuntimeError(
+        f"the server did not become ready in {timeout_s:.0f} s:\n" + log.read_text()[-3000:]
+    )
 
 
 def load_test(
@@ -94,7 +102,7 @@ def load_test(
         images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(8)]
         expected = seg.predict(images)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        proc, urls = _start(model, batch, providers, Path(tmp) / "server.log")
+        proc, urls = start_server(model, batch, providers, Path(tmp) / "server.log")
         try:
 
             def client(i: int) -> tuple[list[float], int]:

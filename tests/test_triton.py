@@ -10,8 +10,6 @@ KServe's Open Inference Protocol server, over HTTP and gRPC.
 import concurrent.futures
 import json
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +23,7 @@ from onnx import numpy_helper
 from tritonclient.grpc import model_config_pb2
 
 from tests.conftest import NARROW, NUM_CLASSES, run_cli
-from unet_bench.serve_load import free_ports
+from unet_bench.serve_load import start_server
 from unet_export import ConfigError, ExportConfig, export_model
 from unet_export.triton import CONFIG_KEYS, TritonOptions, config_keys, render_config
 from unet_export.verify import FP32_REL_L2
@@ -264,43 +262,10 @@ def test_grpc_model_config_encoding_is_tritons():
 def server(repo, tmp_path_factory):
     """``segment-unet serve`` on the repository's model (loopback, free ports, max batch 4), until the module ends."""
     folder, _ = repo
-    http, grpc_port = free_ports(2)
     log = tmp_path_factory.mktemp("server") / "log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "unet_runtime.cli",
-                "serve",
-                str(folder / "1" / "model.onnx"),
-                "--http-port",
-                str(http),
-                "--grpc-port",
-                str(grpc_port),
-                "--max-batch-size",
-                "4",
-                "--providers",
-                "cpu",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("the server did not become ready in 90 s:\n" + log.read_text()[-3000:])
+    proc, urls = start_server(folder / "1" / "model.onnx", 4, "cpu", log, timeout_s=90)
     yield {
-        "http": f"127.0.0.1:{http}",
-        "grpc": f"127.0.0.1:{grpc_port}",
+        **urls,
         "proc": proc,
         "log": log,
         "model": folder / "1" / "model.onnx",
