@@ -526,12 +526,7 @@ def _held_out(
     images: Sequence[np.ndarray],
     *,
     check: np.ndarray,
-    head: str,
-    layout: str,
-    input_dtype: str,
-    mean,
-    std,
-    num_classes: int,
+    **io,
 ) -> dict:
     """The INT8 gates on held-out images: logits and masks against the fp32 graph that was quantized.
 
@@ -544,16 +539,10 @@ def _held_out(
         gates (logits rel L2 over all held-out images; mask agreement on
         confident pixels when there are enough), ``not_applicable``, mIoU
         and agreement against the fp32 graph, ``check_logits``, timings.
+        ``io``: what the model is, as :class:`Runner` takes it.
     """
-    kwargs = dict(
-        head=head,
-        layout=layout,
-        input_dtype=input_dtype,
-        mean=mean,
-        std=std,
-        num_classes=num_classes,
-    )
-    fp32, int8 = Runner(fp32_model, **kwargs), Runner(int8_model, **kwargs)
+    num_classes = io["num_classes"]
+    fp32, int8 = Runner(fp32_model, **io), Runner(int8_model, **io)
     check_logits = fp32.run([check])["logits"]
     sq_diff = sq_ref = 0.0
     confusion = np.zeros((num_classes, num_classes), np.int64)
