@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -38,31 +37,20 @@ from .report import (
 __all__ = ["main"]
 
 
-def _rss_mb() -> float:
-    import os
-
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 class _PeakRss:
-    """The process's peak resident memory while the block runs, sampled every 10 ms."""
+    """The process's resident memory before the block and its peak during it (MiB; sampled by the
+    export's own step meter, every 5 ms)."""
 
     def __enter__(self):
-        self.before = self.peak = _rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        from unet_export._resources import StepMeter, current_rss_mb
+
+        self.before = current_rss_mb() or 0.0
+        self._meter = StepMeter()
+        self._meter.start()
         return self
 
-    def _sample(self):
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, _rss_mb())
-
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
+        self.peak = self._meter.stop().peak_rss_mb or 0.0
 
 
 def monai_row(model: Path, image: np.ndarray, *, tile, overlap: float, blend: str, mean, std):
@@ -244,7 +232,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
         [
             *header_lines("bench-unet tiles", meta),
             "Segmenter.iter_tiles on a seeded image; peak RSS of the whole process (the image itself included), sampled "
-            "every 10 ms; band = what the stitcher holds.",
+            "every 5 ms; band = what the stitcher holds.",
             "",
             "| model | image | tile, overlap, blend | windows | seconds | windows/s | ms per megapixel | band MB | "
             "RSS before / peak MB |",

@@ -13,6 +13,7 @@ __all__ = [
     "folder_problem",
     "new_folders",
     "remove_empty",
+    "temp_path",
 ]
 
 
@@ -61,6 +62,13 @@ def remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
+def temp_path(path: str | os.PathLike) -> Path:
+    """A hidden temporary name next to ``path`` (same folder, so the final rename is atomic), random
+    enough that concurrent writers of the same target never share it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
 
@@ -79,7 +87,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         | getattr(os, "O_BINARY", 0)
     )
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = temp_path(path)
         try:
             fd = os.open(tmp, flags, 0o666)
             break

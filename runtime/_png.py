@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import temp_path
 
 __all__ = ["PalettePngWriter"]
 
@@ -44,7 +45,7 @@ class PalettePngWriter:
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, palette: np.ndarray):
         self.path, self.width, self.height = Path(path), width, height
-        self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        self._tmp = temp_path(self.path)
         self._fh = open(self._tmp, "xb")
         self._zip = zlib.compressobj(6)
         self._rows = 0

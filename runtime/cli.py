@@ -205,10 +205,10 @@ def _segment_tiled(segmenter, path: Path, image, args, palette) -> None:
     from PIL import Image
 
     from . import images as im
+    from ._atomic import temp_path
     from ._png import PalettePngWriter
 
-    names = iter(_outputs(path, args.overlay, args.probabilities))
-    mask_path = args.out / next(names)
+    mask_path = args.out / _outputs(path, False, False)[0]
     h, w = image.shape[:2]
     full = np.empty((h, w), np.uint8) if args.overlay else None
     probs = None
@@ -216,7 +216,7 @@ def _segment_tiled(segmenter, path: Path, image, args, palette) -> None:
         args.probabilities
     ):  # a memory-mapped .npy filled band by band, renamed into place when whole
         probs_path = args.out / _outputs(path, False, True)[1]
-        tmp_probs = probs_path.with_name(f".{probs_path.name}.tmp")
+        tmp_probs = temp_path(probs_path)
         probs = np.lib.format.open_memmap(
             tmp_probs, mode="w+", dtype=np.float32, shape=(h, w, segmenter.info.num_classes)
         )

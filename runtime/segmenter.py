@@ -279,7 +279,6 @@ class Segmenter:
                 which carries no probabilities.
         """
         if tile is not None:
-            self._pipeline._require_probabilities()
             return self._tiled(images, "probs", tile, overlap, blend, tile_batch)
         return self._pipeline.predict_proba(images, self.run)
 
@@ -301,7 +300,6 @@ class Segmenter:
             SegmenterError: for a model exported with ``--head argmax``.
         """
         if tile is not None:
-            self._pipeline._require_probabilities()
             return self._tiled(images, "both", tile, overlap, blend, tile_batch)
         return self._pipeline.predict_with_proba(images, self.run)
 
@@ -331,8 +329,11 @@ class Segmenter:
         image = validate_image(image, None, self._pipeline.max_pixels)
         if probabilities:
             self._pipeline._require_probabilities()
-        on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-        batch = TILE_BATCH["gpu" if on_gpu else "cpu"] if tile_batch is None else tile_batch
+        batch = (
+            TILE_BATCH["gpu" if self._device == "cuda" else "cpu"]
+            if tile_batch is None
+            else tile_batch
+        )
         spec = check_spec(tile, overlap, blend, batch, self.info.size, self.info.size_multiple)
         return tile_bands(
             image,
@@ -363,6 +364,8 @@ class Segmenter:
 
     def _tiled(self, images, want: str, tile, overlap, blend, tile_batch):
         """predict/predict_proba/predict_with_proba with tiling: one image or a list, each tiled on its own."""
+        if want != "mask":  # before any image, even for an empty list
+            self._pipeline._require_probabilities()
         single = isinstance(images, np.ndarray) and images.ndim != 4
         results = []
         for image in [images] if single else list(images):
