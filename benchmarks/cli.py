@@ -534,7 +534,7 @@ def _run_rows(args, results) -> None:
                             raw_device_s=raw,
                             device=summarize(raw, batch, flops),
                             numerics=agreement(
-                                ref_probs, [p.argmax(-1) for p in ref_probs], "argmax", labels
+                                ref_probs, [p.argmax(-1) for p in ref_probs], labels
                             ),
                             note="the reference itself" if batch == args.batch[0] else "",
                         )

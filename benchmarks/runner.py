@@ -67,7 +67,6 @@ def _gpu_mem_mb() -> float | None:
 def agreement(
     ref_probs: list,
     masks: list,
-    head: str = "argmax",
     labels: list | None = None,
     probs: list | None = None,
     margin: float = 0.05,
@@ -124,7 +123,6 @@ def bench_ort(
     """
 
     from unet_runtime import Segmenter
-    from unet_runtime import images as im
 
     t0 = time.perf_counter()
     seg = Segmenter(model_path, providers=[provider], config=config, strict=True)
@@ -140,7 +138,6 @@ def bench_ort(
         setup_s=setup,
         options={k: v for k, v in vars(config).items() if k not in ("extra",)},
     )
-    info = seg.info
     call = seg.bind(
         seg.prepare(images[:batch])
     )  # device-resident input (IO binding) on CUDA/TensorRT
@@ -158,21 +155,18 @@ def bench_ort(
     row.raw_device_s = time_calls(call.run, warmup=warmup, iters=iters, on_iter=progress)
     row.device = summarize(row.raw_device_s, batch, flops)
     if ref_probs is not None:
-        # Every benchmark image, in batches of the row's batch size, through the same session.
+        # Every benchmark image, in batches of the row's batch size, through the same session
+        # and the runtime's own post-processing (images are at the network size: no resize).
         masks, probs = [], []
         for first in range(0, len(ref_probs), batch):
             chunk = images[first : first + batch]
-            out = seg.run(seg.prepare(chunk))
             if head == "argmax":
-                masks += list(out)
-                continue
-            out = im.channels_last(out, info.layout).astype(np.float32)
-            out = im.softmax(out) if head == "logits" else out
-            probs += list(out)
-            masks += [p.argmax(-1) for p in out]
-        row.numerics = agreement(
-            ref_probs, masks, head, labels, probs if head != "argmax" else None
-        )
+                masks += seg.predict(chunk)
+            else:
+                for mask, prob in seg.predict_with_proba(chunk):
+                    masks.append(mask)
+                    probs.append(prob)
+        row.numerics = agreement(ref_probs, masks, labels, probs or None)
     if on_gpu:
         # The host path goes through Segmenter.predict: same buffers, plus copies and
         # pre/post-processing.

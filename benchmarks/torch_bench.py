@@ -119,7 +119,7 @@ def torch_rows(
             setup_s=setup,
             raw_device_s=raw,
             device=summarize(raw, batch, flops),
-            numerics=agreement(ref_probs, masks, "argmax", labels),
+            numerics=agreement(ref_probs, masks, labels),
             peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
             note=f"torch {torch.__version__}, cudnn.benchmark on, argmax mask out, "
             + ("device-resident input" if device == "cuda" else "input tensor made before timing"),
