@@ -131,7 +131,10 @@ def _optimizer_errors_raise():
     tf2onnx's own switch, the ``TF2ONNX_CATCH_ERRORS`` environment variable
     (``tf2onnx/constants.py``), turns that off; a pass that fails then fails
     the conversion, which is what an export that must be reproducible wants
-    rather than a graph that silently missed a pass.
+    rather than a graph that silently missed a pass. tf2onnx 1.17 tests only
+    that the variable is set (``convert.py``, ``_convert_common``: it
+    compares the variable's name, not its value, with "TRUE"), so it is set
+    for the one call and removed again.
     """
     key, old = "TF2ONNX_CATCH_ERRORS", os.environ.get("TF2ONNX_CATCH_ERRORS")
     os.environ[key] = "FALSE"
