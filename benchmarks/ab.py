@@ -125,9 +125,8 @@ def run(
         from .peers import keras_model
 
         km = keras_model(size, weights=keras_weights)
-        x = to_model_input(
-            [image], (0, 0, 0), (1, 1, 1), "nhwc"
-        )  # mean 0 / std 1, as the exports' default
+        # mean 0 / std 1, as the exports' default
+        x = to_model_input([image], (0, 0, 0), (1, 1, 1), "nhwc")
         calls["keras.predict"] = lambda: km.predict(x, verbose=0, batch_size=1)
     for path in models:
         sess = _session(path, threads)
@@ -138,9 +137,8 @@ def run(
     if openvino:
         calls.update(_openvino_calls(models, image, threads))
     for name, fn in calls.items():
-        for _ in range(
-            max(warmup, 1)
-        ):  # one untimed run at least: its output is the candidate's mask
+        # one untimed run at least: its output is the candidate's mask
+        for _ in range(max(warmup, 1)):
             out = np.asarray(fn())
         p = out[0]  # (H, W) mask, (H, W, C) or (C, H, W) scores: the class axis is the short one
         masks[name] = p if p.ndim == 2 else p.argmax(-1 if p.shape[-1] <= p.shape[0] else 0)
@@ -154,9 +152,8 @@ def run(
     rows = []
     for name, times in raw.items():
         t = np.array(times) * 1e3
-        ratio = np.array(raw[first]) / np.array(
-            times
-        )  # per round: how many times faster than the first candidate
+        # per round: how many times faster than the first candidate
+        ratio = np.array(raw[first]) / np.array(times)
         rows.append(
             {
                 "name": name,

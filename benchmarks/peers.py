@@ -60,9 +60,8 @@ def torch_from_onnx(
     inits = {i.name: i for i in model_proto.graph.initializer}
     convs = [n for n in model_proto.graph.node if n.op_type == "Conv"]
     net = TorchUNet.build(num_classes=int(inits[convs[-1].input[1]].dims[0]), fold=fold)
-    if len(convs) != len(
-        net.convs()
-    ):  # a folded or padded graph: its Conv weights do not map onto the twin
+    # a folded or padded graph: its Conv weights do not map onto the twin
+    if len(convs) != len(net.convs()):
         raise ValueError(
             f"the model has {len(convs)} Conv nodes, the seed network {len(net.convs())}; give the plain "
             "fp32/fp16 export (no --fold-upsample, no --pad-channels)"

@@ -32,9 +32,8 @@ class Profile:
     runs: int
     run_us: float  # wall time of one session.run as the profiler saw it
     by_op: dict[str, float] = field(default_factory=dict)  # op type -> us per run
-    by_node: list[tuple[str, str, float]] = field(
-        default_factory=list
-    )  # (name, op, us), slowest first
+    # (name, op, us), slowest first
+    by_node: list[tuple[str, str, float]] = field(default_factory=list)
 
     @property
     def op_nodes(self) -> dict[str, int]:

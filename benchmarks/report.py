@@ -312,9 +312,8 @@ class Results:
 
     def add(self, row) -> None:
         """Record one finished row and rewrite the files (OSError if they cannot be written)."""
-        if (
-            not self.rows
-        ):  # a plot left by an earlier run with this prefix would pass for this run's
+        # a plot left by an earlier run with this prefix would pass for this run's
+        if not self.rows:
             self.prefix.with_suffix(".png").unlink(missing_ok=True)
         self.rows.append(row)
         self._write(complete=False)
@@ -388,9 +387,8 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
             agree = (
                 f"{num['confident_agreement'] * 100:.2f}% ({num['confident_pixels']:,} px{images})"
             )
-        elif (
-            num.get("mask_agreement") is not None
-        ):  # no confident pixel: say so, with the all-pixel figure
+        # no confident pixel: say so, with the all-pixel figure
+        elif num.get("mask_agreement") is not None:
             agree = f"{num['mask_agreement'] * 100:.2f}% of all (0 confident{images})"
         labels = f"{num['pixel_accuracy']:.4f} / {num['mean_iou']:.4f}" if "mean_iou" in num else ""
         lines.append(

@@ -138,9 +138,8 @@ def bench_ort(
         setup_s=setup,
         options={k: v for k, v in vars(config).items() if k not in ("extra",)},
     )
-    call = seg.bind(
-        seg.prepare(images[:batch])
-    )  # device-resident input (IO binding) on CUDA/TensorRT
+    # device-resident input (IO binding) on CUDA/TensorRT
+    call = seg.bind(seg.prepare(images[:batch]))
     on_gpu = provider != "cpu"
 
     def fetch():

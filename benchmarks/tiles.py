@@ -152,9 +152,8 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
     mask = np.zeros((h, w), np.uint8) if args.monai else None
     with Segmenter(args.model, providers=providers) as seg:
         tile = tuple(args.tile) if args.tile else "model"
-        seg.predict(
-            image[:1024, :1024], tile=tile, overlap=args.overlap, blend=args.blend
-        )  # warm-up: sessions, arenas
+        # warm-up: sessions, arenas
+        seg.predict(image[:1024, :1024], tile=tile, overlap=args.overlap, blend=args.blend)
         stats: dict = {}
         rows = 0
         with _PeakRss() as rss:

@@ -92,9 +92,8 @@ class ExportConfig:
                     "keras_model= and a weights file were both given; pass one source of weights "
                     "(drop config.weights / config.encoder_weights, or keras_model)"
                 )
-            shape = getattr(
-                keras_model, "output_shape", None
-            )  # not a Keras model: copy_weights says so later
+            # not a Keras model: copy_weights says so later
+            shape = getattr(keras_model, "output_shape", None)
             stored = (
                 shape[-1]
                 if isinstance(shape, tuple) and shape and isinstance(shape[-1], int)

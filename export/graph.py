@@ -87,9 +87,8 @@ def attach_weights(
     if missing:
         raise ConversionError(f"weights {sorted(missing)} are not inputs of the converted graph")
     constants = {t.name for t in g.initializer}
-    source = {
-        name: name for name in weights
-    }  # weight-derived tensor -> the weight input it comes from
+    # weight-derived tensor -> the weight input it comes from
+    source = {name: name for name in weights}
     weight_nodes = []
     for node in g.node:  # tf2onnx emits nodes in topological order
         ins = [i for i in node.input if i]
@@ -231,9 +230,8 @@ def slim(model):
     o.input.extend(inputs)
     used = {i for n in o.node for i in n.input} | {v.name for v in o.output}
     inits = [*o.initializer, *(t for name, t in weights.items() if name in used)]
-    inits.sort(
-        key=lambda t: order.get(t.name, len(order))
-    )  # the graph's own order (Netron lists them so)
+    # the graph's own order (Netron lists them so)
+    inits.sort(key=lambda t: order.get(t.name, len(order)))
     del o.initializer[:]
     o.initializer.extend(inits)
     return out

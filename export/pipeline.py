@@ -57,9 +57,8 @@ class ExportState:
     source_model: Any = None  # a user's in-memory Keras model (export_model(keras_model=...))
     # build
     keras_model: Any = None
-    weights_info: dict[str, str] = field(
-        default_factory=dict
-    )  # what the model says of its weights (metadata)
+    # what the model says of its weights (metadata)
+    weights_info: dict[str, str] = field(default_factory=dict)
     trained: bool = False
     # convert, clean, precision, check: the ONNX ModelProto as it evolves
     proto: Any = None
@@ -462,9 +461,8 @@ def _write_metadata(state: ExportState) -> None:
         **state.weights_info,
         "graph": state.graph_form(),  # the fold and padding change the nodes: say which graph this is
     }
-    if (
-        state.calibration
-    ):  # what an int8 model was calibrated on travels with it (segment-unet --info)
+    # what an int8 model was calibrated on travels with it (segment-unet --info)
+    if state.calibration:
         cal = state.calibration
         extra["calibration"] = f"{cal['source']}, {cal['method']}, {cal['format']} per-channel"
     info = ModelInfo(

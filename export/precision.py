@@ -94,9 +94,8 @@ def calibration_session(model_path: str, providers=None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )  # what the calibrator uses
+    # what the calibrator uses
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     opts.enable_cpu_mem_arena = False
     opts.enable_mem_pattern = False

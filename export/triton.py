@@ -89,12 +89,13 @@ CONFIG_KEYS: dict[str, dict[str, str]] = {
 #: Model-level parameters whose names start with this carry the model's metadata for clients.
 CLIENT_PREFIX = "unet."
 
+# onnx TensorProto -> Triton
 _TRITON_TYPES = {
     1: "TYPE_FP32",
     10: "TYPE_FP16",
     2: "TYPE_UINT8",
     7: "TYPE_INT64",
-}  # onnx TensorProto -> Triton
+}
 #: TensorRT builder workspace: enough for the largest 512x512 fp16 tactic at batch 8.
 TRT_WORKSPACE_BYTES = 4 << 30
 
@@ -275,9 +276,8 @@ def render_config(model, opts: TritonOptions, precision: str = "fp32") -> str:
         ]
         lines += [f'  parameters {{ key: "{k}" value: "{v}" }}' for k, v in accelerator().items()]
         lines.append("} ] } }")
-    params = (
-        {"cudnn_conv_algo_search": "0"} if kind == "KIND_GPU" else {}
-    )  # 0 = EXHAUSTIVE (the backend's mapping)
+    # 0 = EXHAUSTIVE (the backend's mapping)
+    params = {"cudnn_conv_algo_search": "0"} if kind == "KIND_GPU" else {}
     params.update({p.key: p.value for p in model.metadata_props if p.key.startswith(CLIENT_PREFIX)})
     lines.append("# the model's metadata for clients (the backend ignores keys it does not know)")
     lines += [

@@ -492,9 +492,8 @@ def verify_export(
             err = compare(ref_probs, out["probs"])
             row.update(rel_l2=err["rel_l2"], max_abs=err["max_abs"])
             gates.append(Gate(f"{case.label} probabilities rel L2 vs Keras", err["rel_l2"], bound))
-        if (
-            precision != "int8"
-        ):  # noise lies outside INT8's calibrated ranges: its masks are gated on held-out images
+        # noise lies outside INT8's calibrated ranges: its masks are gated on held-out images
+        if precision != "int8":
             gate = _mask_gate(case.label, ref_probs, out["mask"], precision, row, skipped)
             if gate:
                 gates.append(gate)
@@ -673,9 +672,8 @@ def _frame_gates(runs: list[dict], reference: KerasReference, *, precision: str,
                 bound,
             )
         )
-        if (
-            head == "argmax"
-        ):  # the whole in-graph pipeline against the host's: resize, Keras, nearest resize back
+        # the whole in-graph pipeline against the host's: resize, Keras, nearest resize back
+        if head == "argmax":
             probs = reference.probs([run["host_key"]])[0]
             host_mask = resize_nearest(probs.argmax(-1).astype(np.uint8), h, w)
             confident = resize_nearest(top2_margin(probs), h, w) >= CONFIDENT_MARGIN

@@ -137,9 +137,8 @@ def _collect(paths: list[Path], overlay: bool = False, probabilities: bool = Fal
                 )
             files.extend(found)
         else:
-            files.append(
-                path
-            )  # a missing or unreadable file is skipped later, with the others still done
+            # a missing or unreadable file is skipped later, with the others still done
+            files.append(path)
     writer: dict[str, Path] = {}  # output file name -> the input that writes it
     seen: set[Path] = set()
     unique: list[Path] = []
@@ -212,9 +211,8 @@ def _segment_tiled(segmenter, path: Path, image, args, palette) -> None:
     h, w = image.shape[:2]
     full = np.empty((h, w), np.uint8) if args.overlay else None
     probs = None
-    if (
-        args.probabilities
-    ):  # a memory-mapped .npy filled band by band, renamed into place when whole
+    # a memory-mapped .npy filled band by band, renamed into place when whole
+    if args.probabilities:
         probs_path = args.out / _outputs(path, False, True)[1]
         tmp_probs = temp_path(probs_path)
         probs = np.lib.format.open_memmap(

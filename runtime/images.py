@@ -95,9 +95,8 @@ def _lerp(
     """``array[lo] + (array[hi] - array[lo]) * frac`` along ``axis``, float32, in two arrays of the output's size."""
     shape = [1] * array.ndim
     shape[axis] = -1
-    out = np.take(array, hi, axis=axis).astype(
-        np.float32, copy=False
-    )  # a fresh array: safe to update in place
+    # a fresh array: safe to update in place
+    out = np.take(array, hi, axis=axis).astype(np.float32, copy=False)
     low = np.take(array, lo, axis=axis).astype(np.float32, copy=False)
     out -= low
     out *= frac.reshape(shape)

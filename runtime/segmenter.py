@@ -352,9 +352,8 @@ class Segmenter:
 
         h, w = windows[0].shape[:2]
         size = self.info.size
-        if (
-            size is not None and (h, w) != size
-        ):  # a tile smaller than a fixed-size model: padded to it
+        # a tile smaller than a fixed-size model: padded to it
+        if size is not None and (h, w) != size:
             windows = [np.pad(x, ((0, size[0] - h), (0, size[1] - w), (0, 0))) for x in windows]
         out = self.run(self.prepare(windows))
         if self.info.head == "argmax":

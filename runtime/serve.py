@@ -212,9 +212,8 @@ def encode_model_config(config: dict) -> bytes:
             )
             body += _field(_CONFIG_FIELDS[kind], tensor)
     for key, value in config["parameters"].items():
-        entry = _field(1, key) + _field(
-            2, _field(1, value["string_value"])
-        )  # map entry: key, ModelParameter
+        # map entry: key, ModelParameter
+        entry = _field(1, key) + _field(2, _field(1, value["string_value"]))
         body += _field(_CONFIG_FIELDS["parameters"], entry)
     body += _field(_CONFIG_FIELDS["backend"], config["backend"])
     return _field(1, body)  # ModelConfigResponse.config
@@ -408,9 +407,8 @@ def main(argv: list[str] | None = None, prog: str = "segment-unet serve") -> int
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("kserve.trace").setLevel(
-        logging.WARNING
-    )  # a line per request and timer otherwise
+    # a line per request and timer otherwise
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     providers = parse_providers(args.providers)
     try:
         serve(

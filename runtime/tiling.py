@@ -124,9 +124,8 @@ def _gaussian(h: int, w: int) -> np.ndarray:
 
     g = np.outer(axis(h), axis(w))
     g /= g.max()
-    return np.maximum(g, 1e-3).astype(
-        np.float32
-    )  # no zero weights: a pixel covered only by window edges still counts
+    # no zero weights: a pixel covered only by window edges still counts
+    return np.maximum(g, 1e-3).astype(np.float32)
 
 
 def _depth(h: int, w: int, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
@@ -253,9 +252,8 @@ def tile_bands(
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-        bottom = (
-            ys[row + 1] if row + 1 < len(ys) else top + th
-        )  # rows above the next window row are finished
+        # rows above the next window row are finished
+        bottom = ys[row + 1] if row + 1 < len(ys) else top + th
         n = min(bottom, H) - top
         if n > 0:
             mask, probs = band.finish(n, W, want_probs)

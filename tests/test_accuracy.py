@@ -65,9 +65,8 @@ def exports(labelled, tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_accuracy_against_labels_and_keras(precision, labelled, keras_scores, exports):
     keras_masks, keras = keras_scores
-    assert keras["pixel_accuracy"] >= FIXTURE_ACCURACY, (
-        keras
-    )  # the fixture is trained: the figures mean something
+    # the fixture is trained: the figures mean something
+    assert keras["pixel_accuracy"] >= FIXTURE_ACCURACY, keras
     with Segmenter(exports[precision].path, providers="cpu") as seg:
         masks = seg.predict(labelled.images)
     ours = label_scores(labelled.labels, masks, labelled.num_classes)

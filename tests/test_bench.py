@@ -121,9 +121,8 @@ def test_models_from_folder_with_refill(full_width_run, tmp_path):
     _, root = full_width_run
     models = tmp_path / "m"
     shutil.copytree(root / "models", models)
-    out = (
-        tmp_path / "results" / "cpu" / "x"
-    )  # folders that do not exist yet: created at the first write
+    # folders that do not exist yet: created at the first write
+    out = tmp_path / "results" / "cpu" / "x"
     proc = run_cli(
         "unet_bench.cli",
         *bench_argv(out, models, size=32, iters=2),
@@ -207,9 +206,8 @@ def test_a_discarded_run_removes_the_folders_it_created(tmp_path):
         results._write(complete=False)  # the first row's write creates the folders
         assert prefix.with_suffix(".json").is_file()
         results.discard()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "kept"
-    ]  # "new" went; "kept" and its file stayed
+    # "new" went; "kept" and its file stayed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["other.txt"]
 
 
@@ -345,9 +343,8 @@ def test_ab_times_the_torch_twin_beside_the_onnx_model(full_width_run, tmp_path)
         list(rows) == [str(path), "torch fp32 eager"]
         and len(rows["torch fp32 eager"]["raw_s"]) == 2
     )
-    assert (
-        rows["torch fp32 eager"]["mask_agreement_vs_first"] >= 0.99
-    )  # same weights, same function
+    # same weights, same function
+    assert rows["torch fp32 eager"]["mask_agreement_vs_first"] >= 0.99
     # A folded graph's Conv weights do not map onto the twin: refused, not silently mis-assigned.
     folded, _ = fold_upsample_convs(model, "phase")
     onnx.save(folded, str(tmp_path / "f.onnx"))

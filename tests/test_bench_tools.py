@@ -81,6 +81,7 @@ def test_profile_out_records_machine_command_and_every_figure(narrow_export, tmp
 
 def test_ab_interleaves_and_writes_both_files(narrow_export, tmp_path):
     a, b = narrow_export().path, narrow_export(fold_upsample="phase").path
+    # no warm-up asked: the mask still comes from one untimed run
     proc = run_cli(
         "unet_bench.cli",
         "ab",
@@ -94,14 +95,13 @@ def test_ab_interleaves_and_writes_both_files(narrow_export, tmp_path):
         "32",
         str(a),
         str(b),
-    )  # no warm-up asked: the mask still comes from one untimed run
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "ab.json").read_text())
     assert data["first"] == str(a) and [len(r["raw_s"]) for r in data["rows"]] == [3, 3]
     assert data["rows"][0]["speedup_vs_first_median"] == 1.0
-    assert data["rows"][1]["mask_agreement_vs_first"] == pytest.approx(
-        1.0, abs=0.01
-    )  # the fold is the same function
+    # the fold is the same function
+    assert data["rows"][1]["mask_agreement_vs_first"] == pytest.approx(1.0, abs=0.01)
     assert "| speed-up vs first |" in (tmp_path / "ab.md").read_text()
 
 

@@ -134,9 +134,8 @@ def test_fold_is_the_same_function(form, variant):
         # The NHWC interleave needs a static size; otherwise the stage falls back to DepthToSpace.
         nhwc = form == "phase_nhwc" and variant.get("fixed", False)
         assert ("DepthToSpace" in ops) != nhwc and (ops.count("Transpose") == 3) == nhwc, ops
-    assert {i.name for i in folded.graph.initializer}.isdisjoint(
-        {"w", "scales"}
-    )  # replaced, not left behind
+    # replaced, not left behind
+    assert {i.name for i in folded.graph.initializer}.isdisjoint({"w", "scales"})
     got = _run(folded, x, skip)
     assert got.shape == ref.shape == (2, 4, 10, 14)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
@@ -186,9 +185,8 @@ def test_fold_keeps_an_fp16_graph_fp16(narrow_export):
     got = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"input": x}
     )[0]
-    assert (
-        np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2
-    )  # fp16 rounding of the summed taps only
+    # fp16 rounding of the summed taps only
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2
     assert (got.argmax(1) == ref.argmax(1)).mean() > 0.99
 
 

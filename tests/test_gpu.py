@@ -161,9 +161,8 @@ def test_cuda_graph_serves_every_batch_shape(models, reference):
     imgs, ref = reference
     with _graph_segmenter(models["fp16-argmax-512.onnx"]) as seg:
         first = seg.predict(imgs)
-        runs = [seg.predict(imgs[1]) for _ in range(3)] + [
-            seg.predict(imgs[0])
-        ]  # capture, replays, new input
+        # capture, replays, new input
+        runs = [seg.predict(imgs[1]) for _ in range(3)] + [seg.predict(imgs[0])]
         last = seg.predict(imgs)
     for r, m in zip(ref, first, strict=True):
         agree, n = _confident_agreement(r, m)

@@ -295,12 +295,10 @@ def test_ctrl_c_during_native_imports_waits_for_them():
                 os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C "during the import"
                 finished.append(True)  # ...which still runs to the end
         assert finished == [True]
-        assert (
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        )  # Ctrl-C works normally again
-        signal.signal(
-            signal.SIGINT, signal.SIG_IGN
-        )  # nohup, a background job: the user asked for no Ctrl-C
+        # Ctrl-C works normally again
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # nohup, a background job: the user asked for no Ctrl-C
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with _sigint_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
@@ -401,11 +399,12 @@ def test_bench_cut_short_keeps_finished_rows_marked_partial(tmp_path, monkeypatc
     assert data["complete"] is False and [r["batch"] for r in data["rows"]] == [1]
     assert "Partial run: 1 rows so far" in (tmp_path / "r.md").read_text()
     assert not (tmp_path / "r.png").exists()  # the plot belongs to a finished run
+    # no temporary files
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "models",
         "r.json",
         "r.md",
-    ]  # no temporary files
+    ]
 
     monkeypatch.setattr(runner, "bench_ort", real)
     assert bench_cli.main(args) == 0

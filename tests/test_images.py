@@ -121,9 +121,8 @@ def test_uint8_input_is_copied_only_when_it_must_be():
     rng = np.random.default_rng(6)
     a, b = (rng.integers(0, 256, (4, 6, 3), dtype=np.uint8) for _ in range(2))
     one = im.to_model_input([a], (0, 0, 0), (1, 1, 1), "nhwc", dtype=np.uint8)
-    assert one.shape == (1, 4, 6, 3) and np.shares_memory(
-        one, a
-    )  # a view: the model reads the image as it is
+    # a view: the model reads the image as it is
+    assert one.shape == (1, 4, 6, 3) and np.shares_memory(one, a)
     two = im.to_model_input([a, b], (0, 0, 0), (1, 1, 1), "nchw", dtype=np.uint8)
     assert two.shape == (2, 3, 4, 6) and two.flags.c_contiguous and not np.shares_memory(two, a)
     np.testing.assert_array_equal(two[1], b.transpose(2, 0, 1))

@@ -85,9 +85,8 @@ def test_int8_relus_fold_into_the_convs(int8_export, tmp_path):
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(int8_export.path), opts, providers=["CPUExecutionProvider"])
     hist = op_histogram(onnx.load(str(tmp_path / "opt.onnx")))
-    assert hist.get("QLinearConv") == 25 + 16, (
-        hist
-    )  # every Conv (phase ones included) runs in integers
+    # every Conv (phase ones included) runs in integers
+    assert hist.get("QLinearConv") == 25 + 16, hist
     # Only the graph input is quantized and only the head's logits dequantized; the fold's Add is
     # integer too.
     assert hist.get("QLinearAdd") == 4, hist

@@ -101,9 +101,8 @@ def test_predict_with_proba_is_predict_and_predict_proba_in_one_run(narrow_expor
         runs = []
         seg.run = (lambda run: lambda x: runs.append(x.shape) or run(x))(seg.run)
         pairs = seg.predict_with_proba(imgs)
-        assert len(runs) == (
-            1 if "input_size" in cfg else 3
-        )  # one session call per network size, as predict
+        # one session call per network size, as predict
+        assert len(runs) == (1 if "input_size" in cfg else 3)
         masks, probs = seg.predict(imgs), seg.predict_proba(imgs)
         single = seg.predict_with_proba(imgs[1])
     assert isinstance(single, tuple) and len(pairs) == 3
@@ -130,13 +129,13 @@ def test_warmup_runs_each_batch_shape_and_leaves_results_unchanged(narrow_export
     seg.run = (lambda run: lambda x: seen.append(x.shape) or run(x))(seg.run)
     timings = seg.warmup(batch_sizes=(1, 2), runs=3)
     assert sorted(timings) == [1, 2] and all(len(t) == 3 and min(t) > 0 for t in timings.values())
-    assert (
-        seen == [(1, 32, 32, 3)] * 3 + [(2, 32, 32, 3)] * 3
-    )  # the network's shapes, each run 3 times
+    # the network's shapes, each run 3 times
+    assert seen == [(1, 32, 32, 3)] * 3 + [(2, 32, 32, 3)] * 3
+    # buffers and graph ids made by the warm-up
     assert seg.bound_shapes == (
         (1, 32, 32, 3),
         (2, 32, 32, 3),
-    )  # buffers and graph ids made by the warm-up
+    )
     for got, want in zip(seg.predict(imgs), expected, strict=True):
         np.testing.assert_array_equal(got, want)
     seg.close()
@@ -261,9 +260,8 @@ def test_tensorrt_loadable_tries_the_provider_library(tmp_path):
     # resolve.
     shutil.copy(_ctypes.__file__, loadable / "libonnxruntime_providers_tensorrt.so")
     assert [tensorrt_loadable(str(f)) for f in (empty, broken, loadable)] == [False, False, True]
-    assert (
-        tensorrt_loadable() is False
-    )  # this CPU build of onnxruntime has no TensorRT provider library
+    # this CPU build of onnxruntime has no TensorRT provider library
+    assert tensorrt_loadable() is False
 
 
 def test_tensorrt_options_follow_ort_docs(tmp_path, monkeypatch):

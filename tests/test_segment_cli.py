@@ -15,9 +15,8 @@ def test_segments_images_and_skips_bad_ones(narrow_export, tmp_path):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
         good.append((p, (h, w)))
     gray = tmp_path / "gray.png"
-    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(
-        gray
-    )  # converted to RGB, fine
+    # converted to RGB, fine
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(gray)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     out = tmp_path / "out"

@@ -99,9 +99,8 @@ def test_memory_is_the_band_not_the_image(dynamic):
             )
             held[height] = stats["accumulator_bytes"]
             assert sum(len(b.mask) for b in bands) == height and len(bands) > 1
-    assert (
-        held[320] == held[3200] == 64 * 208 * (NUM_CLASSES * 4 + 4)
-    )  # probabilities and weights, 64 rows
+    # probabilities and weights, 64 rows
+    assert held[320] == held[3200] == 64 * 208 * (NUM_CLASSES * 4 + 4)
 
 
 def test_window_starts_cover_the_image_on_the_grid():
@@ -122,9 +121,8 @@ def test_tiles_on_fixed_size_models_and_lists(narrow_export):
     ]
     with Segmenter(path, providers="cpu") as seg:
         masks = seg.predict(imgs, tile="model")
-        small = seg.predict(
-            imgs[0], tile=(16, 16), overlap=0
-        )  # smaller than the model: padded to 32x32
+        # smaller than the model: padded to 32x32
+        small = seg.predict(imgs[0], tile=(16, 16), overlap=0)
         with pytest.raises(SegmenterError, match="--head argmax"):
             seg.predict_proba(imgs[0], tile="model")
     assert [m.shape for m in masks] == [(70, 90), (20, 20)] and small.shape == (70, 90)
@@ -174,10 +172,11 @@ def test_cli_streams_the_mask_band_by_band(dynamic, tmp_path):
     with Segmenter(dynamic["softmax"], providers="cpu") as seg:
         np.testing.assert_array_equal(mask, seg.predict(img, tile=(128, 128)))
     np.testing.assert_array_equal(probs.argmax(-1), mask)
+    # no temporaries
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "scene.png",
         "scene.probs.npy",
-    ]  # no temporaries
+    ]
     bad = run_cli(
         "unet_runtime.cli",
         str(dynamic["softmax"]),

@@ -34,9 +34,8 @@ TYPES = {"TYPE_FP32": onnx.TensorProto.FLOAT, "TYPE_UINT8": onnx.TensorProto.UIN
 
 
 def _config(text: str):
-    return text_format.Parse(
-        text, model_config_pb2.ModelConfig()
-    )  # unknown fields or bad enums raise here
+    # unknown fields or bad enums raise here
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +70,8 @@ def test_repository_matches_the_model_and_the_backends_rules(repo):
     # the max.
     assert cfg.HasField("dynamic_batching") and not cfg.dynamic_batching.preferred_batch_size
     (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
-    assert (
-        acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP32"
-    )  # an fp32 export is served in fp32
+    # an fp32 export is served in fp32
+    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP32"
     assert (
         acc.parameters["trt_engine_cache_path"]
         == acc.parameters["trt_timing_cache_path"]
