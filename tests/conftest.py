@@ -22,12 +22,20 @@ NARROW = 0.125
 NUM_CLASSES = 5
 
 
-def _has_cuda() -> bool:
+def _cuda_missing() -> str | None:
+    """What the GPU tests lack here, exactly (None: onnxruntime's CUDA provider and a device are both there)."""
     try:
         import onnxruntime as ort
+
+        provider = "CUDAExecutionProvider" in ort.get_available_providers()
     except ImportError:
-        return False
-    return "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_device_present()
+        provider = False
+    device = _cuda_device_present()
+    missing = [
+        *([] if provider else ["onnxruntime-gpu (its CUDA provider)"]),
+        *([] if device else ["a CUDA device (nvidia-smi -L finds none)"]),
+    ]
+    return " and ".join(missing) or None
 
 
 def _cuda_device_present() -> bool:
@@ -79,9 +87,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if names & EXPORT_FIXTURES:
             item.add_marker(pytest.mark.exports)
-    if _has_cuda():
+    missing = _cuda_missing()
+    if missing is None:
         return
-    skip = pytest.mark.skip(reason="needs onnxruntime-gpu and a CUDA device: neither is present")
+    skip = pytest.mark.skip(
+        reason=f"needs onnxruntime-gpu and a CUDA device; missing here: {missing}"
+    )
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
