@@ -14,7 +14,6 @@ with the numpy host path.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -24,21 +23,10 @@ import numpy as np
 from unet_runtime.providers import parse_providers
 
 from .exporting import run_export
-from .report import begin_run, header_lines, results_parser, save_results
+from .report import begin_run, frame_size, header_lines, results_parser, save_results
 from .timing import summarize, time_calls
 
 __all__ = ["main", "frame_rows"]
-
-
-def _size(text: str) -> tuple[int, int]:
-    """``1920x1080`` (width x height, as frames are named) -> (height, width)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") from exc
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be >= 1")
-    return h, w
 
 
 def _export(out: Path, args, resize: bool) -> None:
@@ -114,7 +102,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
     p = results_parser(prog, __doc__)
     p.add_argument(
         "--frame-size",
-        type=_size,
+        type=frame_size,
         nargs="+",
         default=[(1080, 1920)],
         metavar="WxH",

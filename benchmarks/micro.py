@@ -1,4 +1,4 @@
-"""``bench-unet micro``: the runtime's host-side steps alone, on a 2-core budget's scale.
+"""``bench-unet micro``: the runtime's host-side steps alone (resizes, normalization, argmax), one by one.
 
 Times what ``Segmenter.predict`` does around the model on the host, step by
 step, for each backend the host has: the frame resized to the network
@@ -16,7 +16,7 @@ import timeit
 
 import numpy as np
 
-from .report import begin_run, header_lines, results_parser, save_results
+from .report import begin_run, frame_size, header_lines, results_parser, save_results
 
 __all__ = ["main", "steps"]
 
@@ -71,20 +71,15 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = results_parser(prog, __doc__)
-    p.add_argument("--frame-size", default="1920x1080", help="frame WIDTHxHEIGHT")
+    p.add_argument(
+        "--frame-size", type=frame_size, default="1920x1080", metavar="WxH", help="frame size"
+    )
     p.add_argument("--size", type=int, default=512, help="the network's size")
     p.add_argument("--repeat", type=int, default=30, help="timed calls per step (median reported)")
     args = p.parse_args(argv)
     from unet_runtime import images as im
 
-    try:
-        w, h = (int(v) for v in args.frame_size.lower().split("x"))
-    except ValueError:
-        print(
-            f"{prog}: error: --frame-size {args.frame_size!r} is not WIDTHxHEIGHT, e.g. 1920x1080",
-            file=sys.stderr,
-        )
-        return 1
+    h, w = args.frame_size
     meta = begin_run(prog, argv, args.out)
     if meta is None:
         return 1

@@ -27,6 +27,7 @@ __all__ = [
     "results_parser",
     "begin_run",
     "model_problem",
+    "frame_size",
     "header_lines",
     "save_results",
     "markdown",
@@ -260,6 +261,17 @@ def begin_run(prog: str, argv, out: Path, problem: str | None = None, **extra) -
 def model_problem(model: Path, flag: str = "--model") -> str | None:
     """Why ``model`` cannot be measured (not a file), with the flag named; None if it is a file."""
     return None if Path(model).is_file() else f"{flag} {str(model)!r} is not a file"
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """``1920x1080`` (width x height, as frames are named) -> (height, width); an argparse ``type``."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") from exc
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be >= 1")
+    return h, w
 
 
 def header_lines(title: str, meta: dict, *, partial: str | None = None) -> list[str]:
