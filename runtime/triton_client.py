@@ -120,9 +120,7 @@ class TritonSegmenter:
                 )
                 return json_format.MessageToDict(response.config, preserving_proto_field_name=True)
             return self._client.get_model_config(self.model_name, self.model_version)
-        except (
-            Exception
-        ) as exc:  # tritonclient raises InferenceServerException and transport errors
+        except Exception as exc:  # InferenceServerException, transport errors
             raise SegmenterError(
                 f"cannot read the configuration of {self.model_name!r} from {self.url}: {exc}"
             ) from exc
@@ -155,9 +153,7 @@ class TritonSegmenter:
                     model_version=self.model_version,
                     **timeout,
                 )
-            except (
-                Exception
-            ) as exc:  # tritonclient raises InferenceServerException and transport errors
+            except Exception as exc:  # InferenceServerException, transport errors
                 raise SegmenterError(
                     f"request to {self.model_name!r} on {self.url} failed: {exc}"
                 ) from exc
