@@ -29,21 +29,13 @@ import numpy as np
 
 from ._help import DefaultsHelpFormatter
 from .errors import SegmenterError
+from .protocol import Contract, ProtocolError, decode_request, encode_response
 from .providers import parse_providers
+from .wire import METADATA_PREFIX, by_numpy, by_triton
 
-__all__ = ["serve", "main", "model_config", "DATATYPES"]
+__all__ = ["serve", "main", "model_config", "contract_of"]
 
 log = logging.getLogger(__name__)
-
-#: numpy dtype -> Open Inference Protocol datatype, for this model's tensors.
-DATATYPES = {
-    np.dtype(np.float32): "FP32",
-    np.dtype(np.float16): "FP16",
-    np.dtype(np.uint8): "UINT8",
-}
-_TRITON_TYPES = {"FP32": "TYPE_FP32", "FP16": "TYPE_FP16", "UINT8": "TYPE_UINT8"}
-#: What export-unet --triton-repo puts in config.pbtxt's parameters: the model's metadata keys.
-CLIENT_PREFIX = "unet."
 
 
 def _dims(shape) -> list[int]:
@@ -51,15 +43,30 @@ def _dims(shape) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in shape[1:]]
 
 
+def contract_of(name: str, segmenter, max_batch_size: int) -> Contract:
+    """What the served model accepts, read from its session (names, types, dims)."""
+    inp, out = segmenter.input_spec, segmenter.output_spec
+    return Contract(
+        model=name,
+        input_name=inp.name,
+        input_type=by_numpy(inp.dtype),
+        input_dims=tuple(_dims(inp.shape)),
+        output_name=out.name,
+        output_type=by_numpy(out.dtype),
+        output_dims=tuple(_dims(out.shape)),
+        max_batch_size=max_batch_size,
+    )
+
+
 def model_config(name: str, segmenter, max_batch_size: int) -> dict:
     """The model configuration as Triton's ``/v2/models/NAME/config`` returns it (the JSON form of config.pbtxt)."""
     from .model_file import read_metadata
 
-    inp, out = segmenter.input_spec, segmenter.output_spec
+    c = contract_of(name, segmenter, max_batch_size)
     params = {
         k: {"string_value": v}
         for k, v in read_metadata(segmenter.model_path).items()
-        if k.startswith(CLIENT_PREFIX)
+        if k.startswith(METADATA_PREFIX)
     }
     return {
         "name": name,
@@ -68,74 +75,86 @@ def model_config(name: str, segmenter, max_batch_size: int) -> dict:
         "max_batch_size": max_batch_size,
         "input": [
             {
-                "name": inp.name,
-                "data_type": _TRITON_TYPES[DATATYPES[np.dtype(inp.dtype)]],
-                "dims": [str(d) for d in _dims(inp.shape)],
+                "name": c.input_name,
+                "data_type": c.input_type.triton,
+                "dims": [str(d) for d in c.input_dims],
             }
         ],
         "output": [
             {
-                "name": out.name,
-                "data_type": _TRITON_TYPES[DATATYPES[np.dtype(out.dtype)]],
-                "dims": [str(d) for d in _dims(out.shape)],
+                "name": c.output_name,
+                "data_type": c.output_type.triton,
+                "dims": [str(d) for d in c.output_dims],
             }
         ],
         "parameters": params,
     }
 
 
-def _build_model(name: str, segmenter, max_batch_size: int):
-    """The KServe model: validates the request against the model's input, runs it, returns the raw output."""
+def model_metadata(contract: Contract) -> dict:
+    """``GET /v2/models/NAME``: the protocol's model metadata (Triton's answer for an ONNX model)."""
+    c = contract
+    return {
+        "name": c.model,
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {"name": c.input_name, "datatype": c.input_type.datatype, "shape": [-1, *c.input_dims]}
+        ],
+        "outputs": [
+            {
+                "name": c.output_name,
+                "datatype": c.output_type.datatype,
+                "shape": [-1, *c.output_dims],
+            }
+        ],
+    }
+
+
+def _build_model(contract: Contract, segmenter):
+    """The KServe model behind the gRPC endpoint: the request checked as over REST, run, raw output back."""
     from kserve import Model
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferResponse
 
-    inp, out = segmenter.input_spec, segmenter.output_spec
-    in_type, out_type = DATATYPES[np.dtype(inp.dtype)], DATATYPES[np.dtype(out.dtype)]
-    in_dims = _dims(inp.shape)
+    c = contract
 
     class UnetModel(Model):
         def __init__(self):
-            super().__init__(name)
+            super().__init__(c.model)
             self.ready = True
 
-        def get_input_types(self):
-            return [{"name": inp.name, "datatype": in_type, "shape": [-1, *in_dims]}]
-
-        def get_output_types(self):
-            return [{"name": out.name, "datatype": out_type, "shape": [-1, *_dims(out.shape)]}]
-
         def _tensor(self, payload) -> np.ndarray:
-            if len(payload.inputs) != 1 or payload.inputs[0].name != inp.name:
+            if len(payload.inputs) != 1:
                 raise InvalidInput(
-                    f"expected one input named {inp.name!r}, got {[i.name for i in payload.inputs]}"
+                    f"expected 1 inputs but got {len(payload.inputs)} inputs for model "
+                    f"'{c.model}'; send only '{c.input_name}'"
                 )
             x = payload.inputs[0]
-            if x.datatype != in_type:
-                raise InvalidInput(
-                    f"input {inp.name!r} has datatype {x.datatype}; this model takes {in_type}"
-                )
-            shape = list(x.shape)
-            if len(shape) != 1 + len(in_dims) or any(
-                want not in (-1, got) for want, got in zip(in_dims, shape[1:], strict=True)
-            ):
-                raise InvalidInput(
-                    f"input {inp.name!r} has shape {shape}; this model takes [-1, {', '.join(map(str, in_dims))}] "
-                    "(-1: any)"
-                )
-            if not 1 <= shape[0] <= max_batch_size:
-                raise InvalidInput(
-                    f"inference request batch-size must be <= {max_batch_size} for '{name}' "
-                    f"(got {shape[0]}); split the request"
-                )
             try:
-                return np.ascontiguousarray(x.as_numpy().reshape(shape))
-            except (ValueError, TypeError) as exc:  # wrong byte count, unparsable data
+                nbytes = c.check_input(x.name, x.datatype, list(x.shape))
+            except ProtocolError as exc:
+                raise InvalidInput(str(exc)) from exc
+            try:
+                values = x.as_numpy()
+            except (ValueError, TypeError) as exc:  # a byte count no whole number of values fills
                 raise InvalidInput(
-                    f"input {inp.name!r}: the data does not hold {shape} {in_type} values ({exc})"
+                    f"input '{x.name}': the data does not hold {list(x.shape)} "
+                    f"{c.input_type.datatype} values ({exc})"
                 ) from exc
+            if values.nbytes != nbytes:  # refused, never truncated or padded
+                raise InvalidInput(
+                    f"input byte size mismatch for input '{x.name}' for model '{c.model}'. "
+                    f"Expected {nbytes}, got {values.nbytes}"
+                )
+            return np.ascontiguousarray(values.reshape(x.shape))
 
         async def predict(self, payload, headers=None, response_headers=None):
+            for out in payload.request_outputs or ():
+                if out.name != c.output_name:
+                    raise InvalidInput(
+                        f"unexpected inference output '{out.name}' for model '{c.model}'"
+                    )
             batch = self._tensor(payload)
             try:
                 # ONNX Runtime releases the GIL while it runs: other requests are parsed meanwhile.
@@ -143,16 +162,102 @@ def _build_model(name: str, segmenter, max_batch_size: int):
             except SegmenterError as exc:
                 raise InvalidInput(str(exc)) from exc
             result = np.ascontiguousarray(result)
-            output = InferOutput(name=out.name, shape=list(result.shape), datatype=out_type)
+            output = InferOutput(
+                name=c.output_name, shape=list(result.shape), datatype=c.output_type.datatype
+            )
             output.set_data_from_numpy(result, binary_data=True)
             return InferResponse(
                 response_id=payload.id or "",
-                model_name=name,
+                model_name=c.model,
                 infer_outputs=[output],
                 use_binary_outputs=True,
             )
 
     return UnetModel()
+
+
+def _rest_app(contract: Contract, config: dict, segmenter):
+    """The REST endpoints (Starlette): health, metadata, Triton's config route, and inference.
+
+    Inference is decoded here rather than by KServe's REST layer, which
+    accepted a body longer than its tensor (the extra bytes ignored) and
+    answered a short one with 500; :mod:`.protocol` refuses both as Triton does.
+    """
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    def error(message: str, status: int = 400) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def unknown(model: str) -> JSONResponse:
+        return error(f"Request for unknown model: '{model}' is not found", 404)
+
+    def model_route(handler):
+        async def route(request: Request):
+            model = request.path_params["model"]
+            version = request.path_params.get("version", "1")
+            if model != contract.model or version not in ("", "1"):
+                return unknown(model if version in ("", "1") else f"{model}' version '{version}")
+            return await handler(request)
+
+        return route
+
+    async def live(request: Request):
+        return Response(status_code=200)
+
+    async def server_metadata(request: Request):
+        return JSONResponse({"name": "segment-unet", "version": _version(), "extensions": []})
+
+    async def metadata(request: Request):
+        return JSONResponse(model_metadata(contract))
+
+    async def model_config_route(request: Request):
+        return JSONResponse(config)
+
+    async def infer(request: Request):
+        body = await request.body()
+        try:
+            decoded = decode_request(
+                contract, body, request.headers.get("inference-header-content-length")
+            )
+        except ProtocolError as exc:
+            return error(str(exc), exc.status)
+        try:
+            # ONNX Runtime releases the GIL while it runs: other requests are parsed meanwhile.
+            result = await asyncio.to_thread(segmenter.run, decoded.batch)
+        except SegmenterError as exc:
+            return error(str(exc))
+        payload, headers = encode_response(contract, result, decoded)
+        return Response(payload, headers=headers)
+
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", live),
+        Route("/v2", server_metadata),
+    ]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [
+            Route(prefix, model_route(metadata)),
+            Route(prefix + "/ready", model_route(live)),
+            Route(prefix + "/config", model_route(model_config_route)),
+            Route(prefix + "/infer", model_route(infer), methods=["POST"]),
+        ]
+
+    async def not_found(request: Request, exc):
+        return error(f"Not Found: {request.method} {request.url.path}", exc.status_code)
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+
+def _version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("unet-onnx")
+    except md.PackageNotFoundError:
+        return "0+unknown"
 
 
 #: Field numbers of Triton's model_config.proto and grpc_service.proto, for :func:`encode_model_config`.
@@ -169,7 +274,6 @@ _TENSOR_FIELDS = {
     "input": {"name": 1, "data_type": 2, "dims": 4},
     "output": {"name": 1, "data_type": 2, "dims": 3},
 }
-_DATA_TYPES = {"TYPE_UINT8": 2, "TYPE_FP16": 10, "TYPE_FP32": 11}
 
 
 def _varint(n: int) -> bytes:
@@ -207,7 +311,7 @@ def encode_model_config(config: dict) -> bytes:
             dims = b"".join(_varint(int(d)) for d in t["dims"])
             tensor = (
                 _field(f["name"], t["name"])
-                + _field(f["data_type"], _DATA_TYPES[t["data_type"]])
+                + _field(f["data_type"], by_triton(t["data_type"]).triton_enum)
                 + _field(f["dims"], dims)
             )
             body += _field(_CONFIG_FIELDS[kind], tensor)
@@ -261,50 +365,42 @@ async def _serve(
     stop: asyncio.Event,
 ) -> None:
     import uvicorn
-    from fastapi import HTTPException
     from grpc import aio
     from kserve.model_repository import ModelRepository
-    from kserve.model_server import app
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
     from kserve.protocol.grpc.servicer import InferenceServicer
     from kserve.protocol.model_repository_extension import ModelRepositoryExtension
-    from kserve.protocol.rest.server import RESTServer
 
     from .segmenter import Segmenter
 
     segmenter = Segmenter(model_path, providers=providers)
+    contract = contract_of(name, segmenter, max_batch_size)
     config = model_config(name, segmenter, max_batch_size)
-    repository = ModelRepository()
-    repository.update(_build_model(name, segmenter, max_batch_size), name)
-    dataplane, extension = (
-        DataPlane(model_registry=repository),
-        ModelRepositoryExtension(model_registry=repository),
-    )
-
-    # REST: KServe's endpoints, middlewares and error mapping on its application, Triton's config
-    # route added.
-    RESTServer("kserve.model_server:app", dataplane, extension, http_port).create_application()
-
-    async def config_route(model_name: str):
-        if model_name != name:
-            raise HTTPException(
-                status_code=404, detail=f"Model with name {model_name} does not exist."
-            )
-        return config
-
-    app.add_api_route("/v2/models/{model_name}/config", config_route, methods=["GET"])
     http = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=http_port, log_config=None, timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            _rest_app(contract, config, segmenter),
+            host=host,
+            port=http_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
     )
-    # gRPC: KServe's servicer and the ModelConfig RPC on one server.
+    # gRPC: KServe's servicer (its data plane around our model) and Triton's ModelConfig RPC.
+    repository = ModelRepository()
+    repository.update(_build_model(contract, segmenter), name)
     grpc_server = aio.server(
         interceptors=(ExceptionToStatusInterceptor(),),
         options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
     )
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, extension), grpc_server
+        InferenceServicer(
+            DataPlane(model_registry=repository),
+            ModelRepositoryExtension(model_registry=repository),
+        ),
+        grpc_server,
     )
     grpc_server.add_generic_rpc_handlers((_config_grpc_handler(name, config),))
     if grpc_server.add_insecure_port(f"{host}:{grpc_port}") == 0:

@@ -22,13 +22,14 @@ from typing import Sequence
 import numpy as np
 
 from .errors import SegmenterError
-from .model_info import METADATA_PREFIX, ModelInfo
+from .model_info import ModelInfo
 from .pipeline import Pipeline
+from .wire import METADATA_PREFIX, by_triton
 
 __all__ = ["TritonSegmenter"]
 
-_NP = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
-_FROM_CONFIG = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_UINT8": "UINT8"}
+#: The input types an export can have (wire names).
+_INPUT_TYPES = ("FP32", "FP16", "UINT8")
 
 
 class TritonSegmenter:
@@ -81,16 +82,28 @@ class TritonSegmenter:
             self._client = tc.InferenceServerClient(
                 url=url, connection_timeout=timeout_s, network_timeout=timeout_s
             )
+        try:
+            self._configure(model_name, url, info)
+        except BaseException:
+            self._client.close()  # a refused model leaves no open connection behind
+            raise
+
+    def _configure(self, model_name: str, url: str, info: ModelInfo | None) -> None:
+        """Read max_batch_size, tensor names and types and the model's metadata from the server."""
         config = self._config()
         self.max_batch_size = int(config.get("max_batch_size", 0)) or 1
         (inp,), (out,) = config["input"], config["output"]
         self.input_name, self.output_name = inp["name"], out["name"]
-        self.input_datatype = _FROM_CONFIG.get(inp["data_type"], inp["data_type"])
-        if self.input_datatype not in _NP:
+        try:
+            wire = by_triton(inp["data_type"])
+        except KeyError:
+            wire = None
+        if wire is None or wire.datatype not in _INPUT_TYPES:
             raise SegmenterError(
-                f"{model_name!r} takes {self.input_datatype} input; a VGG19-UNet export takes "
-                f"{' or '.join(_NP)}"
+                f"{model_name!r} takes {inp['data_type']} input; a VGG19-UNet export takes "
+                f"{' or '.join(_INPUT_TYPES)}"
             )
+        self.input_datatype = wire.datatype
         if info is None:
             params = {
                 k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()
@@ -107,7 +120,7 @@ class TritonSegmenter:
                     "the repository with export-unet --triton-repo, or pass info=ModelInfo(...)"
                 )
         self.info = info
-        self._pipeline = Pipeline(info, _NP[self.input_datatype])
+        self._pipeline = Pipeline(info, wire.numpy)
 
     def _config(self) -> dict:
         """The model configuration, as a dict (HTTP's JSON form; gRPC's protobuf converted)."""

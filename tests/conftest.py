@@ -49,7 +49,7 @@ def _cuda_device_present() -> bool:
 #: the full-size export, frame exports verified at four sizes, a server in a child process): tests using one are `slow`,
 #: and those using a server are `server` too. make test-fast leaves both out; CI runs everything.
 SLOW_FIXTURES = frozenset(
-    {"labelled", "full_width_run", "default_export", "server", "frame_exports"}
+    {"labelled", "full_width_run", "default_export", "server", "frame_exports", "triton", "ours"}
 )
 
 
@@ -81,7 +81,7 @@ def pytest_collection_modifyitems(config, items):
         if item.nodeid.removeprefix("tests/") in CORE_EXPORT_TESTS:
             item.add_marker(pytest.mark.core)
         names = set(getattr(item, "fixturenames", ()))
-        if "server" in names:
+        if names & {"server", "ours", "triton"}:
             item.add_marker(pytest.mark.server)
         if names & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
