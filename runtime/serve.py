@@ -124,6 +124,12 @@ def _build_model(contract: Contract, segmenter):
             super().__init__(c.model)
             self.ready = True
 
+        def get_input_types(self):  # gRPC ModelMetadata (perf_analyzer reads it)
+            return [model_metadata(c)["inputs"][0]]
+
+        def get_output_types(self):
+            return [model_metadata(c)["outputs"][0]]
+
         def _tensor(self, payload) -> np.ndarray:
             if len(payload.inputs) != 1:
                 raise InvalidInput(
