@@ -357,11 +357,13 @@ def _export_subprocess(args, variant: Variant, size: int, out: Path) -> dict:
     }
 
 
-def _bench_images(args, size: int, count: int) -> tuple[list, list | None]:
-    """``count`` images at ``size`` (a folder's, repeated if it has fewer; else seeded noise), and their labels."""
+def _bench_images(args, size: int, count: int) -> tuple[list, list | None, int]:
+    """``count`` images at ``size`` (a folder's, repeated if it has fewer; else seeded noise), their labels,
+    and how many of them are distinct (the first ones): agreement is counted over those only."""
     if args.images is None:
         rng = np.random.default_rng(args.seed)
-        return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)], None
+        images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
+        return images, None, count
     from unet_export.calibration import image_files, load_images
 
     from .labels import load_labels
@@ -372,10 +374,8 @@ def _bench_images(args, size: int, count: int) -> tuple[list, list | None]:
         labels = load_labels(args.labels, files, size) if args.labels else None
     except Exception as exc:  # ConfigError / LabelError: one line, named
         raise BenchError(str(exc)) from exc
-    reps = -(-count // len(images))
-    return (images * reps)[: max(count, len(images))], (labels * reps)[
-        : max(count, len(images))
-    ] if labels else None
+    reps, n = -(-count // len(images)), max(count, len(images))
+    return (images * reps)[:n], (labels * reps)[:n] if labels else None, len(images)
 
 
 #: ``bench-unet NAME ...``: module (in this package) whose ``main(argv, prog)`` runs it. Without a name,
@@ -505,13 +505,23 @@ def _run_rows(args, results) -> None:
         bar.line("exporting / loading models ...")
         models, make_keras = _get_models(args, tmp, results.meta["exports"])
         for size in args.size:
-            images, labels = _bench_images(args, size, count)
-            ref_probs, ref_src, keras_model = _reference(args, size, images, models, make_keras)
+            images, labels, distinct = _bench_images(args, size, count)
+            if distinct < len(images):
+                results.meta["images_note"] = (
+                    f"The --images folder holds {distinct} images: they were repeated to fill "
+                    f"batches of {len(images)}; agreement counts each once."
+                )
+            # The reference (and so every row's agreement) covers distinct images only; the
+            # repeats of a small --images folder only fill the batches being timed.
+            ref_probs, ref_src, keras_model = _reference(
+                args, size, images[:distinct], models, make_keras
+            )
             flops_1 = conv_flops(
                 onnx.load(str(models[(REFERENCE, size)]), load_external_data=False), 1, size, size
             )
             bar.line(
-                f"size {size}: {flops_1 / 1e9:.1f} GFLOP per image; reference: {ref_src} on {len(images)} images"
+                f"size {size}: {flops_1 / 1e9:.1f} GFLOP per image; reference: {ref_src} on {distinct} images"
+                + (f" (repeated to fill {len(images)})" if distinct < len(images) else "")
             )
             for batch in args.batch:
                 flops = flops_1 * batch

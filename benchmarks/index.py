@@ -96,12 +96,32 @@ def build_index(folder: Path) -> str:
             "",
             "Tool output kept verbatim; the card is in the file name, its software in the run of the same date.",
             "",
-            "| file | first line |",
-            "|---|---|",
+            "| file | produced by | first line |",
+            "|---|---|---|",
         ]
         for p in records:
-            lines.append(f"| [{p.name}]({p.name}) | {_first_line(p).replace('|', '/')} |")
+            lines.append(
+                f"| [{p.name}]({p.name}) | {_origin(p.name)} | {_first_line(p).replace('|', '/')} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+#: How each kind of text record was made (file name pattern -> what produced it). Two kinds came
+#: from scripts that are no longer in the repository: they cannot be re-run as they were.
+TEXT_ORIGINS = {
+    "*-gpu-tests.txt": "`pytest tests/test_gpu.py -s` on that card",
+    "*-profile-*.txt": "a kernel-profiling script (torch.profiler around ONNX Runtime's CUDA "
+    "provider) that is no longer in the repository; `bench-unet profile` profiles per node with "
+    "ONNX Runtime's own profiler instead",
+    "*-exact-fp32-probe.txt": "a probe script (fp32 on the GPU with TF32 off vs the CPU) that is "
+    "no longer in the repository; tests/test_gpu.py checks the same bound",
+}
+
+
+def _origin(name: str) -> str:
+    from fnmatch import fnmatch
+
+    return next((how for pattern, how in TEXT_ORIGINS.items() if fnmatch(name, pattern)), "-")
 
 
 def main(argv: list[str] | None = None, prog: str = "bench-unet index") -> int:

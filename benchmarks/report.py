@@ -377,7 +377,8 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         "host = uint8 images in, masks out (pre/post-processing and copies included); pre/post = the runtime's "
         "own processing alone, share = of the device time. Medians of n timed runs "
         "after warm-up; agreement = class-mask agreement with the fp32 reference on confident pixels (margin >= 0.05), "
-        "over every benchmark image (count in brackets); accuracy / mIoU = against --labels.",
+        "over every distinct benchmark image (count in brackets); accuracy / mIoU = against --labels.",
+        *([meta["images_note"]] if meta.get("images_note") else []),
         "",
         "| row | size | batch | device median ms | p90 | ms/img | img/s | TFLOP/s | host median ms | pre/post ms (share) | "
         f"vs {baseline or 'baseline'} | setup s | agreement (px, images) | rel L2 | accuracy / mIoU | peak RSS MB | GPU MB | n |",

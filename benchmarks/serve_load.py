@@ -7,8 +7,8 @@ HTTP and gRPC. The load comes from Triton's ``perf_analyzer`` when it is
 installed (``UNET_PERF_ANALYZER`` or on PATH), otherwise from this module's
 own clients (``TritonSegmenter`` threads, each mask checked against a local
 ``Segmenter``). Beside them, the in-process ceiling: ``Segmenter.run`` on
-the same model in this process, before and after the servers. Triton's
-statistics say which batch sizes its dynamic batcher formed.
+the same model in this process, before and after the servers. Both
+servers' statistics say which batch sizes they formed.
 
     bench-unet serve --repo triton_repo --out benchmarks/results/serve-cpu
 """
@@ -118,16 +118,22 @@ def in_process(model: Path, batch: int, runs: int) -> dict:
 
 # --------------------------------------------------------------------------- load generators
 def perf_analyzer_row(
-    tool: str, model: str, address: str, protocol: str, concurrency: int, interval_ms: int
+    tool: str,
+    model: str,
+    address: str,
+    protocol: str,
+    concurrency: int,
+    interval_ms: int,
+    stability: int = 20,
 ) -> dict:
     """One perf_analyzer measurement at one concurrency; its CSV figures (latencies in ms)."""
     with tempfile.TemporaryDirectory(prefix="bench-pa-") as tmp:
         csv_path = Path(tmp) / "pa.csv"
         argv = [tool, "-m", model, "-u", address, "-i", protocol, "-b", "1"]
         argv += [f"--concurrency-range={concurrency}:{concurrency}", "-p", str(interval_ms)]
-        # Stable = three windows within 20%; a 2-core machine running the server and the load
-        # generator at once rarely stays within perf_analyzer's default 10%.
-        argv += ["-s", "20", "-r", "6", "-f", str(csv_path)]
+        # Stable = three windows within `stability` %; a 2-core machine running the server and the
+        # load generator at once rarely stays within perf_analyzer's default 10%.
+        argv += ["-s", str(stability), "-r", "6", "-f", str(csv_path)]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30 * interval_ms / 1e3)
         rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
     row: dict = {"command": " ".join(argv[1:]), "exit_code": proc.returncode}
@@ -176,13 +182,17 @@ def clients_row(
 
 
 # --------------------------------------------------------------------------- the run
-def _triton_batches(server, model: str) -> dict[int, int]:
-    (stats,) = server.get_json(f"/v2/models/{model}/stats")["model_stats"]
+def _batches(http: str, model: str) -> dict[int, int]:
+    """Model runs per batch size so far, from the server's statistics (Triton's extension; ours too)."""
+    import json
+
+    with urllib.request.urlopen(f"http://{http}/v2/models/{model}/stats", timeout=30) as r:
+        (stats,) = json.load(r)["model_stats"]
     return {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
 
 
 def _serve(kind: str, repo: Path, name: str, max_batch: int, log: Path):
-    """Start one server; returns (addresses, stop function, Triton handle or None)."""
+    """Start one server; returns (addresses, stop function)."""
     if kind == "builtin":
         proc, urls = start_server(
             repo / name / "1" / "model.onnx", max_batch, "cpu", log, name=name
@@ -192,14 +202,14 @@ def _serve(kind: str, repo: Path, name: str, max_batch: int, log: Path):
             proc.terminate()
             return proc.wait(timeout=60)
 
-        return urls, stop, None
+        return urls, stop
     from .tritonserver import locate, start_triton
 
     install, missing = locate()
     if install is None:
         raise RuntimeError(f"--servers triton: {missing}")
     server = start_triton(install, repo, log, timeout_s=300)
-    return {"http": server.http, "grpc": server.grpc}, server.stop, server
+    return {"http": server.http, "grpc": server.grpc}, server.stop
 
 
 def run(args) -> dict:
@@ -224,17 +234,23 @@ def run(args) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         for kind in args.servers:
-            urls, stop, triton = _serve(kind, args.repo, args.name, max_batch, Path(tmp) / kind)
+            urls, stop = _serve(kind, args.repo, args.name, max_batch, Path(tmp) / kind)
             try:
                 for protocol in args.protocols:
                     for c in args.concurrency:
                         # The model's own time right before the row: a 2-core VM drifts by ~10% over
                         # minutes, so each row is compared with its neighbour, not a global figure.
                         base = in_process(model, 1, args.runs)
-                        before = _triton_batches(triton, args.name) if triton else {}
+                        before = _batches(urls["http"], args.name)
                         if tool:
                             r = perf_analyzer_row(
-                                tool, args.name, urls[protocol], protocol, c, args.interval_ms
+                                tool,
+                                args.name,
+                                urls[protocol],
+                                protocol,
+                                c,
+                                args.interval_ms,
+                                args.stability,
                             )
                         else:
                             r = clients_row(
@@ -246,13 +262,12 @@ def run(args) -> dict:
                                 images,
                                 expected,
                             )
-                        if triton:
-                            after = _triton_batches(triton, args.name)
-                            r["batches_formed"] = {
-                                b: n - before.get(b, 0)
-                                for b, n in sorted(after.items())
-                                if n > before.get(b, 0)
-                            }
+                        after = _batches(urls["http"], args.name)
+                        r["batches_formed"] = {
+                            b: n - before.get(b, 0)
+                            for b, n in sorted(after.items())
+                            if n > before.get(b, 0)
+                        }
                         rows.append(
                             {
                                 "server": kind,
@@ -370,6 +385,12 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet serve") -> int:
         help="auto: perf_analyzer if found (UNET_PERF_ANALYZER or PATH), else our clients",
     )
     p.add_argument("--interval-ms", type=int, default=10000, help="perf_analyzer's window")
+    p.add_argument(
+        "--stability",
+        type=int,
+        default=20,
+        help="perf_analyzer: % by which three windows may differ and still count as stable",
+    )
     p.add_argument("--requests", type=int, default=10, help="clients: requests per client")
     p.add_argument(
         "--runs", type=int, default=8, help="in-process runs per measurement (before each row)"

@@ -23,6 +23,7 @@ import importlib.util
 import logging
 import signal
 import sys
+from collections import Counter, deque
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,81 @@ def model_metadata(contract: Contract) -> dict:
     }
 
 
-def _build_model(contract: Contract, segmenter):
+class Batcher:
+    """Runs the model one batch at a time, putting together the requests that wait meanwhile.
+
+    Like Triton's dynamic batcher with no queue delay: a request that arrives
+    while the model runs waits for it, and then runs with every other waiting
+    request of the same image shape, up to ``max_batch_size`` images. One run
+    at a time also keeps concurrent requests from splitting the CPU's cores
+    between two sessions (measured slower than one at a time in
+    benchmarks/results/serve-cpu.md).
+    """
+
+    def __init__(self, run, max_batch_size: int):
+        self._run, self._max = run, max_batch_size
+        self._pending: deque = deque()
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        #: images per model run, as they formed (for the statistics and the tests)
+        self.batch_sizes: Counter = Counter()
+
+    async def submit(self, batch: np.ndarray) -> np.ndarray:
+        """The model's output for ``batch``, run alone or with other waiting requests."""
+        if self._worker is None:
+            self._wake = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((batch, done))
+        assert self._wake is not None
+        self._wake.set()
+        return await done
+
+    def _take(self) -> list:
+        first = self._pending.popleft()
+        group, images = [first], len(first[0])
+        while self._pending:
+            batch = self._pending[0][0]
+            if batch.shape[1:] != first[0].shape[1:] or images + len(batch) > self._max:
+                break
+            group.append(self._pending.popleft())
+            images += len(batch)
+        return group
+
+    async def _work(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                group = [(b, f) for b, f in self._take() if not f.done()]  # cancelled: dropped
+                if not group:
+                    continue
+                x = group[0][0] if len(group) == 1 else np.concatenate([b for b, _ in group])
+                self.batch_sizes[len(x)] += 1
+                try:
+                    # ONNX Runtime releases the GIL while it runs: requests are parsed meanwhile.
+                    out = await asyncio.to_thread(self._run, x)
+                except Exception as exc:  # the same error for every request of the group
+                    for _, f in group:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                start = 0
+                for b, f in group:
+                    if not f.done():
+                        f.set_result(out[start : start + len(b)])
+                    start += len(b)
+
+    async def close(self) -> None:
+        """Stop the worker (requests still waiting get CancelledError)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            for _, f in self._pending:
+                f.cancel()
+
+
+def _build_model(contract: Contract, batcher: Batcher):
     """The KServe model behind the gRPC endpoint: the request checked as over REST, run, raw output back."""
     from kserve import Model
     from kserve.errors import InvalidInput
@@ -163,8 +238,7 @@ def _build_model(contract: Contract, segmenter):
                     )
             batch = self._tensor(payload)
             try:
-                # ONNX Runtime releases the GIL while it runs: other requests are parsed meanwhile.
-                result = await asyncio.to_thread(segmenter.run, batch)
+                result = await batcher.submit(batch)
             except SegmenterError as exc:
                 raise InvalidInput(str(exc)) from exc
             result = np.ascontiguousarray(result)
@@ -182,7 +256,7 @@ def _build_model(contract: Contract, segmenter):
     return UnetModel()
 
 
-def _rest_app(contract: Contract, config: dict, segmenter):
+def _rest_app(contract: Contract, config: dict, batcher: Batcher):
     """The REST endpoints (Starlette): health, metadata, Triton's config route, and inference.
 
     Inference is decoded here rather than by KServe's REST layer, which
@@ -222,6 +296,25 @@ def _rest_app(contract: Contract, config: dict, segmenter):
     async def model_config_route(request: Request):
         return JSONResponse(config)
 
+    async def statistics(request: Request):
+        # The subset of Triton's statistics extension a load test reads: runs per batch size.
+        sizes = sorted(batcher.batch_sizes.items())
+        return JSONResponse(
+            {
+                "model_stats": [
+                    {
+                        "name": contract.model,
+                        "version": "1",
+                        "inference_count": sum(b * n for b, n in sizes),
+                        "execution_count": sum(n for _, n in sizes),
+                        "batch_stats": [
+                            {"batch_size": b, "compute_infer": {"count": n}} for b, n in sizes
+                        ],
+                    }
+                ]
+            }
+        )
+
     async def infer(request: Request):
         body = await request.body()
         try:
@@ -231,8 +324,7 @@ def _rest_app(contract: Contract, config: dict, segmenter):
         except ProtocolError as exc:
             return error(str(exc), exc.status)
         try:
-            # ONNX Runtime releases the GIL while it runs: other requests are parsed meanwhile.
-            result = await asyncio.to_thread(segmenter.run, decoded.batch)
+            result = await batcher.submit(decoded.batch)
         except SegmenterError as exc:
             return error(str(exc))
         payload, headers = encode_response(contract, result, decoded)
@@ -248,6 +340,7 @@ def _rest_app(contract: Contract, config: dict, segmenter):
             Route(prefix, model_route(metadata)),
             Route(prefix + "/ready", model_route(live)),
             Route(prefix + "/config", model_route(model_config_route)),
+            Route(prefix + "/stats", model_route(statistics)),
             Route(prefix + "/infer", model_route(infer), methods=["POST"]),
         ]
 
@@ -384,9 +477,10 @@ async def _serve(
     segmenter = Segmenter(model_path, providers=providers)
     contract = contract_of(name, segmenter, max_batch_size)
     config = model_config(name, segmenter, max_batch_size)
+    batcher = Batcher(segmenter.run, max_batch_size)
     http = uvicorn.Server(
         uvicorn.Config(
-            _rest_app(contract, config, segmenter),
+            _rest_app(contract, config, batcher),
             host=host,
             port=http_port,
             log_config=None,
@@ -396,7 +490,7 @@ async def _serve(
     )
     # gRPC: KServe's servicer (its data plane around our model) and Triton's ModelConfig RPC.
     repository = ModelRepository()
-    repository.update(_build_model(contract, segmenter), name)
+    repository.update(_build_model(contract, batcher), name)
     grpc_server = aio.server(
         interceptors=(ExceptionToStatusInterceptor(),),
         options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
@@ -431,6 +525,7 @@ async def _serve(
     await grpc_server.stop(grace=5)
     await http_task
     stop_task.cancel()
+    await batcher.close()
     segmenter.close()
     if not http.started:
         raise OSError(f"HTTP port {http_port} on {host} could not be opened")

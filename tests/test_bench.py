@@ -429,7 +429,7 @@ def test_rows_name_the_fold_auto_stands_for():
 
 def test_three_photos_and_their_labels(full_width_run, tmp_path):
     """A user timing on three photos: no calibration minimum, the images repeated to fill the batch, every
-    row scored over all of them and against the labels (VOC palette PNGs)."""
+    row scored over the three distinct ones and against the labels (VOC palette PNGs)."""
     from PIL import Image
 
     from unet_runtime.images import voc_palette
@@ -462,8 +462,10 @@ def test_three_photos_and_their_labels(full_width_run, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert row["batch"] == 4 and row["numerics"]["agreement_images"] == 5
-    assert 0 <= row["numerics"]["mean_iou"] <= 1 and row["numerics"]["pixels"] == 5 * 32 * 32
+    # Three distinct photos, however many copies filled the batch: each counted once, and said.
+    assert row["batch"] == 4 and row["numerics"]["agreement_images"] == 3
+    assert 0 <= row["numerics"]["mean_iou"] <= 1 and row["numerics"]["pixels"] == 3 * 32 * 32
+    assert "holds 3 images: they were repeated" in (tmp_path / "r.md").read_text()
     (tmp_path / "lab" / "p2.png").unlink()
     proc = run_cli(
         "unet_bench.cli",

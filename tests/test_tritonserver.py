@@ -15,6 +15,7 @@ test here skips, naming what is missing.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
 import threading
 
@@ -60,6 +61,8 @@ FIXED = ("int8_argmax", "fp32_softmax", "batch1", "batch8", "instances2")
 def install():
     found, missing = locate()
     if found is None:
+        if os.environ.get("UNET_REQUIRE_TRITON"):  # CI provides Triton: its absence is a failure
+            pytest.fail(f"UNET_REQUIRE_TRITON is set but Triton cannot run: {missing}")
         pytest.skip(f"needs a Triton Inference Server; missing here: {missing}")
     return found
 
@@ -387,3 +390,38 @@ def test_one_client_works_against_both(triton, ours, repository, protocol):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(SegmenterError, match="cannot read the configuration of 'nope'"):
         TritonSegmenter(triton["http"], "nope")
+
+
+# ------------------------------------------------------------------------- bench-unet serve
+@pytest.mark.parametrize("load", ["perf_analyzer", "clients"])
+def test_bench_serve_measures_both_servers(triton, repository, tmp_path, load):
+    """bench-unet serve on a one-model repository: a row per server, protocol and concurrency, no error."""
+    import json
+    import shutil
+
+    from tests.conftest import run_cli
+    from unet_bench.serve_load import find_perf_analyzer
+
+    if load == "perf_analyzer" and not find_perf_analyzer():
+        if os.environ.get("UNET_REQUIRE_TRITON"):
+            pytest.fail("UNET_REQUIRE_TRITON is set but UNET_PERF_ANALYZER names no perf_analyzer")
+        pytest.skip("needs Triton's perf_analyzer (UNET_PERF_ANALYZER or on PATH)")
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / "batch8", repo / "batch8")
+    argv = ["--repo", repo, "--out", tmp_path / "serve", "--load", load, "--runs", "2"]
+    # Millisecond runs on shared cores never hold perf_analyzer's stability: any figure will do here.
+    argv += ["--concurrency", "1", "2", "--interval-ms", "800", "--stability", "100"]
+    argv += ["--requests", "3"]
+    proc = run_cli("unet_bench.serve_load", *argv)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "serve.json").read_text())
+    rows = [r for r in data["rows"] if "concurrency" in r]
+    assert data["load"] == load
+    assert {(r["server"], r["protocol"], r["concurrency"]) for r in rows} == {
+        (s, p, c) for s in ("builtin", "triton") for p in ("http", "grpc") for c in (1, 2)
+    }
+    assert all(r["images_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+    assert all(sum(r["batches_formed"].values()) > 0 for r in rows)
+    if load == "clients":
+        assert all(r["wrong_masks"] == 0 for r in rows)
+    assert "% of ceiling" in (tmp_path / "serve.md").read_text()
