@@ -45,6 +45,7 @@ lint: install-lint
 	$(BIN)/python -m mypy --cache-dir .mypy_cache runtime export
 	$(BIN)/python -m pyflakes export runtime benchmarks tests
 	$(BIN)/bench-unet index --check
+	$(BIN)/python tests/doclinks.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache model.onnx model.report.json

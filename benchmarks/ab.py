@@ -226,7 +226,7 @@ def _bad_arguments(args) -> str | None:
     if (args.torch or args.torch_compile) and torch_missing():
         return torch_missing()
     if args.openvino and importlib.util.find_spec("openvino") is None:
-        return "--openvino needs OpenVINO: pip install 'unet-onnx[openvino]' (an optional peer, never a dependency)"
+        return "--openvino needs OpenVINO: install the 'openvino' extra (pip install '.[openvino]' in a clone) (an optional peer, never a dependency)"
     return None
 
 

@@ -251,7 +251,7 @@ class Variant:
         return Variant(self.precision, self.head, self.input_dtype)
 
 
-#: The numeric reference of every row: the seed graph in fp32 with probabilities out.
+#: The numeric reference of every row: the reference graph in fp32 with probabilities out.
 REFERENCE = Variant("fp32", "softmax")
 
 
@@ -317,7 +317,7 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
     missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
     if missing:
         raise BenchError(
-            f"exporting needs {' and '.join(missing)} (pip install 'unet-onnx[export]'), or pass --models-from"
+            f"exporting needs {' and '.join(missing)} (install the 'export' extra (pip install '.[export]' in a clone)), or pass --models-from"
         )
     for variant, size in sorted(want, key=lambda k: (k[1], k[0].file_name(k[1]))):
         out = tmp / variant.file_name(size)
@@ -385,7 +385,7 @@ SUBCOMMANDS = {
     "int8": ("int8_sweep", "INT8 accuracy against the number of calibration images"),
     "serve": (
         "serve_load",
-        "latency and throughput of segment-unet serve under concurrent clients",
+        "throughput and latency of Triton and segment-unet serve (perf_analyzer or own clients)",
     ),
     "frames": (
         "frames",
@@ -405,6 +405,12 @@ SUBCOMMANDS = {
         "fixture",
         "train the labelled shapes fixture (trained weights and labelled images for the benchmarks)",
     ),
+    "gpu-suite": (
+        "gpu_suite",
+        "every GPU figure of the docs in one run: GPU tests, the fp16 matrix with PyTorch peers, "
+        "frames, tiles, kernels, TensorRT",
+    ),
+    "kernels": ("kernels", "where a GPU run's time goes, kernel by kernel (PyTorch's profiler)"),
     "index": ("index", "regenerate benchmarks/results/README.md from the result files"),
 }
 
@@ -432,7 +438,9 @@ def _run(args, argv) -> int:
     from . import report
 
     if args.keras == "on" and importlib.util.find_spec("tensorflow") is None:
-        raise BenchError("--keras on needs TensorFlow (pip install 'unet-onnx[export]')")
+        raise BenchError(
+            "--keras on needs TensorFlow (install the 'export' extra (pip install '.[export]' in a clone))"
+        )
     if args.keras == "auto" and args.models_from:
         args.keras = "off"
     from .torch_bench import torch_missing
@@ -574,7 +582,7 @@ def _run_rows(args, results) -> None:
                                 progress=bar.tick,
                             )
                             row.note = f"numerics vs {ref_src}" + (
-                                " (FLOPs: the seed graph's)" if variant.fold != "off" else ""
+                                " (FLOPs: the reference graph's)" if variant.fold != "off" else ""
                             )
                             results.add(row)
                             bar.line(

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
     )
     args = p.parse_args(argv)
     no_psutil = importlib.util.find_spec("psutil") is None  # checked before minutes of work
-    psutil_problem = "measuring the process tree needs psutil: pip install 'unet-onnx[bench]'"
+    psutil_problem = "measuring the process tree needs psutil: install the 'bench' extra (pip install '.[bench]' in a clone)"
     meta = begin_run(prog, argv, args.out, psutil_problem if no_psutil else None)
     if meta is None:
         return 1

@@ -1,7 +1,7 @@
-"""A labelled fixture: the seed model trained on generated shapes, with ground-truth masks.
+"""A labelled fixture: the reference model trained on generated shapes, with ground-truth masks.
 
 Accuracy gates mean nothing on random weights, whose softmax is flat. This
-trains the seed network (or a narrow one), seeded, on images of saturated
+trains the reference network (or a narrow one), seeded, on images of saturated
 shapes over grey backgrounds: class 0 is background and classes 1..N-1 are
 hue bins of a shape's colour. The cue is local, so a model trained on
 small crops also segments larger images of the same generator. It is a
@@ -86,7 +86,7 @@ def train_fixture(
     learning_rate: float = 3e-4,
     log=print,
 ):
-    """Train the seed network (softmax head, size-agnostic) on shapes; returns (model, summary)."""
+    """Train the reference network (softmax head, size-agnostic) on shapes; returns (model, summary)."""
     import keras
 
     from unet_export import build_vgg19_unet

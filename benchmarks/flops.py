@@ -3,9 +3,9 @@
 Counts the multiply-adds of Conv and ConvTranspose nodes (2 FLOPs each: the
 network has no Gemm or MatMul) after shape inference at a concrete input
 size; activations, pooling and resize are memory-bound and left out, as is
-customary. The seed network is 494 GFLOP per 512x512 image. bench-unet
-divides every row's time by the seed graph's count, so a folded graph (15%
-fewer multiply-adds) shows its speed in the seed's FLOPs, which its note says.
+customary. The reference network is 494 GFLOP per 512x512 image. bench-unet
+divides every row's time by the reference graph's count, so a folded graph (15%
+fewer multiply-adds) shows its speed in the reference graph's FLOPs, which its note says.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
     p.add_argument(
         "--models-from",
         type=Path,
-        help="a folder holding plain.onnx and graph.onnx (skips the exports)",
+        help="a folder holding plain.onnx and graph.onnx, weight-free or not (skips the exports)",
     )
     p.add_argument("--iters", type=int, default=20, help="timed runs per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per row")
@@ -134,9 +134,12 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet frames") -> int:
         if not args.models_from:
             _export(folder / "plain.onnx", args, resize=False)
             _export(folder / "graph.onnx", args, resize=True)
+        from .weights import materialize
+
+        # Weight-free copies (gpu-suite --prepare) get seeded weights: the same for both models.
         rows = frame_rows(
-            folder / "plain.onnx",
-            folder / "graph.onnx",
+            materialize(folder / "plain.onnx", tmp, seed=args.seed),
+            materialize(folder / "graph.onnx", tmp, seed=args.seed),
             frames,
             providers=providers,
             warmup=args.warmup,

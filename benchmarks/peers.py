@@ -14,9 +14,9 @@ __all__ = ["keras_model", "keras_rows", "TorchUNet", "torch_from_onnx"]
 
 
 def keras_model(size: int, *, seed: int = 0, weights: str | None = None):
-    """The Keras peer: the seed network at ``size`` x ``size`` x 3, seeded like every export, or ``weights``.
+    """The Keras peer: the reference network at ``size`` x ``size`` x 3, seeded like every export, or ``weights``.
 
-    Built at the timed size because that is the seed's (and a user's) model.
+    Built at the timed size because that is how the reference model (and a user's) is built.
     """
     from unet_export import build_vgg19_unet
 
@@ -63,7 +63,7 @@ def torch_from_onnx(
     # a folded or padded graph: its Conv weights do not map onto the twin
     if len(convs) != len(net.convs()):
         raise ValueError(
-            f"the model has {len(convs)} Conv nodes, the seed network {len(net.convs())}; give the plain "
+            f"the model has {len(convs)} Conv nodes, the reference network {len(net.convs())}; give the plain "
             "fp32/fp16 export (no --fold-upsample, no --pad-channels)"
         )
     with torch.no_grad():
@@ -84,7 +84,7 @@ def torch_from_onnx(
 
 
 class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays optional
-    """Factory for the PyTorch twin of the seed network (NCHW)."""
+    """Factory for the PyTorch twin of the reference network (NCHW)."""
 
     @staticmethod
     def build(num_classes: int = 21, fold: bool = False):
@@ -92,8 +92,8 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
 
         ``forward(x, head)`` takes NCHW input; head ``"argmax"`` (uint8 mask),
         ``"softmax"`` or ``"logits"``. ``convs()`` lists one loader per
-        convolution of the seed, in the order of the ONNX graph's Conv nodes
-        (encoder, decoder, head); each ``load(w, b)`` takes the seed's OIHW
+        convolution of the reference network, in the order of the ONNX graph's Conv nodes
+        (encoder, decoder, head); each ``load(w, b)`` takes the reference OIHW
         kernel and bias (a folded stage splits its first kernel, see
         ``unet_export.fold``).
         """

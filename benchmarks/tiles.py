@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -150,7 +151,11 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
     h, w = args.image_size
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     mask = np.zeros((h, w), np.uint8) if args.monai else None
-    with Segmenter(args.model, providers=providers) as seg:
+    from .weights import materialize
+
+    scratch = tempfile.TemporaryDirectory(prefix="bench-tiles-")
+    model = materialize(args.model, scratch.name)  # a weight-free copy gets seeded weights
+    with Segmenter(model, providers=providers) as seg:
         tile = tuple(args.tile) if args.tile else "model"
         # warm-up: sessions, arenas
         seg.predict(image[:1024, :1024], tile=tile, overlap=args.overlap, blend=args.blend)
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
         from unet_export.verify import FP32_TIE_MARGIN
 
         peer, peer_mask, margin = monai_row(
-            args.model,
+            model,
             image,
             tile=window,
             overlap=args.overlap,
@@ -244,6 +249,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
         ]
     )
     save_results(args.out, {**meta, **info}, table)
+    scratch.cleanup()
     return 0
 
 

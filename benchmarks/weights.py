@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["strip", "refill", "is_stripped", "STRIP_MARK"]
+__all__ = ["strip", "refill", "is_stripped", "materialize", "STRIP_MARK"]
 
 STRIP_MARK = "unet_bench.stripped"
 
@@ -71,3 +71,23 @@ def refill(model, *, head_scale: float = 40.0, seed: int = 0):
     del model.metadata_props[:]
     helper.set_model_props(model, props)
     return model
+
+
+def materialize(path, folder, *, seed: int = 0):
+    """``path`` itself, or for a stripped model a refilled copy written into ``folder``.
+
+    What a benchmark that takes a model file calls first, so that the
+    weight-free copies of ``bench-unet --save-models`` (or ``gpu-suite
+    --prepare``) run anywhere without TensorFlow.
+    """
+    from pathlib import Path
+
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    if not is_stripped(model):
+        return path
+    out = Path(folder) / path.name
+    onnx.save(refill(model, seed=seed), str(out))
+    return out

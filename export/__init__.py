@@ -1,4 +1,4 @@
-"""unet_export: the seed's VGG19-UNet from Keras to a verified ONNX model.
+"""unet_export: the reference VGG19-UNet from Keras to a verified ONNX model.
 
 TensorFlow is imported lazily, on first use, so ``import unet_export`` is cheap.
 """

@@ -77,7 +77,9 @@ def load_images(source, height: int, width: int) -> list[np.ndarray]:
     try:
         from PIL import Image
     except ImportError as exc:
-        raise ConfigError("reading images needs Pillow: pip install 'unet-onnx[images]'") from exc
+        raise ConfigError(
+            "reading images needs Pillow: install the 'images' extra (pip install '.[images]' in a clone)"
+        ) from exc
     out = []
     for path in files:
         try:

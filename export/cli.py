@@ -1,4 +1,4 @@
-"""``export-unet``: the seed's VGG19-UNet from Keras to a verified ONNX file.
+"""``export-unet``: the reference VGG19-UNet from Keras to a verified ONNX file.
 
 Exit codes: 0 written; 1 bad input or a failed check (one line on stderr,
 nothing written); 2 usage error (argparse).
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="export-unet",
         formatter_class=_Formatter,
-        description="Build the seed's VGG19-UNet in Keras (or load your weights), convert it with tf2onnx, "
+        description="Build the reference VGG19-UNet in Keras (or load your weights), convert it with tf2onnx, "
         "clean and check the graph, verify it against Keras on ONNX Runtime (CPU), then write it atomically.",
         epilog="Example: export-unet --out model.onnx --weights my_unet.keras --head argmax --precision fp16",
     )
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--head",
         choices=HEADS,
         default=d.head,
-        help="probabilities (as the seed), raw logits, or a uint8 class mask computed in the graph",
+        help="probabilities (as specified), raw logits, or a uint8 class mask computed in the graph",
     )
     p.add_argument(
         "--precision",

@@ -52,7 +52,7 @@ class ExportConfig:
     calibration_method: str = "minmax"
     #: ``float32`` (normalized input) or ``uint8`` (raw RGB, normalized in the graph).
     input_dtype: str = "float32"
-    #: filter multiplier (1.0 = the seed); < 1 only for tests and experiments.
+    #: filter multiplier (1.0 = the reference network); < 1 only for tests and experiments.
     width_multiplier: float = 1.0
     #: decoder upsampling folded into the next conv: one of fold.FOLD_CHOICES (``auto``: see fold_form).
     fold_upsample: str = "auto"

@@ -158,7 +158,7 @@ def convert_keras(
     mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0),
 ):
-    """Convert the seed's Keras model to an ONNX ``ModelProto`` with tf2onnx, weights included.
+    """Convert the reference Keras model to an ONNX ``ModelProto`` with tf2onnx, weights included.
 
     Args:
         model: the Keras VGG19-UNet (softmax head), NHWC.

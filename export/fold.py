@@ -1,6 +1,6 @@
 """Fold each decoder stage's nearest 2x upsampling into the convolution after it.
 
-The seed's decoder stage is ``conv3x3(concat(skip, up2(x)))``. Split along
+The reference decoder stage is ``conv3x3(concat(skip, up2(x)))``. Split along
 the concatenated channels it is ``conv3x3_s(skip) + conv3x3_u(up2(x))``,
 and the second term never needs ``up2(x)``: every output pixel
 ``(2h+i, 2w+j)`` of a 3x3 convolution over a nearest-upsampled map reads
@@ -48,7 +48,7 @@ __all__ = ["FOLD_FORMS", "FOLD_CHOICES", "auto_fold_form", "fold_upsample_convs"
 
 log = logging.getLogger(__name__)
 
-#: ``off`` keeps the seed's Resize + Concat + Conv graph.
+#: ``off`` keeps the reference Resize + Concat + Conv graph.
 FOLD_FORMS = ("off", "convtranspose", "phase", "phase_nhwc")
 #: What --fold-upsample accepts: ``auto`` is resolved per precision by :func:`auto_fold_form`.
 FOLD_CHOICES = ("auto", *FOLD_FORMS)
@@ -64,7 +64,7 @@ def auto_fold_form(precision: str) -> str:
       EP runs in NHWC: 1.90 -> 1.39 ms at batch 1 and 1.72 -> 1.13 ms per
       image at batch 8 on an H100 (benchmarks/results/h100-2026-11-26-goal.md),
       masks as before (99.96% vs 99.97% agreement with fp32).
-    - fp32: ``off``, the seed's graph, node for node what Keras computes
+    - fp32: ``off``, the reference graph, node for node what Keras computes
       (the reference export). On a CPU ``phase`` is 12% faster
       (cpu-fold.md); fp32 on a GPU was not measured with a fold.
     """
@@ -97,7 +97,7 @@ def _transpose_kernel(w: np.ndarray) -> np.ndarray:
 
 
 def _is_nearest_2x(node, inits) -> bool:
-    """A Resize that is the seed's UpSampling2D: nearest, asymmetric, floor, constant NCHW scales (1, 1, 2, 2)."""
+    """A Resize that is the reference UpSampling2D: nearest, asymmetric, floor, constant NCHW scales (1, 1, 2, 2)."""
     from onnx import numpy_helper
 
     if node.op_type != "Resize" or len(node.input) < 3 or node.input[2] not in inits:

@@ -1,11 +1,11 @@
-"""The seed's VGG19-UNet as a Keras functional model.
+"""The reference VGG19-UNet as a Keras functional model.
 
 The network is described by two small tables (encoder stages, decoder
 stages) so that its shape can be read at a glance and tested row by row
-against the seed's ``model.summary()``. Every layer gets an explicit name:
-the encoder names come from the seed (``conv1-1`` ... ``conv5-4``,
+against the reference model's ``model.summary()``. Every layer gets an explicit name:
+the encoder names come from the specification (``conv1-1`` ... ``conv5-4``,
 ``pool1`` ... ``pool4``) and the decoder names are the ones Keras gave the
-seed's unnamed layers in a fresh process (``up_sampling2d``, ``concatenate``,
+reference model's unnamed layers in a fresh process (``up_sampling2d``, ``concatenate``,
 ``conv2d`` ... ``conv2d_8``). Naming them explicitly keeps them stable even
 when several models are built in one process, so ``.weights.h5`` files,
 reports and ONNX node names always read the same.
@@ -33,9 +33,9 @@ ENCODER_STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 4), (512
 DECODER_FILTERS: tuple[int, ...] = (512, 256, 128, 64)
 #: Four 2x2 poolings: H and W must be divisible by 2**4 for the skips to line up.
 SIZE_MULTIPLE = 16
-#: Parameter count of the seed at 512x512x3 and 21 classes (its summary table).
+#: Parameter count of the reference model at 512x512x3 and 21 classes (its summary table).
 SEED_PARAMS = 30_202_133
-#: Name of the 1x1 softmax classifier (the last conv in the seed's summary).
+#: Name of the 1x1 softmax classifier (the last conv in the reference model's summary).
 HEAD_LAYER = "conv2d_8"
 
 
@@ -78,26 +78,26 @@ def build_vgg19_unet(
     seed: int | None = None,
     width_multiplier: float = 1.0,
 ):
-    """Build the seed's VGG19-UNet.
+    """Build the reference VGG19-UNet.
 
     Args:
         input_shape: ``(H, W, C)``; H and W are multiples of 16 or ``None``
             for a size-agnostic model (then they must be multiples of 16 at
-            run time). C is 3 in the seed; other values are allowed for
+            run time). C is 3 in the reference model; other values are allowed for
             experiments.
-        num_classes: classes of the softmax head (21 in the seed).
+        num_classes: classes of the softmax head (21 in the reference model).
         seed: when given, seeds each layer's initializer so the untrained
-            model is reproducible (the seed's initializers are kept:
+            model is reproducible (the reference model's initializers are kept:
             Glorot-uniform in the encoder and head, He-normal in the decoder,
             zero biases); the process's global random state is not touched.
-        width_multiplier: multiplier on every conv's filter count. 1.0 is the seed;
+        width_multiplier: multiplier on every conv's filter count. 1.0 is the reference network;
             narrow models (e.g. 0.125) convert in seconds instead of half a
             minute, which is what the test suite uses to cover the
             conversion logic over many configurations.
 
     Returns:
         A ``keras.Model`` named ``vgg19_unet``: NHWC float32 in, NHWC
-        softmax probabilities out, with the seed's layer names and wiring.
+        softmax probabilities out, with the reference model's layer names and wiring.
     """
     if len(tuple(input_shape)) != 3:
         raise ConfigError(f"input_shape {tuple(input_shape)!r} must be (height, width, channels)")
@@ -112,7 +112,7 @@ def build_vgg19_unet(
 
     if not (isinstance(width_multiplier, (int, float)) and 0 < width_multiplier <= 4):
         raise ConfigError(
-            f"width_multiplier {width_multiplier!r} must be in (0, 4]; 1.0 builds the seed's network"
+            f"width_multiplier {width_multiplier!r} must be in (0, 4]; 1.0 builds the reference network"
         )
 
     import keras  # lazy: importing unet_export must not start TensorFlow
@@ -153,7 +153,7 @@ def build_vgg19_unet(
             x = conv3x3(filters, f"conv{block}-{j}")(x)
         skips.append(x)
 
-    # Decoder: upsample, concat the skip first (as the seed does), two convs.
+    # Decoder: upsample, concat the skip first (as the reference model does), two convs.
     x = skips.pop()
     conv_index = 0
     for stage, filters in enumerate(DECODER_FILTERS):

@@ -1,7 +1,7 @@
 """Pad the two narrow convolutions' channel counts to a multiple of 8 (GPU tensor cores).
 
 cuDNN's fast fp16 NHWC convolution kernels need channel counts that are
-multiples of 8 (16-byte aligned rows). Two layers of the seed miss that:
+multiples of 8 (16-byte aligned rows). Two layers of the reference network miss that:
 ``conv1-1`` reads the 3 RGB channels, and the 1x1 head writes 21 classes.
 On an H100 (kernel profile in benchmarks/results/
 h100-2026-11-25-profile-fp16-u8-b1.txt) they fall back to slow kernels:
@@ -22,7 +22,7 @@ Both rewrites are exact:
 
 The function is unchanged, so verification is unchanged. What the GPU
 gains is measured by ``bench-unet --pad-channels off on``: 1.39 -> 1.34 ms
-at batch 1 on an H100 with the convtranspose fold, nothing on the seed's
+at batch 1 on an H100 with the convtranspose fold, nothing on the reference model's
 graph (benchmarks/results/h100-2026-11-26-goal.md).
 """
 

@@ -85,7 +85,7 @@ class ExportState:
         line = (
             f"decoder fold {form} ({self.fold_stages} stages)"
             if self.fold_stages
-            else "seed graph (Resize + Concat decoder)"
+            else "reference graph (Resize + Concat decoder)"
         )
         n = len(self.padded)
         return line + (
@@ -95,7 +95,7 @@ class ExportState:
 
 # ------------------------------------------------------------------ the steps
 def build(state: ExportState) -> str:
-    """The seed's Keras model at the export size, with the user's weights (or a seeded random init)."""
+    """The reference Keras model at the export size, with the user's weights (or a seeded random init)."""
     from .model import build_vgg19_unet
     from .weights import copy_weights, load_encoder_weights, load_weights
 
@@ -303,12 +303,12 @@ def export_model(
     triton=None,
     keras_model=None,
 ) -> ExportResult:
-    """Export the seed's VGG19-UNet to a verified ONNX file at ``out``.
+    """Export the reference VGG19-UNet to a verified ONNX file at ``out``.
 
     Args:
         config: what to export (see :class:`ExportConfig`).
         out: the ``.onnx`` path; written only if every step passes.
-        keras_model: a trained ``keras.Model`` of the seed's architecture, in
+        keras_model: a trained ``keras.Model`` of the reference model's architecture, in
             memory (e.g. at the end of a training script), instead of
             ``config.weights``: its weights are copied layer by layer into
             the model built for ``config`` (any input size it was trained

@@ -1,4 +1,4 @@
-"""Loading a user's weights into the seed's model, and fingerprinting them.
+"""Loading a user's weights into the reference model, and fingerprinting them.
 
 Keras 3 ``.weights.h5`` files and ``Model.set_weights`` match layers by
 *order*, not by name (keras/src/saving/saving_lib.py), so a file from another architecture may
@@ -138,7 +138,7 @@ def stored_num_classes(path: str | os.PathLike) -> int | None:
     """The class count of the head stored in a weights file, or None if it cannot be told.
 
     Read with h5py alone (no Keras model is built, so it is cheap enough to
-    run before any slow step). The head is the seed's only 1x1 convolution:
+    run before any slow step). The head is the reference model's only 1x1 convolution:
     every 4-D weight of shape ``(1, 1, C_in, N)`` in the file (the kernel, and
     any optimizer slots a ``.keras`` archive saved for it) names the same N.
     Other layouts, several candidate widths, or an unreadable file give None,

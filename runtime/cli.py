@@ -7,7 +7,7 @@ class ids) and, with ``--overlay``, a blended preview; with
 files in it. An unreadable image is skipped with a message and the exit
 code is 1 at the end; two inputs that would write the same mask file, or a
 mask that cannot be written, stop the run with an error. Masks are written
-atomically. Needs Pillow (``pip install unet-onnx[images]``).
+atomically. Needs Pillow (the 'images' extra).
 """
 
 from __future__ import annotations
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         from PIL import Image
     except ImportError:
         print(
-            "segment-unet: error: Pillow is not installed; pip install 'unet-onnx[images]'",
+            "segment-unet: error: Pillow is not installed; pip install pillow (the 'images' extra)",
             file=sys.stderr,
         )
         return 1

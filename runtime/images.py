@@ -130,7 +130,9 @@ def set_resize_backend(name: str) -> None:
     if name not in ("opencv", "numpy"):
         raise ValueError(f"resize backend {name!r} is not one of 'auto', 'opencv', 'numpy'")
     if name == "opencv" and _cv2() is None:
-        raise ValueError("resize backend 'opencv' needs OpenCV: pip install 'unet-onnx[opencv]'")
+        raise ValueError(
+            "resize backend 'opencv' needs OpenCV: pip install opencv-python-headless (the 'opencv' extra)"
+        )
     _backend = name
 
 

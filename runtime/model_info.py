@@ -38,7 +38,7 @@ INPUT_DTYPES = ("float32", "uint8")
 INPUT_NAME = "input"
 OUTPUT_NAMES = {"softmax": "probabilities", "logits": "logits", "argmax": "mask"}
 
-#: Pascal VOC 2012's 21 classes, the seed's default class set.
+#: Pascal VOC 2012's 21 classes, the reference model's default class set.
 VOC_CLASSES: tuple[str, ...] = (
     "background",
     "aeroplane",

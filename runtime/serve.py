@@ -12,7 +12,7 @@ the model configuration endpoint Triton offers (``GET
 so :class:`~unet_runtime.triton_client.TritonSegmenter` pre- and
 post-processes from either server without a copy of the model file.
 
-Needs the ``serve`` extra (``pip install 'unet-onnx[serve]'``).
+Needs the ``serve`` extra (kserve: ``pip install ".[serve]"`` in a clone).
 """
 
 from __future__ import annotations
@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None, prog: str = "segment-unet serve") -> int
         problem = f"--http-port and --grpc-port are both {args.http_port}; give two ports"
     else:
         if importlib.util.find_spec("kserve") is None:
-            problem = "serving needs kserve: pip install 'unet-onnx[serve]'"
+            problem = "serving needs kserve: pip install 'kserve>=0.21,<0.23' (the 'serve' extra)"
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ needs is read from the server once, at construction: the model
 configuration's ``parameters`` (size, layout, normalization, head, classes:
 ``export-unet --triton-repo`` writes them into ``config.pbtxt``), the input
 and output names and types, and ``max_batch_size``, by which larger batches
-are split. Needs the ``triton`` extra (``pip install "unet-onnx[triton]"``).
+are split. Needs the ``triton`` extra (tritonclient: ``pip install ".[triton]"`` in a clone).
 
     client = TritonSegmenter("localhost:8000", "vgg19_unet")            # HTTP
     client = TritonSegmenter("localhost:8001", "vgg19_unet", protocol="grpc")
@@ -71,7 +71,7 @@ class TritonSegmenter:
                 import tritonclient.grpc as tc
         except ImportError as exc:
             raise SegmenterError(
-                "the Triton client needs tritonclient: pip install 'unet-onnx[triton]'"
+                "the Triton client needs tritonclient: pip install 'tritonclient[http,grpc]' (the 'triton' extra)"
             ) from exc
         self._tc, self._grpc = tc, protocol == "grpc"
         self.url, self.model_name, self.model_version = url, model_name, model_version

@@ -100,7 +100,7 @@ def test_json_table_and_plot(full_width_run):
 def test_flops_come_from_the_graph(full_width_run):
     _, root = full_width_run
     model = refill(onnx.load(str(root / "models" / "fp32-softmax-32.onnx")))
-    # The seed network: about 494 GFLOP at 512x512; cost scales with H*W.
+    # The reference network: about 494 GFLOP at 512x512; cost scales with H*W.
     assert conv_flops(model, 1, 512, 512) == pytest.approx(494e9, rel=0.01)
     assert conv_flops(model, 2, 256, 256) == conv_flops(model, 1, 512, 512) // 2
 
@@ -223,7 +223,7 @@ def test_keras_peer_is_the_seed_model_at_the_timed_size(tmp_path):
     from unet_bench.peers import keras_model
 
     a, b = keras_model(32, seed=0), keras_model(64, seed=0)
-    # The seed's fixed-size model, one per timed size, with the same seeded weights at every size.
+    # The reference fixed-size model, one per timed size, with the same seeded weights at every size.
     assert a.input_shape == (None, 32, 32, 3) and b.input_shape == (None, 64, 64, 3)
     assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
     other = keras_model(32, seed=1)
@@ -348,7 +348,7 @@ def test_ab_times_the_torch_twin_beside_the_onnx_model(full_width_run, tmp_path)
     # A folded graph's Conv weights do not map onto the twin: refused, not silently mis-assigned.
     folded, _ = fold_upsample_convs(model, "phase")
     onnx.save(folded, str(tmp_path / "f.onnx"))
-    with pytest.raises(ValueError, match="Conv nodes, the seed network 25"):
+    with pytest.raises(ValueError, match="Conv nodes, the reference network 25"):
         ab.run(
             [str(tmp_path / "f.onnx")],
             rounds=1,
@@ -419,7 +419,7 @@ def test_rows_name_the_fold_auto_stands_for():
         Variant("int8", "argmax", "uint8", "phase_nhwc"),
         Variant("int8", "argmax", "uint8", "convtranspose"),
     ]
-    # The seed graph keeps the plain name (models saved before the fp16 default changed still load).
+    # The reference graph keeps the plain name (models saved before the fp16 default changed still load).
     assert Variant("fp16", "argmax", "uint8").file_name(512) == "fp16-argmax-512-u8.onnx"
     v = Variant("fp16", "argmax", "uint8", "convtranspose", pad=True)
     assert v.file_name(512) == "fp16-argmax-512-u8-fold_convtranspose-pad8.onnx"

@@ -13,7 +13,7 @@ from unet_export import verify as verify_mod
 from unet_export.graph import FORBIDDEN_OPS, op_histogram
 from unet_runtime._atomic import atomic_write_bytes
 
-KERNEL_WEIGHTS = 30_194_688  # the seed's 30,202,133 parameters minus 7,445 biases
+KERNEL_WEIGHTS = 30_194_688  # the reference model's 30,202,133 parameters minus 7,445 biases
 
 
 def _cli(*args):

@@ -66,7 +66,7 @@ TABLE = [
     ((32, 32), "nchw", "softmax", "fp32", None, "convtranspose"),
     (None, "nhwc", "softmax", "fp32", None, "phase"),
     (None, "nchw", "logits", "fp32", None, "convtranspose"),
-    # fp16's default is convtranspose: the seed graph too
+    # fp16's default is convtranspose: the reference graph too
     ((32, 32), "nhwc", "softmax", "fp16", None, "off"),
     ((64, 96), "nchw", "argmax", "fp16", None, "phase"),
     ((64, 96), "nhwc", "logits", "fp32", None, "phase_nhwc"),

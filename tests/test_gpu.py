@@ -49,7 +49,7 @@ def source(tmp_path_factory):
 
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip(
-            "the GPU tests need their models and TensorFlow is not installed: install unet-onnx[export] to export them here, "
+            "the GPU tests need their models and TensorFlow is not installed: install the 'export' extra to export them here, "
             "or set UNET_GPU_MODELS to a folder written by bench-unet --save-models"
         )
     from unet_export import ExportConfig, export_model

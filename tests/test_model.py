@@ -1,9 +1,9 @@
-"""The Keras model is exactly the seed's: names, shapes, params, wiring, initializers."""
+"""The Keras model is exactly the reference model's: names, shapes, params, wiring, initializers."""
 
 import numpy as np
 import pytest
 
-from tests.seed_summary import SEED_CONCATS, SEED_SUMMARY
+from tests.model_summary import SEED_CONCATS, SEED_SUMMARY
 from unet_export import SEED_PARAMS, ConfigError, build_vgg19_unet
 
 
@@ -16,7 +16,7 @@ def test_param_count_is_the_seeds(seed_model):
     assert seed_model.count_params() == SEED_PARAMS == 30_202_133
 
 
-def test_every_layer_matches_the_seed_summary(seed_model):
+def test_every_layer_matches_the_model_summary(seed_model):
     got = [
         (layer.name, tuple(layer.output.shape[1:]), layer.count_params())
         for layer in seed_model.layers

@@ -16,7 +16,7 @@ from unet_export.pad import PAD_LOGIT, pad_channels
 
 
 def _tiny(head="argmax", classes=5, rgb=3, bias=True):
-    """RGB -> Conv3x3 -> Relu -> Conv1x1 head -> ArgMax (uint8 mask) or Softmax: the seed's two ends."""
+    """RGB -> Conv3x3 -> Relu -> Conv1x1 head -> ArgMax (uint8 mask) or Softmax: the reference model's two ends."""
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((4, rgb, 3, 3)).astype(np.float32)
     w2 = rng.standard_normal((classes, 4, 1, 1)).astype(np.float32)

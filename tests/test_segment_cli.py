@@ -230,7 +230,7 @@ def test_info_describes_the_model_without_images(narrow_export, tmp_path):
     digest = onnx.load(str(result.path)).metadata_props
     sha = {p.key: p.value for p in digest}["unet.weights_sha256"]
     assert f"weights    trained, sha256 {sha[:16]}..." in out and "exported   with python" in out
-    assert "graph      seed graph (Resize + Concat decoder)" in out
+    assert "graph      reference graph (Resize + Concat decoder)" in out
     # fp16 exports fold the decoder by default; padding is counted (conv1-1's input, the argmax
     # head).
     fast = onnx.load(

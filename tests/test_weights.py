@@ -1,4 +1,4 @@
-"""User weights load into the seed's model, in every format, or fail clearly."""
+"""User weights load into the reference model, in every format, or fail clearly."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
-"""The seed's ``model.summary()`` table (layer, output shape, params), as data.
+"""The reference model's ``model.summary()`` table (layer, output shape, params), as data.
 
-Transcribed from the seed document's summary at 512x512x3, 21 classes; the
+Transcribed from the specification's summary table at 512x512x3, 21 classes; the
 architecture test compares the built model against it row by row.
 """
 
@@ -44,7 +44,7 @@ SEED_SUMMARY = [
     ("conv2d_7", (512, 512, 64), 36928),
     ("conv2d_8", (512, 512, 21), 1365),
 ]
-#: The seed's "Connected to" column for the four concatenations: (skip, upsampled).
+#: The reference model's "Connected to" column for the four concatenations: (skip, upsampled).
 SEED_CONCATS = {
     "concatenate": ("conv4-4", "up_sampling2d"),
     "concatenate_1": ("conv3-4", "up_sampling2d_1"),
