@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from unet_export.config import ExportConfig
     from unet_export.fold import FOLD_CHOICES
     from unet_runtime import __version__
-    from unet_runtime._help import DefaultsHelpFormatter
+    from unet_runtime.helpformat import DefaultsHelpFormatter
     from unet_runtime.model_info import HEADS, INPUT_DTYPES, LAYOUTS, PRECISIONS
 
     d = ExportConfig()

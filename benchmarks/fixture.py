@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unet_runtime._help import DefaultsHelpFormatter
+from unet_runtime.helpformat import DefaultsHelpFormatter
 
 __all__ = [
     "shapes_sample",

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from unet_runtime._help import DefaultsHelpFormatter
+from unet_runtime.helpformat import DefaultsHelpFormatter
 
 __all__ = ["build_index", "main"]
 

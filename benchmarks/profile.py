@@ -184,7 +184,7 @@ def _bad_arguments(args) -> str | None:
 
 def main(argv: list[str] | None = None, prog: str = "bench-unet profile") -> int:
     """Command line: profile one or more models and print (or write) the Markdown summary."""
-    from unet_runtime._help import DefaultsHelpFormatter
+    from unet_runtime.helpformat import DefaultsHelpFormatter
 
     ap = argparse.ArgumentParser(
         prog=prog, description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter

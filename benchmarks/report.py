@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from unet_runtime._atomic import atomic_write_bytes, folder_problem, new_folders, remove_empty
+from unet_runtime.atomic import atomic_write_bytes, folder_problem, new_folders, remove_empty
 
 __all__ = [
     "Results",
@@ -36,7 +36,7 @@ __all__ = [
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` with the runtime's write-then-rename (unet_runtime._atomic): no half-written file.
+    """Write `text` to `path` with the runtime's write-then-rename (unet_runtime.atomic): no half-written file.
 
     A missing results folder is created here, at the first write, not when
     the command starts: a run that fails before it has measured anything
@@ -231,7 +231,7 @@ def results_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     ``doc`` is the subcommand module's docstring; its first paragraph is the
     description ``--help`` shows.
     """
-    from unet_runtime._help import DefaultsHelpFormatter
+    from unet_runtime.helpformat import DefaultsHelpFormatter
 
     p = argparse.ArgumentParser(
         prog=prog,

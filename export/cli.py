@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from unet_runtime._help import DefaultsHelpFormatter
+from unet_runtime.helpformat import DefaultsHelpFormatter
 
 from .errors import ExportError
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from unet_runtime._atomic import (
+from unet_runtime.atomic import (
     atomic_write_bytes,
     check_writable_target,
     new_folders,

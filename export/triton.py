@@ -32,6 +32,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from unet_runtime.wire import METADATA_PREFIX, TRT_WORKSPACE_BYTES, by_onnx
+
 from .errors import ConfigError, ExportError
 
 __all__ = [
@@ -87,17 +89,7 @@ CONFIG_KEYS: dict[str, dict[str, str]] = {
     },
 }
 #: Model-level parameters whose names start with this carry the model's metadata for clients.
-CLIENT_PREFIX = "unet."
-
-# onnx TensorProto -> Triton
-_TRITON_TYPES = {
-    1: "TYPE_FP32",
-    10: "TYPE_FP16",
-    2: "TYPE_UINT8",
-    7: "TYPE_INT64",
-}
-#: TensorRT builder workspace: enough for the largest 512x512 fp16 tactic at batch 8.
-TRT_WORKSPACE_BYTES = 4 << 30
+CLIENT_PREFIX = METADATA_PREFIX
 
 
 @dataclass
@@ -185,11 +177,13 @@ class TritonOptions:
 def _io(value_info) -> tuple[str, str, list[int]]:
     t = value_info.type.tensor_type
     dims = [d.dim_value if d.dim_value else -1 for d in t.shape.dim]
-    if t.elem_type not in _TRITON_TYPES:
+    try:
+        triton_type = by_onnx(t.elem_type).triton
+    except KeyError as exc:
         raise ExportError(
             f"tensor {value_info.name!r} has ONNX type {t.elem_type}, which this writer does not map"
-        )
-    return value_info.name, _TRITON_TYPES[t.elem_type], dims[1:]  # dims exclude the batch dimension
+        ) from exc
+    return value_info.name, triton_type, dims[1:]  # dims exclude the batch dimension
 
 
 def _fmt(dims) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import temp_path
+from .atomic import temp_path
 
 __all__ = ["PalettePngWriter"]
 

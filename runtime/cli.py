@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from . import __version__
-from ._atomic import atomic_write_bytes
-from ._help import DefaultsHelpFormatter
+from .atomic import atomic_write_bytes
 from .errors import SegmenterError
+from .helpformat import DefaultsHelpFormatter
 from .tiling import BLENDS
 
 __all__ = ["main", "build_parser"]
@@ -204,8 +204,8 @@ def _segment_tiled(segmenter, path: Path, image, args, palette) -> None:
     from PIL import Image
 
     from . import images as im
-    from ._atomic import temp_path
     from ._png import PalettePngWriter
+    from .atomic import temp_path
 
     mask_path = args.out / _outputs(path, False, False)[0]
     h, w = image.shape[:2]

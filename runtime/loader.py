@@ -27,6 +27,7 @@ from .providers import (
     provider_options,
     resolve_providers,
 )
+from .wire import WIRE_TYPES
 
 __all__ = [
     "TensorSpec",
@@ -41,8 +42,9 @@ __all__ = [
 #: float32 image alone is 12 GiB); refuse it before allocating anything.
 MAX_MODEL_SIDE = 32768
 
-#: ONNX Runtime's type strings -> numpy, for the inputs and outputs this runtime handles.
-ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+#: ONNX Runtime's type strings -> numpy, for the inputs and outputs this runtime handles (from the
+#: wire table, the one home of every type name).
+ORT_DTYPES = {t.ort: t.numpy.type for t in WIRE_TYPES if t.datatype in ("FP32", "FP16", "UINT8")}
 
 
 @dataclass(frozen=True)

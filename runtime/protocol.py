@@ -157,8 +157,9 @@ def decode_request(contract: Contract, body: bytes, header_length: str | None) -
     (spec,) = header["inputs"]
     if not isinstance(spec, dict):
         raise ProtocolError("Unable to parse 'inputs': each input must be a JSON object")
-    name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-    nbytes = contract.check_input(name, datatype, shape)
+    name, datatype, shape = str(spec.get("name")), str(spec.get("datatype")), spec.get("shape")
+    nbytes = contract.check_input(name, datatype, shape)  # raises unless shape is a list of ints
+    assert isinstance(shape, list)
     params = spec.get("parameters") or {}
     if "binary_data_size" in params:
         size = params["binary_data_size"]
@@ -205,7 +206,7 @@ def encode_response(
     contract: Contract, result: np.ndarray, request: DecodedRequest
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and headers: binary output data after the JSON header, or JSON data."""
-    out = {
+    out: dict = {
         "name": contract.output_name,
         "datatype": contract.output_type.datatype,
         "shape": list(result.shape),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import ProviderError
+from .wire import TRT_WORKSPACE_BYTES
 
 __all__ = [
     "ProviderConfig",
@@ -94,7 +95,7 @@ class ProviderConfig:
     cuda_graph: bool = False
     trt_fp16: bool = True
     trt_cache_dir: str | os.PathLike | None = None
-    trt_workspace_bytes: int = 4 << 30
+    trt_workspace_bytes: int = TRT_WORKSPACE_BYTES
     trt_profile: tuple | None = None
     trt_max_batch: int = 8
     cpu_threads: int | None = None

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._help import DefaultsHelpFormatter
 from .errors import SegmenterError
+from .helpformat import DefaultsHelpFormatter
 from .protocol import Contract, ProtocolError, decode_request, encode_response
 from .providers import parse_providers
 from .wire import METADATA_PREFIX, by_numpy, by_triton

@@ -8,7 +8,8 @@ type. The names come from the protocol and Triton's own files:
   ``docs/predict-api/v2/required_api.md``, "Tensor Data Types";
 - Triton's ``DataType`` enum ("TYPE_FP32" = 11, ...): triton-inference-server/common
   ``protobuf/model_config.proto``;
-- ONNX ``TensorProto.DataType`` numbers (FLOAT = 1, ...): onnx ``onnx/onnx.proto``.
+- ONNX ``TensorProto.DataType`` numbers (FLOAT = 1, ...): onnx ``onnx/onnx.proto``;
+- ONNX Runtime's type strings ("tensor(float)"): ``NodeArg.type`` of its Python API.
 
 Only the types an exported model uses are listed; anything else is refused by
 whoever looks it up, with the list of what is allowed.
@@ -28,9 +29,15 @@ __all__ = [
     "by_datatype",
     "by_numpy",
     "by_onnx",
+    "by_ort",
     "by_triton",
     "METADATA_PREFIX",
+    "TRT_WORKSPACE_BYTES",
 ]
+
+#: TensorRT builder workspace, in the runtime's provider options and the Triton repository's
+#: accelerator parameters: enough for the largest 512x512 fp16 tactic at batch 8.
+TRT_WORKSPACE_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class WireType:
     triton: str  #: Triton DataType enum name ("TYPE_FP32")
     triton_enum: int  #: its number in model_config.proto
     onnx: int  #: ONNX TensorProto.DataType
+    ort: str  #: ONNX Runtime's NodeArg.type ("tensor(float)")
 
     @property
     def itemsize(self) -> int:
@@ -50,10 +58,10 @@ class WireType:
 
 
 WIRE_TYPES: tuple[WireType, ...] = (
-    WireType("FP32", np.dtype(np.float32), "TYPE_FP32", 11, 1),
-    WireType("FP16", np.dtype(np.float16), "TYPE_FP16", 10, 10),
-    WireType("UINT8", np.dtype(np.uint8), "TYPE_UINT8", 2, 2),
-    WireType("INT64", np.dtype(np.int64), "TYPE_INT64", 9, 7),
+    WireType("FP32", np.dtype(np.float32), "TYPE_FP32", 11, 1, "tensor(float)"),
+    WireType("FP16", np.dtype(np.float16), "TYPE_FP16", 10, 10, "tensor(float16)"),
+    WireType("UINT8", np.dtype(np.uint8), "TYPE_UINT8", 2, 2, "tensor(uint8)"),
+    WireType("INT64", np.dtype(np.int64), "TYPE_INT64", 9, 7, "tensor(int64)"),
 )
 
 
@@ -83,3 +91,8 @@ def by_triton(name: str) -> WireType:
 def by_onnx(elem_type: int) -> WireType:
     """The type of an ONNX ``TensorProto`` element type number."""
     return _lookup("onnx", elem_type)
+
+
+def by_ort(type_string: str) -> WireType:
+    """The type of an ONNX Runtime ``NodeArg.type`` ("tensor(float)")."""
+    return _lookup("ort", type_string)

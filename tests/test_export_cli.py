@@ -11,7 +11,7 @@ from tests.conftest import run_cli
 from unet_export import ExportConfig, VerificationError, export_model
 from unet_export import verify as verify_mod
 from unet_export.graph import FORBIDDEN_OPS, op_histogram
-from unet_runtime._atomic import atomic_write_bytes
+from unet_runtime.atomic import atomic_write_bytes
 
 KERNEL_WEIGHTS = 30_194_688  # the reference model's 30,202,133 parameters minus 7,445 biases
 
