@@ -32,7 +32,7 @@ from .errors import SegmenterError
 from .helpformat import DefaultsHelpFormatter
 from .protocol import Contract, ProtocolError, decode_request, encode_response
 from .providers import parse_providers
-from .wire import METADATA_PREFIX, by_numpy, by_triton
+from .wire import METADATA_PREFIX, by_numpy
 
 __all__ = ["serve", "main", "model_config", "contract_of"]
 
@@ -359,86 +359,37 @@ def _version() -> str:
         return "0+unknown"
 
 
-#: Field numbers of Triton's model_config.proto and grpc_service.proto, for :func:`encode_model_config`.
-_CONFIG_FIELDS = {
-    "name": 1,
-    "platform": 2,
-    "max_batch_size": 4,
-    "input": 5,
-    "output": 6,
-    "parameters": 14,
-    "backend": 17,
-}
-_TENSOR_FIELDS = {
-    "input": {"name": 1, "data_type": 2, "dims": 4},
-    "output": {"name": 1, "data_type": 2, "dims": 3},
-}
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    n &= (1 << 64) - 1  # negative int64 values take ten bytes, as protobuf encodes them
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes | int | str) -> bytes:
-    if isinstance(payload, int):
-        return _varint(number << 3) + _varint(payload)
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
 def encode_model_config(config: dict) -> bytes:
-    """Triton's ``ModelConfigResponse`` (gRPC) for :func:`model_config`'s dict, in protobuf wire format.
+    """Triton's ``ModelConfigResponse`` (gRPC) for :func:`model_config`'s dict, serialized.
 
-    Written by hand because Triton's generated protos (tritonclient) and
-    KServe's declare the same ``inference.*`` messages, and one process cannot
-    load both into protobuf's default pool; the tests decode the bytes with
-    tritonclient's ``ModelConfigResponse``.
+    Built with classes generated from ``protos/model_config.proto``, the part
+    of Triton's model configuration this server sends, under its own package
+    name: Triton's generated protos (tritonclient) and KServe's declare the same
+    ``inference.*`` messages, and one process cannot load both into protobuf's
+    default pool. The field numbers are Triton's, so the bytes decode with its
+    protos (the tests decode them with tritonclient's ``ModelConfigResponse``).
     """
-    body = _field(_CONFIG_FIELDS["name"], config["name"]) + _field(
-        _CONFIG_FIELDS["platform"], config["platform"]
-    )
-    body += _field(_CONFIG_FIELDS["max_batch_size"], config["max_batch_size"])
-    for kind in ("input", "output"):
-        f = _TENSOR_FIELDS[kind]
-        for t in config[kind]:
-            dims = b"".join(_varint(int(d)) for d in t["dims"])
-            tensor = (
-                _field(f["name"], t["name"])
-                + _field(f["data_type"], by_triton(t["data_type"]).triton_enum)
-                + _field(f["dims"], dims)
-            )
-            body += _field(_CONFIG_FIELDS[kind], tensor)
-    for key, value in config["parameters"].items():
-        # map entry: key, ModelParameter
-        entry = _field(1, key) + _field(2, _field(1, value["string_value"]))
-        body += _field(_CONFIG_FIELDS["parameters"], entry)
-    body += _field(_CONFIG_FIELDS["backend"], config["backend"])
-    return _field(1, body)  # ModelConfigResponse.config
+    from google.protobuf import json_format
+
+    from .protos import model_config_pb2 as pb
+
+    message = json_format.ParseDict(config, pb.ModelConfig())
+    return pb.ModelConfigResponse(config=message).SerializeToString()
 
 
 def _config_grpc_handler(name: str, config: dict):
     """A gRPC handler for ``inference.GRPCInferenceService/ModelConfig`` (Triton's RPC; KServe's servicer lacks it)."""
     import grpc
 
+    from .protos import model_config_pb2 as pb
+
     response = encode_model_config(config)
 
-    def name_of(request: bytes) -> str:  # ModelConfigRequest: name = 1 (string), version = 2
-        from .model_file import _fields
-
-        return next(
-            (bytes(v).decode() for f, w, v in _fields(memoryview(request)) if f == 1 and w == 2), ""
-        )
-
-    async def model_config_rpc(request: str, context):
-        if request != name:
+    async def model_config_rpc(request, context):
+        if request.name != name:
             await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"Request for unknown model: '{request}' is not found"
+                grpc.StatusCode.NOT_FOUND,
+                f"Request for unknown model: '{request.name}' is not found",
             )
         return response
 
@@ -446,7 +397,9 @@ def _config_grpc_handler(name: str, config: dict):
         "inference.GRPCInferenceService",
         {
             "ModelConfig": grpc.unary_unary_rpc_method_handler(
-                model_config_rpc, request_deserializer=name_of, response_serializer=lambda b: b
+                model_config_rpc,
+                request_deserializer=pb.ModelConfigRequest.FromString,
+                response_serializer=lambda b: b,
             ),
         },
     )

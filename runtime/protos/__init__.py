@@ -1,0 +1,1 @@
+"""Protobuf messages this runtime sends (generated from the .proto files beside them)."""
