@@ -362,7 +362,7 @@ def _version() -> str:
 def encode_model_config(config: dict) -> bytes:
     """Triton's ``ModelConfigResponse`` (gRPC) for :func:`model_config`'s dict, serialized.
 
-    Built with classes generated from ``protos/model_config.proto``, the part
+    Built with classes generated from ``protos/unet_model_config.proto``, the part
     of Triton's model configuration this server sends, under its own package
     name: Triton's generated protos (tritonclient) and KServe's declare the same
     ``inference.*`` messages, and one process cannot load both into protobuf's
@@ -371,7 +371,7 @@ def encode_model_config(config: dict) -> bytes:
     """
     from google.protobuf import json_format
 
-    from .protos import model_config_pb2 as pb
+    from .protos import unet_model_config_pb2 as pb
 
     message = json_format.ParseDict(config, pb.ModelConfig())
     return pb.ModelConfigResponse(config=message).SerializeToString()
@@ -381,7 +381,7 @@ def _config_grpc_handler(name: str, config: dict):
     """A gRPC handler for ``inference.GRPCInferenceService/ModelConfig`` (Triton's RPC; KServe's servicer lacks it)."""
     import grpc
 
-    from .protos import model_config_pb2 as pb
+    from .protos import unet_model_config_pb2 as pb
 
     response = encode_model_config(config)
 

@@ -175,15 +175,15 @@ def test_sizes_and_shapes_that_do_not_add_up_are_refused(shape, data, size, word
 
 # ------------------------------------------------------------------ the ModelConfig protobuf
 def test_generated_model_config_module_matches_its_proto(tmp_path):
-    """runtime/protos/model_config_pb2.py is what protoc makes of model_config.proto (regenerate both together)."""
+    """runtime/protos/unet_model_config_pb2.py is what protoc makes of unet_model_config.proto (regenerate both together)."""
     grpc_tools = pytest.importorskip("grpc_tools.protoc", reason="needs grpcio-tools (protoc)")
     root = Path(__file__).resolve().parents[1] / "runtime" / "protos"
     code = grpc_tools.main(
-        ["protoc", f"-I{root}", f"--python_out={tmp_path}", str(root / "model_config.proto")]
+        ["protoc", f"-I{root}", f"--python_out={tmp_path}", str(root / "unet_model_config.proto")]
     )
     assert code == 0
-    fresh = (tmp_path / "model_config_pb2.py").read_text()
-    committed = (root / "model_config_pb2.py").read_text()
+    fresh = (tmp_path / "unet_model_config_pb2.py").read_text()
+    committed = (root / "unet_model_config_pb2.py").read_text()
 
     def descriptor(text: str) -> str:
         # The serialized .proto; the rest (the protobuf version check) varies with grpcio-tools.
