@@ -44,7 +44,7 @@ lint: install-lint
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m mypy --cache-dir .mypy_cache runtime export
 	$(BIN)/python -m pyflakes export runtime benchmarks tests
-	$(BIN)/bench-unet index --check
+	$(BIN)/bench-unet lab index --check
 	$(BIN)/python tests/doclinks.py
 
 clean:

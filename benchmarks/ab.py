@@ -8,7 +8,7 @@ input: drift hits all candidates alike, and the per-round ratio to the
 first candidate is the figure to read (its median over rounds).
 
 Usage:
-    bench-unet ab --out PREFIX [--rounds 12] [--keras-weights W.weights.h5] [--openvino] MODEL.onnx...
+    bench-unet lab ab --out PREFIX [--rounds 12] [--keras-weights W.weights.h5] [--openvino] MODEL.onnx...
 
 Writes PREFIX.json (every raw timing, machine, versions, command) and PREFIX.md.
 """
@@ -230,7 +230,7 @@ def _bad_arguments(args) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None, prog: str = "bench-unet ab") -> int:
+def main(argv: list[str] | None = None, prog: str = "bench-unet lab ab") -> int:
     """Command line; returns the exit code."""
     ap = results_parser(prog, __doc__)
     ap.add_argument(

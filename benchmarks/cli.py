@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
         description=__doc__.split("\n\n")[0],
         epilog="Other benchmarks: "
-        + "; ".join(f"bench-unet {name} --help: {what}" for name, (_, what) in SUBCOMMANDS.items()),
+        + "; ".join(f"bench-unet {name} --help: {what}" for name, (_, what) in SUBCOMMANDS.items())
+        + ". The tools behind the project's own result files: bench-unet lab --help.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(
@@ -379,10 +380,8 @@ def _bench_images(args, size: int, count: int) -> tuple[list, list | None, int]:
 
 
 #: ``bench-unet NAME ...``: module (in this package) whose ``main(argv, prog)`` runs it. Without a name,
-#: bench-unet runs the latency matrix.
+#: bench-unet runs the latency matrix. These are what a user measures their own models with.
 SUBCOMMANDS = {
-    "export": ("export_cost", "wall time and peak memory of export-unet per configuration"),
-    "int8": ("int8_sweep", "INT8 accuracy against the number of calibration images"),
     "serve": (
         "serve_load",
         "throughput and latency of Triton and segment-unet serve (perf_analyzer or own clients)",
@@ -395,24 +394,43 @@ SUBCOMMANDS = {
         "tiles",
         "a large image at native resolution in windows: windows/s, ms per megapixel, memory",
     ),
-    "ab": (
-        "ab",
-        "interleaved A/B timing of ONNX files on the CPU (and Keras, PyTorch, OpenVINO peers)",
-    ),
-    "profile": ("profile", "where the CPU time goes: ONNX Runtime's profiler per op type and node"),
-    "micro": ("micro", "the runtime's host-side steps alone: resizes, normalization, argmax"),
-    "fixture": (
-        "fixture",
-        "train the labelled shapes fixture (trained weights and labelled images for the benchmarks)",
-    ),
+    "export": ("export_cost", "wall time and peak memory of export-unet per configuration"),
     "gpu-suite": (
         "gpu_suite",
         "every GPU figure of the docs in one run: GPU tests, the fp16 matrix with PyTorch peers, "
         "frames, tiles, kernels, TensorRT",
     ),
+}
+#: ``bench-unet lab NAME ...``: the tools behind the project's own result files and decisions
+#: (docs/performance.md says which file each made).
+LAB = {
+    "ab": (
+        "ab",
+        "interleaved A/B timing of ONNX files on the CPU (and Keras, PyTorch, OpenVINO peers)",
+    ),
+    "int8": ("int8_sweep", "INT8 accuracy against the number of calibration images"),
+    "profile": ("profile", "where the CPU time goes: ONNX Runtime's profiler per op type and node"),
     "kernels": ("kernels", "where a GPU run's time goes, kernel by kernel (PyTorch's profiler)"),
+    "micro": ("micro", "the runtime's host-side steps alone: resizes, normalization, argmax"),
+    "fixture": (
+        "fixture",
+        "train the labelled shapes fixture (trained weights and labelled images for the benchmarks)",
+    ),
     "index": ("index", "regenerate benchmarks/results/README.md from the result files"),
 }
+
+
+def _lab(argv: list[str]) -> int:
+    """``bench-unet lab [NAME ...]``: one of the LAB tools, or the list of them."""
+    import importlib
+
+    if not argv or argv[0] not in LAB:
+        print("usage: bench-unet lab NAME ... (NAME --help for its flags)\n")
+        for name, (_, what) in LAB.items():
+            print(f"  {name:<8} {what}")
+        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    module = importlib.import_module(f"{__package__}.{LAB[argv[0]][0]}")
+    return module.main(argv[1:], prog=f"bench-unet lab {argv[0]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,6 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         module = importlib.import_module(f"{__package__}.{SUBCOMMANDS[argv[0]][0]}")
         return module.main(argv[1:], prog=f"bench-unet {argv[0]}")
+    if argv[:1] == ["lab"]:
+        return _lab(argv[1:])
+    if argv and argv[0] in LAB:  # the spelling of earlier releases
+        print(
+            f"bench-unet: note: 'bench-unet {argv[0]}' is now 'bench-unet lab {argv[0]}'",
+            file=sys.stderr,
+        )
+        return _lab(argv)
     args = build_parser().parse_args(argv)
     try:
         _validate(args)

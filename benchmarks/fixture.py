@@ -10,7 +10,7 @@ test fixture, not a useful segmenter; nothing it produces is committed.
 Two sizes:
 
 * the full network, for the benchmarks' accuracy columns and the INT8
-  bounds (``bench-unet fixture --out fixture/``: ~10 minutes on 2 cores at
+  bounds (``bench-unet lab fixture --out fixture/``: ~10 minutes on 2 cores at
   64x64 crops);
 * :func:`small_fixture`, for the test suite: 1/8 of the filters, 5 classes,
   64x64 crops, 300 steps (~12 s on 2 cores), pixel accuracy ~0.99.
@@ -185,7 +185,7 @@ def write_labelled_images(
         Image.fromarray(label).save(folder / "labels" / f"{i:03d}.png")
 
 
-def main(argv=None, prog: str = "bench-unet fixture") -> int:
+def main(argv=None, prog: str = "bench-unet lab fixture") -> int:
     """Entry point: train and write the fixture folder."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     p = argparse.ArgumentParser(

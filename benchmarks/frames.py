@@ -60,15 +60,15 @@ def frame_rows(
             except ValueError:  # OpenCV not installed: that row is left out
                 continue
             with Segmenter(path, providers=providers) as seg:
-                batch = seg.prepare([seg.pipeline.prepare(frame)[0]])
-                call = seg.bind(batch)
+                batch = seg.engine.prepare([seg.engine.pipeline.prepare(frame)[0]])
+                call = seg.engine.bind(batch)
                 device = time_calls(call.run, warmup=warmup, iters=iters)
                 host = time_calls(
                     lambda frame=frame: seg.predict(frame), warmup=warmup, iters=iters
                 )
-                cached = seg.run(batch)
+                cached = seg.engine.run(batch)
                 pre_post = time_calls(
-                    lambda frame=frame, cached=cached: seg.pipeline.predict(
+                    lambda frame=frame, cached=cached: seg.engine.pipeline.predict(
                         frame, lambda _x: cached
                     ),
                     warmup=1,

@@ -20,10 +20,10 @@ only, and writes one file per step beside a summary:
 3. ``frames``: ``bench-unet frames`` at 640x480, 1920x1080 and 3840x2160,
    host resize vs ``--resize-in-graph``, host-to-host time per frame;
 4. ``tiles``: ``bench-unet tiles`` on a 4096x4096 image, 8 windows per call;
-5. ``kernels``: the fast path's kernels (``bench-unet kernels``, CUDA graph);
+5. ``kernels``: the fast path's kernels (``bench-unet lab kernels``, CUDA graph);
 6. ``tensorrt``: whether ONNX Runtime's TensorRT provider runs here, plainly.
 
-Then ``bench-unet index`` when the output lies in the results folder.
+Then ``bench-unet lab index`` when the output lies in the results folder.
 ``--providers cpu`` with small sizes runs the same steps on any machine (the
 test suite does, so the suite cannot break unnoticed).
 """
@@ -116,7 +116,7 @@ def _steps(args, out: Path) -> list[Step]:
     fast = models / Variant("fp16", "argmax", "uint8").file_name(size)
     tiles = ["tiles", "--out", f"{out}-tiles", "--model", fast, "--providers", args.providers]
     tiles += ["--image-size", args.tile_image, args.tile_image, "--tile-batch", "8"]
-    kernels = ["kernels", fast, "--out", f"{out}-kernels", "--providers", args.providers]
+    kernels = ["lab", "kernels", fast, "--out", f"{out}-kernels", "--providers", args.providers]
     kernels += ["--runs", max(5, it // 2), *(["--cuda-graph"] if gpu else [])]
     tensorrt = [sys.executable, "-m", "unet_bench.gpu_suite", "--try-tensorrt", str(fast)]
     return [
@@ -278,7 +278,9 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet gpu-suite") -> i
     lines += ["", f"TensorRT: {tensorrt_line[0] if tensorrt_line else 'unknown'}", ""]
     save_results(out, {**meta, "steps": results}, "\n".join(lines))
     if out.parent.resolve() == (Path.cwd() / "benchmarks" / "results").resolve():
-        subprocess.run(_bench("index"), check=False)  # the results folder's README lists them
+        subprocess.run(
+            _bench("lab", "index"), check=False
+        )  # the results folder's README lists them
     return 0 if all(r["status"] in ("ok", "not run") for r in results.values()) else 1
 
 

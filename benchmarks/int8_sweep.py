@@ -1,4 +1,4 @@
-"""``bench-unet int8``: INT8 accuracy against the number of calibration images, and the error the gates bound.
+"""``bench-unet lab int8``: INT8 accuracy against the number of calibration images, and the error the gates bound.
 
 The fp32 graph is built once (the export's own steps, with its INT8 decoder
 fold), then quantized once per calibration count (synthetic shape images, as
@@ -13,7 +13,7 @@ scored against the fp32 graph on three sets of images:
 
 These figures set the export's INT8 bounds and its default calibration count.
 
-    bench-unet int8 --out benchmarks/results/int8-calibration-trained --weights fixture/weights.weights.h5
+    bench-unet lab int8 --out benchmarks/results/int8-calibration-trained --weights fixture/weights.weights.h5
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def to_markdown(result: dict, meta: dict) -> str:
     """One table per image set: a row per calibration count."""
 
     lines = [
-        *header_lines("bench-unet int8", meta),
+        *header_lines("bench-unet lab int8", meta),
         f"{result['size']}x{result['size']}, weights: {result['weights']}. INT8 (QDQ U8S8, per-channel, minmax, "
         "phase_nhwc fold) against the fp32 graph it was quantized from; calibration on synthetic shape images.",
         "",
@@ -166,11 +166,11 @@ def to_markdown(result: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "bench-unet int8") -> int:
+def main(argv: list[str] | None = None, prog: str = "bench-unet lab int8") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = results_parser(prog, __doc__)
-    p.add_argument("--weights", help="trained weights (bench-unet fixture); default: untrained")
+    p.add_argument("--weights", help="trained weights (bench-unet lab fixture); default: untrained")
     p.add_argument(
         "--counts", type=int, nargs="+", default=[8, 16, 24, 32], help="calibration image counts"
     )

@@ -1,4 +1,4 @@
-"""``bench-unet kernels``: where a GPU run's time goes, kernel by kernel.
+"""``bench-unet lab kernels``: where a GPU run's time goes, kernel by kernel.
 
 Runs ``Segmenter.run`` on one prepared batch (IO binding, optionally a CUDA
 graph, as an application does) under PyTorch's profiler, which reads the
@@ -9,7 +9,7 @@ synchronization, host work). Needs torch (for its profiler only; the model
 runs on ONNX Runtime). Without a CUDA device it records the CPU run and
 says that there were no CUDA kernels to read.
 
-    bench-unet kernels models/fp16-argmax-512-u8.onnx --providers cuda --cuda-graph --out results/h100-kernels
+    bench-unet lab kernels models/fp16-argmax-512-u8.onnx --providers cuda --cuda-graph --out results/h100-kernels
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def profile_kernels(model: Path, providers, *, batch: int, runs: int, cuda_graph
         with Segmenter(path, providers=providers, config=config) as seg:
             size = seg.info.size or (512, 512)
             images = [np.zeros((*size, 3), np.uint8)] * batch
-            call = seg.bind(seg.prepare(images))
+            call = seg.engine.bind(seg.engine.prepare(images))
             for _ in range(5):  # warm-up: kernel selection, the CUDA graph's capture
                 call.run()
             activities = [tp.ProfilerActivity.CPU]
@@ -87,7 +87,7 @@ def _cuda_device_type():
     return DeviceType.CUDA
 
 
-def main(argv: list[str] | None = None, prog: str = "bench-unet kernels") -> int:
+def main(argv: list[str] | None = None, prog: str = "bench-unet lab kernels") -> int:
     """Command line; returns the exit code."""
     import importlib.util
 
@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet kernels") -> int
     args = p.parse_args(argv)
     problem = model_problem(args.model, "MODEL")
     if not problem and importlib.util.find_spec("torch") is None:
-        problem = "bench-unet kernels reads CUDA kernels with PyTorch's profiler: pip install torch"
+        problem = (
+            "bench-unet lab kernels reads CUDA kernels with PyTorch's profiler: pip install torch"
+        )
     if not problem and min(args.batch, args.runs, args.top) < 1:
         problem = "--batch, --runs and --top must be >= 1"
     meta = begin_run(prog, argv, args.out, problem)

@@ -1,4 +1,4 @@
-"""``bench-unet micro``: the runtime's host-side steps alone (resizes, normalization, argmax), one by one.
+"""``bench-unet lab micro``: the runtime's host-side steps alone (resizes, normalization, argmax), one by one.
 
 Times what ``Segmenter.predict`` does around the model on the host, step by
 step, for each backend the host has: the frame resized to the network
@@ -6,7 +6,7 @@ step, for each backend the host has: the frame resized to the network
 and NCHW, uint8), the mask resized back (nearest), probabilities resized
 back (bilinear, numpy and OpenCV) and the argmax of a probability map.
 
-    bench-unet micro --out benchmarks/results/micro-cpu [--frame-size 1920x1080] [--size 512]
+    bench-unet lab micro --out benchmarks/results/micro-cpu [--frame-size 1920x1080] [--size 512]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def steps(frame_hw: tuple[int, int], size: int, classes: int = 21) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
+def main(argv: list[str] | None = None, prog: str = "bench-unet lab micro") -> int:
     """Command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = results_parser(prog, __doc__)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet micro") -> int:
             }
         )
     lines = [
-        *header_lines("bench-unet micro", meta),
+        *header_lines("bench-unet lab micro", meta),
         f"Each step alone, {args.repeat} calls, one thread of numpy (OpenCV uses its own pool).",
         "",
         "| step | median ms | min ms |",

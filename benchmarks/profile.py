@@ -8,7 +8,7 @@ is convolution, and how much is QuantizeLinear/DequantizeLinear, layout
 changes and float ops left between the integer kernels.
 
 Usage:
-    bench-unet profile MODEL.onnx [--runs 5] [--batch 1] [--out summary.md]
+    bench-unet lab profile MODEL.onnx [--runs 5] [--batch 1] [--out summary.md]
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def _bad_arguments(args) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None, prog: str = "bench-unet profile") -> int:
+def main(argv: list[str] | None = None, prog: str = "bench-unet lab profile") -> int:
     """Command line: profile one or more models and print (or write) the Markdown summary."""
     from unet_runtime.helpformat import DefaultsHelpFormatter
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet profile") -> int
     if args.out:
         # PREFIX.md (a .md --out is the prefix's Markdown) and PREFIX.json with every figure.
         out = Path(args.out)
-        header = "\n".join(header_lines("bench-unet profile", meta)) + "\n"
+        header = "\n".join(header_lines("bench-unet lab profile", meta)) + "\n"
         write_text_atomic(
             out.with_suffix(".json"), json.dumps({**meta, "profiles": profiles}, indent=1) + "\n"
         )

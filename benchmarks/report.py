@@ -415,7 +415,7 @@ def markdown(rows, meta: dict, baseline: str | None) -> str:
         notes.append(
             "- '0 confident': the reference has no pixel with a top-1/top-2 margin >= 0.05 (untrained "
             "weights give a flat softmax), so agreement is over all pixels, where near-ties flip freely; "
-            "pass --weights with a trained model (bench-unet fixture) for a meaningful figure"
+            "pass --weights with a trained model (bench-unet lab fixture) for a meaningful figure"
         )
     if notes:
         lines += ["", "Notes:", *notes]

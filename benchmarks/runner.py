@@ -139,7 +139,7 @@ def bench_ort(
         options={k: v for k, v in vars(config).items() if k not in ("extra",)},
     )
     # device-resident input (IO binding) on CUDA/TensorRT
-    call = seg.bind(seg.prepare(images[:batch]))
+    call = seg.engine.bind(seg.engine.prepare(images[:batch]))
     on_gpu = provider != "cpu"
 
     def fetch():
@@ -189,7 +189,7 @@ def bench_ort(
     # (host minus device medians would mix in run-to-run noise).
     cached = fetch()
     pre_post = time_calls(
-        lambda: seg.pipeline.predict(images[:batch], lambda _x: cached),
+        lambda: seg.engine.pipeline.predict(images[:batch], lambda _x: cached),
         warmup=1,
         iters=max(5, iters),
     )

@@ -98,12 +98,12 @@ def in_process(model: Path, batch: int, runs: int) -> dict:
     with Segmenter(model, providers="cpu") as seg:
         size = seg.info.size or (512, 512)
         rng = np.random.default_rng(0)
-        x = seg.prepare([rng.integers(0, 256, (*size, 3), dtype=np.uint8)] * batch)
-        seg.run(x)
+        x = seg.engine.prepare([rng.integers(0, 256, (*size, 3), dtype=np.uint8)] * batch)
+        seg.engine.run(x)
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            seg.run(x)
+            seg.engine.run(x)
             times.append(time.perf_counter() - t0)
     ms = np.asarray(times) * 1e3
     median = float(np.median(ms))
@@ -181,6 +181,60 @@ def clients_row(
     }
 
 
+def paired_overhead(model: Path, urls: dict, name: str, rounds: int) -> dict:
+    """What a server adds to the model, measured in pairs: each round runs the model in this process,
+    then sends the same prepared tensor once over HTTP and once over gRPC (one at a time, so nothing
+    competes); the per-round differences give the added milliseconds without the machine's drift.
+    """
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from unet_runtime import Segmenter
+    from unet_runtime.wire import by_numpy
+
+    with Segmenter(model, providers="cpu") as seg:
+        size = seg.info.size or (512, 512)
+        x = seg.engine.prepare([np.random.default_rng(2).integers(0, 256, (*size, 3), np.uint8)])
+        clients = {
+            "http": httpclient.InferenceServerClient(urls["http"], network_timeout=600),
+            "grpc": grpcclient.InferenceServerClient(urls["grpc"]),
+        }
+        datatype = by_numpy(x.dtype).datatype
+        times: dict[str, list[float]] = {"in_process": [], "http": [], "grpc": []}
+        try:
+            for _ in range(rounds + 1):  # the first round warms every path up, and is dropped
+                t0 = time.perf_counter()
+                seg.engine.run(x)
+                times["in_process"].append(time.perf_counter() - t0)
+                for protocol, client in clients.items():
+                    tc = httpclient if protocol == "http" else grpcclient
+                    inp = tc.InferInput(seg.engine.input_spec.name, list(x.shape), datatype)
+                    inp.set_data_from_numpy(
+                        x, **({"binary_data": True} if protocol == "http" else {})
+                    )
+                    t0 = time.perf_counter()
+                    client.infer(name, [inp])
+                    times[protocol].append(time.perf_counter() - t0)
+        finally:
+            for client in clients.values():
+                client.close()
+    ms = {k: np.asarray(v[1:]) * 1e3 for k, v in times.items()}
+    out: dict = {"rounds": rounds, "in_process_median_ms": float(np.median(ms["in_process"]))}
+    rng = np.random.default_rng(0)
+    for protocol in ("http", "grpc"):
+        diff = ms[protocol] - ms["in_process"]
+        # 95% interval of the median difference by bootstrap (2000 resamples of the rounds)
+        boots = np.median(rng.choice(diff, (2000, len(diff))), axis=1)
+        out[protocol] = {
+            "median_ms": float(np.median(ms[protocol])),
+            "added_ms": float(np.median(diff)),
+            "added_ci95_ms": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+            "added_share": float(np.median(diff) / np.median(ms["in_process"])),
+        }
+    out["samples_ms"] = {k: [round(v, 3) for v in a.tolist()] for k, a in ms.items()}
+    return out
+
+
 # --------------------------------------------------------------------------- the run
 def _batches(http: str, model: str) -> dict[int, int]:
     """Model runs per batch size so far, from the server's statistics (Triton's extension; ours too)."""
@@ -232,10 +286,13 @@ def run(args) -> dict:
         images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(8)]
         expected = seg.predict(images)
     rows = []
+    paired: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         for kind in args.servers:
             urls, stop = _serve(kind, args.repo, args.name, max_batch, Path(tmp) / kind)
             try:
+                if args.paired_rounds:
+                    paired[kind] = paired_overhead(model, urls, args.name, args.paired_rounds)
                 for protocol in args.protocols:
                     for c in args.concurrency:
                         # The model's own time right before the row: a 2-core VM drifts by ~10% over
@@ -290,6 +347,7 @@ def run(args) -> dict:
         "load": "perf_analyzer" if tool else "clients",
         "perf_analyzer": tool,
         "in_process": {"before": ceiling_before, "after": ceiling_after},
+        "paired": paired,
         "rows": rows,
     }
 
@@ -351,6 +409,25 @@ def table(meta: dict, r: dict) -> str:
             f"{formed or '-'} |"
         )
     lines.append("")
+    if r.get("paired"):
+        lines += [
+            "What each server adds to one request at concurrency 1, measured in pairs: every round "
+            "runs the model in process, then sends the same tensor once over HTTP and once over gRPC; "
+            "added = median of the per-round differences, with its 95% bootstrap interval.",
+            "",
+            "| server | rounds | in process median ms | protocol | request median ms | added ms (95% CI) | added share |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for kind, pr in r["paired"].items():
+            for protocol in ("http", "grpc"):
+                q = pr[protocol]
+                lo, hi = q["added_ci95_ms"]
+                lines.append(
+                    f"| {kind} | {pr['rounds']} | {pr['in_process_median_ms']:.1f} | {protocol} | "
+                    f"{q['median_ms']:.1f} | {q['added_ms']:+.1f} ({lo:+.1f} to {hi:+.1f}) | "
+                    f"{100 * q['added_share']:+.1f}% |"
+                )
+        lines.append("")
     for kind in SERVERS:
         mine = [x for x in r["rows"] if x.get("server") == kind and "images_per_s" in x]
         if not mine:
@@ -393,6 +470,12 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet serve") -> int:
     )
     p.add_argument("--requests", type=int, default=10, help="clients: requests per client")
     p.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=20,
+        help="rounds of the paired overhead measurement per server (0: none)",
+    )
+    p.add_argument(
         "--runs", type=int, default=8, help="in-process runs per measurement (before each row)"
     )
     args = p.parse_args(argv)
@@ -406,6 +489,8 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet serve") -> int:
         problem = f"--name {args.name!r} is not in --repo; it holds {sorted(models)}"
     elif min(args.concurrency + [args.requests, args.runs, args.interval_ms]) < 1:
         problem = "--concurrency, --requests, --runs and --interval-ms must be >= 1"
+    elif args.paired_rounds < 0:
+        problem = f"--paired-rounds {args.paired_rounds} must be >= 0"
     elif args.load == "perf_analyzer" and not find_perf_analyzer():
         problem = (
             f"--load perf_analyzer: none found; set {ENV_PERF_ANALYZER} to its path "

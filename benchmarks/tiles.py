@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from unet_runtime.providers import parse_providers
-from unet_runtime.tiling import BLENDS
+from unet_runtime.tiling import BLENDS, Tiling
 
 from .report import (
     begin_run,
@@ -157,20 +157,14 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet tiles") -> int:
     model = materialize(args.model, scratch.name)  # a weight-free copy gets seeded weights
     with Segmenter(model, providers=providers) as seg:
         tile = tuple(args.tile) if args.tile else "model"
+        tiling = Tiling(tile, args.overlap, args.blend, args.tile_batch)
         # warm-up: sessions, arenas
-        seg.predict(image[:1024, :1024], tile=tile, overlap=args.overlap, blend=args.blend)
+        seg.predict(image[:1024, :1024], tile=tiling)
         stats: dict = {}
         rows = 0
         with _PeakRss() as rss:
             t0 = time.perf_counter()
-            for band in seg.iter_tiles(
-                image,
-                tile=tile,
-                overlap=args.overlap,
-                blend=args.blend,
-                tile_batch=args.tile_batch,
-                stats=stats,
-            ):
+            for band in seg.iter_tiles(image, tile=tiling, stats=stats):
                 if mask is not None:
                     mask[band.top : band.top + len(band.mask)] = band.mask
                 rows += len(band.mask)

@@ -147,100 +147,107 @@ def _optimizer_errors_raise():
             os.environ[key] = old
 
 
-def convert_keras(
-    model,
-    *,
-    head: str,
-    layout: str,
-    opset: int,
-    dynamic_size: bool,
-    input_dtype: str = "float32",
-    mean=(0.0, 0.0, 0.0),
-    std=(1.0, 1.0, 1.0),
-):
+def convert_keras(model, config):
     """Convert the reference Keras model to an ONNX ``ModelProto`` with tf2onnx, weights included.
 
     Args:
         model: the Keras VGG19-UNet (softmax head), NHWC.
-        head: ``softmax`` | ``logits`` | ``argmax`` (uint8 mask ``(N, H, W)``).
-        layout: ``nhwc`` | ``nchw`` for the input, and for the output of the
-            softmax/logits heads.
-        opset: ONNX opset, ``MIN_OPSET`` to ``MAX_OPSET``.
-        dynamic_size: export H and W as symbolic dimensions.
-        input_dtype: ``float32`` (normalized input) or ``uint8``: raw RGB
-            pixels; the cast and ``(x/255 - mean)/std`` then run inside the
-            graph (on the GPU), so callers copy a quarter of the bytes and
-            do no arithmetic on the host.
-        mean, std: the normalization, used only for a uint8 input.
+        config: the :class:`~unet_export.config.ExportConfig` (resolved), of
+            which this reads ``head`` (``softmax`` | ``logits`` | ``argmax``:
+            a uint8 mask ``(N, H, W)``), ``layout`` (``nhwc`` | ``nchw``, for
+            the input and the softmax/logits outputs), ``opset``,
+            ``dynamic_size`` (H and W symbolic), ``input_dtype``
+            (``float32``: normalized input; ``uint8``: raw RGB pixels, the
+            cast and ``(x/255 - mean)/std`` then run inside the graph, so
+            callers copy a quarter of the bytes) and ``mean``/``std``.
+
+    The weights are inputs of the converted function (Keras' ``stateless_call``
+    on a twin of the model), never frozen constants: TensorFlow's graph
+    import, grappler and tf2onnx's optimizers then never copy 121 MB of them.
 
     Returns:
         The tf2onnx graph with the weights attached as initializers (input
         ``input``), still holding tf2onnx's Resize size chains: see
         ``graph.clean``.
     """
-    import tensorflow as tf
-    import tf2onnx
-
     from .graph import attach_weights
 
     twin = _twin(model)
     trainable, frozen = _weights_by_twin_order(model, twin)
+    forward, specs = _forward(model, twin, trainable, frozen, config)
+    proto = _run_tf2onnx(forward, specs, config)
+    paths = [v.path for v in twin.trainable_variables + twin.non_trainable_variables]
+    weights = {_WEIGHT_INPUT.format(i): w for i, w in enumerate(trainable + frozen)}
+    names = {_WEIGHT_INPUT.format(i): path for i, path in enumerate(paths)}
+    return attach_weights(proto, weights, names)
+
+
+def _forward(model, twin, trainable: list, frozen: list, config):
+    """The ``tf.function`` tf2onnx converts: ``f(image, *weights)``, the head applied; and its input specs."""
+    import tensorflow as tf
+
+    c = config
     _, height, width, channels = model.input_shape
-    shape = [None, None if dynamic_size else height, None if dynamic_size else width, channels]
-    spec = tf.TensorSpec(shape, tf.uint8 if input_dtype == "uint8" else tf.float32, name=INPUT_NAME)
-    weight_specs = [
+    shape = [None, None if c.dynamic_size else height, None if c.dynamic_size else width, channels]
+    dtype = tf.uint8 if c.input_dtype == "uint8" else tf.float32
+    specs = [tf.TensorSpec(shape, dtype, name=INPUT_NAME)] + [
         tf.TensorSpec(w.shape, tf.as_dtype(w.dtype), name=_WEIGHT_INPUT.format(i))
         for i, w in enumerate(trainable + frozen)
     ]
     # (x/255 - mean)/std == x * scale + shift: one Mul and one Add in the graph, with the constants
     # the runtime's to_model_input uses for float32-input models (bit-identical inputs either way).
-    scale, shift = normalization(mean, std)
+    scale, shift = normalization(c.mean, c.std)
     n_trainable = len(trainable)
 
-    @tf.function(input_signature=[spec, *weight_specs])
+    @tf.function(input_signature=specs)
     def forward(x, *weights):
-        if input_dtype == "uint8":
+        if c.input_dtype == "uint8":
             # Constants made inside the function: made outside, tf2onnx would
             # turn them into extra graph inputs (captures).
             x = tf.cast(x, tf.float32) * tf.constant(scale) + tf.constant(shift)
         logits, _ = twin.stateless_call(
             list(weights[:n_trainable]), list(weights[n_trainable:]), x, training=False
         )
-        if head == "softmax":
+        if c.head == "softmax":
             return tf.nn.softmax(logits, axis=-1)
-        if head == "argmax":
+        if c.head == "argmax":
             # int64 is ONNX ArgMax's own output type: one Cast to uint8, not two.
             return tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int64), tf.uint8)
         return logits
 
+    return forward, specs
+
+
+def _run_tf2onnx(forward, specs: list, config):
+    """tf2onnx on ``forward``, NCHW where the layout says; its errors as ConversionError."""
+    import tf2onnx
+
+    c = config
     # tf2onnx only knows tensor names and ignores an unknown one silently, leaving the graph NHWC;
-    # "input:0" is what the signature above produces (the layout is tested).
-    nchw = [f"{INPUT_NAME}:0"] if layout == "nchw" else None
+    # "input:0" is what the signature produces (the layout is tested).
+    nchw = [f"{INPUT_NAME}:0"] if c.layout == "nchw" else None
     # A mask has no channel axis, so only probabilities/logits can be NCHW.
     out_nchw = None
-    if layout == "nchw" and head != "argmax":
+    if c.layout == "nchw" and c.head != "argmax":
         out_nchw = [forward.get_concrete_function().outputs[0].name]
     log.info(
         "convert: tf2onnx %s, opset %d, head %s, layout %s",
         tf2onnx.__version__,
-        opset,
-        head,
-        layout,
+        c.opset,
+        c.head,
+        c.layout,
     )
     try:
         with _optimizer_errors_raise():
             proto, _ = tf2onnx.convert.from_function(
                 forward,
-                input_signature=[spec, *weight_specs],
-                opset=opset,
+                input_signature=specs,
+                opset=c.opset,
                 inputs_as_nchw=nchw,
                 outputs_as_nchw=out_nchw,
             )
     except Exception as exc:  # tf2onnx raises bare Exceptions/ValueErrors
         raise ConversionError(
-            f"tf2onnx failed to convert the model at opset {opset}: {exc}"
+            f"tf2onnx failed to convert the model at opset {c.opset}: {exc}"
         ) from exc
-    paths = [v.path for v in twin.trainable_variables + twin.non_trainable_variables]
-    weights = {_WEIGHT_INPUT.format(i): w for i, w in enumerate(trainable + frozen)}
-    names = {_WEIGHT_INPUT.format(i): path for i, path in enumerate(paths)}
-    return attach_weights(proto, weights, names)
+    return proto

@@ -147,151 +147,182 @@ def fold_upsample_convs(model, form: str):
         ``(model, folded)``: the number of stages rewritten. A graph where a
         stage does not match the pattern exactly is left as it was there.
     """
-    from onnx import helper, numpy_helper
-
     if form not in FOLD_FORMS:
         raise ConversionError(f"fold form {form!r} is not one of {', '.join(FOLD_FORMS)}")
     if form == "off":
         return model, 0
-    g = model.graph
-    # TensorProtos, not arrays: only the matched kernels are ever decoded.
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    for o in g.output:
-        uses[o.name] = uses.get(o.name, 0) + 1
-
-    channels, spatial = _static_dims(model)
+    index = _GraphIndex(model)
     # Nodes are keyed by their (unique) first output: protobuf wrappers have no stable identity.
     replace: dict[str, list] = {}
-    new_inits, dropped = [], set()
-    for conv in g.node:
-        cat = producer.get(conv.input[0])
-        if not (
-            _is_plain_3x3(conv, inits)
-            and cat is not None
-            and cat.op_type == "Concat"
-            and node_attr(cat, "axis") in (1, -3)
-            and len(cat.input) == 2
-            and uses[cat.output[0]] == 1
-        ):
+    new_inits: list = []
+    dropped: set[str] = set()
+    for conv in model.graph.node:
+        stage = _match_stage(conv, index)
+        if stage is None:
             continue
-        ups = [
-            k
-            for k, name in enumerate(cat.input)
-            if name in producer and _is_nearest_2x(producer[name], inits) and uses[name] == 1
-        ]
-        if len(ups) != 1:
-            continue
-        k_up = ups[0]
-        resize = producer[cat.input[k_up]]
-        x, skip = resize.input[0], cat.input[1 - k_up]
-        # Tap sums in fp32, stored in the graph's own weight type (an fp16 graph stays fp16).
-        w_native = numpy_helper.to_array(inits[conv.input[1]])
-        w = w_native.astype(np.float32)
-        if x not in channels:
-            raise ConversionError(
-                f"cannot fold the upsampling of {x!r}: its channel count is not known statically"
-            )
-        c_up = channels[x]
-        c_skip = w.shape[1] - c_up
-        w_up = w[:, :c_up] if k_up == 0 else w[:, c_skip:]
-        w_skip = w[:, c_up:] if k_up == 0 else w[:, :c_skip]
-        base = conv.name or conv.output[0]
-        out = conv.output[0]
+        resize, cat, k_up = stage
+        nodes, inits = _folded_stage(conv, resize, cat, k_up, form, index)
+        replace[conv.output[0]] = nodes
+        new_inits += inits
+        dropped.update({resize.output[0], cat.output[0]})
+    if replace:
+        _splice(model.graph, replace, dropped, new_inits)
+        log.info("fold: %d upsample+concat+conv stages -> %s", len(replace), form)
+    return model, len(replace)
 
-        def init(suffix, arr, dtype=w_native.dtype, base=base):
-            """A new initializer; kernels default to the graph's own weight type (fp16 stays fp16)."""
-            name = f"{base}/fold_{suffix}"
-            new_inits.append(
-                numpy_helper.from_array(np.ascontiguousarray(np.asarray(arr, dtype)), name)
-            )
-            return name
 
-        skip_inputs = [skip, init("w_skip", w_skip)] + (
-            [conv.input[2]] if len(conv.input) > 2 and conv.input[2] else []
+class _GraphIndex:
+    """What the matcher asks of a graph: initializers, each tensor's producer and use count, static dims."""
+
+    def __init__(self, model):
+        g = model.graph
+        # TensorProtos, not arrays: only the matched kernels are ever decoded.
+        self.inits = {t.name: t for t in g.initializer}
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.uses: dict[str, int] = {}
+        for n in g.node:
+            for i in n.input:
+                self.uses[i] = self.uses.get(i, 0) + 1
+        for o in g.output:
+            self.uses[o.name] = self.uses.get(o.name, 0) + 1
+        self.channels, self.spatial = _static_dims(model)
+
+
+def _match_stage(conv, index: _GraphIndex):
+    """``(resize, concat, k_up)`` when ``conv`` is a plain 3x3 on a 2-input Concat of one 2x upsampling
+    (at input ``k_up``) and a skip, each used only there; None otherwise."""
+    cat = index.producer.get(conv.input[0])
+    if not (
+        _is_plain_3x3(conv, index.inits)
+        and cat is not None
+        and cat.op_type == "Concat"
+        and node_attr(cat, "axis") in (1, -3)
+        and len(cat.input) == 2
+        and index.uses[cat.output[0]] == 1
+    ):
+        return None
+    ups = [
+        k
+        for k, name in enumerate(cat.input)
+        if name in index.producer
+        and _is_nearest_2x(index.producer[name], index.inits)
+        and index.uses[name] == 1
+    ]
+    if len(ups) != 1:
+        return None
+    return index.producer[cat.input[ups[0]]], cat, ups[0]
+
+
+def _folded_stage(conv, resize, cat, k_up: int, form: str, index: _GraphIndex):
+    """The nodes (and new initializers) computing ``conv``'s output in ``form``: a 3x3 conv on the skip
+    plus the upsampling's share, folded, added."""
+    from onnx import helper, numpy_helper
+
+    x, skip = resize.input[0], cat.input[1 - k_up]
+    # Tap sums in fp32, stored in the graph's own weight type (an fp16 graph stays fp16).
+    w_native = numpy_helper.to_array(index.inits[conv.input[1]])
+    w = w_native.astype(np.float32)
+    if x not in index.channels:
+        raise ConversionError(
+            f"cannot fold the upsampling of {x!r}: its channel count is not known statically"
         )
-        nodes = [
-            helper.make_node(
-                "Conv",
-                skip_inputs,
-                [f"{base}/fold_skip"],
-                name=f"{base}/fold_skip",
-                kernel_shape=[3, 3],
-                pads=[1, 1, 1, 1],
-            )
-        ]
-        if form == "convtranspose":
-            nodes.append(
-                helper.make_node(
-                    "ConvTranspose",
-                    [x, init("w_up", _transpose_kernel(w_up))],
-                    [f"{base}/fold_up"],
-                    name=f"{base}/fold_up",
-                    kernel_shape=[4, 4],
-                    strides=[2, 2],
-                    pads=[1, 1, 1, 1],
-                )
-            )
-        else:
-            phases = []
-            for (i, j), k in _phase_kernels(w_up).items():
-                name = f"{base}/fold_phase{i}{j}"
-                # pads (top, left, bottom, right): phase 0 reads (h-1, h), phase 1 reads (h, h+1).
-                nodes.append(
-                    helper.make_node(
-                        "Conv",
-                        [x, init(f"w_phase{i}{j}", k)],
-                        [name],
-                        name=name,
-                        kernel_shape=[2, 2],
-                        pads=[1 - i, 1 - j, i, j],
-                    )
-                )
-                phases.append(name)
-            # DepthToSpace (DCR) takes channel block (2i + j) to pixel (2h+i, 2w+j): phases in
-            # (0,0),(0,1),(1,0),(1,1) order.
-            nodes.append(
-                helper.make_node(
-                    "Concat", phases, [f"{base}/fold_phases"], name=f"{base}/fold_phases", axis=1
-                )
-            )
-            hw = spatial.get(x)
-            if form == "phase_nhwc" and hw:
-                c_out, (h, w_) = w.shape[0], hw
-                nodes += _nhwc_interleave(
-                    f"{base}/fold_phases",
-                    f"{base}/fold_up",
-                    base,
-                    c_out,
-                    h,
-                    w_,
-                    lambda suffix, shape: init(suffix, shape, np.int64),
-                )
-            else:
-                nodes.append(
-                    helper.make_node(
-                        "DepthToSpace",
-                        [f"{base}/fold_phases"],
-                        [f"{base}/fold_up"],
-                        name=f"{base}/fold_up",
-                        blocksize=2,
-                        mode="DCR",
-                    )
-                )
+    c_up = index.channels[x]
+    c_skip = w.shape[1] - c_up
+    w_up = w[:, :c_up] if k_up == 0 else w[:, c_skip:]
+    w_skip = w[:, c_up:] if k_up == 0 else w[:, :c_skip]
+    base = conv.name or conv.output[0]
+    new_inits: list = []
+
+    def init(suffix, arr, dtype=w_native.dtype):
+        """A new initializer; kernels default to the graph's own weight type (fp16 stays fp16)."""
+        name = f"{base}/fold_{suffix}"
+        new_inits.append(
+            numpy_helper.from_array(np.ascontiguousarray(np.asarray(arr, dtype)), name)
+        )
+        return name
+
+    bias = [conv.input[2]] if len(conv.input) > 2 and conv.input[2] else []
+    nodes = [
+        helper.make_node(
+            "Conv",
+            [skip, init("w_skip", w_skip), *bias],
+            [f"{base}/fold_skip"],
+            name=f"{base}/fold_skip",
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+        )
+    ]
+    if form == "convtranspose":
         nodes.append(
             helper.make_node(
-                "Add", [f"{base}/fold_up", f"{base}/fold_skip"], [out], name=f"{base}/fold_add"
+                "ConvTranspose",
+                [x, init("w_up", _transpose_kernel(w_up))],
+                [f"{base}/fold_up"],
+                name=f"{base}/fold_up",
+                kernel_shape=[4, 4],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
             )
         )
-        replace[conv.output[0]] = nodes
-        dropped.update({resize.output[0], cat.output[0]})
+    else:
+        nodes += _phase_nodes(x, w_up, w.shape[0], base, form, index.spatial.get(x), init)
+    nodes.append(
+        helper.make_node(
+            "Add",
+            [f"{base}/fold_up", f"{base}/fold_skip"],
+            [conv.output[0]],
+            name=f"{base}/fold_add",
+        )
+    )
+    return nodes, new_inits
 
-    if not replace:
-        return model, 0
+
+def _phase_nodes(x: str, w_up, c_out: int, base: str, form: str, hw, init) -> list:
+    """The phase forms: four 2x2 convs, their outputs interleaved to twice the size (DepthToSpace, or
+    NHWC Reshapes/Transposes for ``phase_nhwc`` at a static size)."""
+    from onnx import helper
+
+    nodes, phases = [], []
+    for (i, j), k in _phase_kernels(w_up).items():
+        name = f"{base}/fold_phase{i}{j}"
+        # pads (top, left, bottom, right): phase 0 reads (h-1, h), phase 1 reads (h, h+1).
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, init(f"w_phase{i}{j}", k)],
+                [name],
+                name=name,
+                kernel_shape=[2, 2],
+                pads=[1 - i, 1 - j, i, j],
+            )
+        )
+        phases.append(name)
+    # DepthToSpace (DCR) takes channel block (2i + j) to pixel (2h+i, 2w+j): phases in
+    # (0,0),(0,1),(1,0),(1,1) order.
+    stack = f"{base}/fold_phases"
+    nodes.append(helper.make_node("Concat", phases, [stack], name=stack, axis=1))
+    if form == "phase_nhwc" and hw:
+        h, w = hw
+
+        def shape(suffix, value):  # the interleave's Reshape targets, int64 initializers
+            return init(suffix, value, np.int64)
+
+        return nodes + _nhwc_interleave(stack, f"{base}/fold_up", base, c_out, h, w, shape)
+    nodes.append(
+        helper.make_node(
+            "DepthToSpace",
+            [stack],
+            [f"{base}/fold_up"],
+            name=f"{base}/fold_up",
+            blocksize=2,
+            mode="DCR",
+        )
+    )
+    return nodes
+
+
+def _splice(g, replace: dict[str, list], dropped: set[str], new_inits: list) -> None:
+    """Put each stage's nodes where its conv was, drop its Resize and Concat, keep only read initializers."""
     ordered = []
     for n in g.node:
         if n.output[0] in dropped:
@@ -304,8 +335,6 @@ def fold_upsample_convs(model, form: str):
     keep = [t for t in list(g.initializer) + new_inits if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
-    log.info("fold: %d upsample+concat+conv stages -> %s", len(replace), form)
-    return model, len(replace)
 
 
 def _nhwc_interleave(src: str, dst: str, base: str, c: int, h: int, w: int, shape_init) -> list:

@@ -45,7 +45,7 @@ def resize_in_graph(model, height: int, width: int, *, head: str):
     Raises:
         ConversionError: the model's input is not uint8 NHWC with 3 channels.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     g = model.graph
     inp = g.input[0]
@@ -59,15 +59,53 @@ def resize_in_graph(model, height: int, width: int, *, head: str):
     name = inp.name
     for node in g.node:  # the network now reads the resized image
         node.input[:] = [NETWORK_INPUT if i == name else i for i in node.input]
+    const = _constants(g)
+    post = []
+    if head == "argmax":
+        (out,) = g.output
+        net_mask = _P + "network_mask"
+        for node in g.node:
+            node.output[:] = [net_mask if o == out.name else o for o in node.output]
+        post = _mask_back(name, net_mask, out.name, const)
+        _symbolic_hw(out.type.tensor_type.shape.dim)
+    nodes = _frame_to_network(name, height, width, const) + list(g.node) + post
+    del g.node[:]
+    g.node.extend(nodes)
+    _symbolic_hw(dims)
+    # Shapes inferred for the old fixed-size input no longer hold for the graph's new input.
+    del g.value_info[:]
+    return model
+
+
+_P = "resize_in_graph/"
+
+
+def _constants(g):
+    """A function adding a named constant initializer to ``g``; returns its name."""
+    from onnx import numpy_helper
 
     def const(suffix: str, value) -> str:
-        tensor = numpy_helper.from_array(np.asarray(value), f"resize_in_graph/{suffix}")
+        tensor = numpy_helper.from_array(np.asarray(value), _P + suffix)
         g.initializer.append(tensor)
         return tensor.name
 
-    p = "resize_in_graph/"
-    pre = [
-        helper.make_node("Cast", [name], [p + "float"], name=p + "cast", to=TensorProto.FLOAT),
+    return const
+
+
+def _symbolic_hw(dims) -> None:
+    """Dimensions 1 and 2 (H, W) of a shape become symbolic ``height`` and ``width``."""
+    for i, label in ((1, "height"), (2, "width")):
+        dims[i].ClearField("dim_value")
+        dims[i].dim_param = label
+
+
+def _frame_to_network(frame: str, height: int, width: int, const) -> list:
+    """uint8 NHWC frame -> bilinear (half_pixel) to the network size, rounded and clipped -> uint8 NHWC."""
+    from onnx import TensorProto, helper
+
+    p = _P
+    return [
+        helper.make_node("Cast", [frame], [p + "float"], name=p + "cast", to=TensorProto.FLOAT),
         helper.make_node(
             "Transpose", [p + "float"], [p + "nchw"], name=p + "to_nchw", perm=[0, 3, 1, 2]
         ),
@@ -107,62 +145,47 @@ def resize_in_graph(model, height: int, width: int, *, head: str):
             "Cast", [p + "nhwc"], [NETWORK_INPUT], name=p + "to_uint8", to=TensorProto.UINT8
         ),
     ]
-    post = []
-    if head == "argmax":
-        (out,) = g.output
-        mask = out.name
-        net_mask = p + "network_mask"
-        for node in g.node:
-            node.output[:] = [net_mask if o == mask else o for o in node.output]
-        post = [
-            helper.make_node("Shape", [name], [p + "in_shape"], name=p + "in_shape"),
-            helper.make_node(
-                "Slice",
-                [p + "in_shape", const("one", [1]), const("three", [3])],
-                [p + "in_hw"],
-                name=p + "in_hw",
-            ),
-            helper.make_node(
-                "Slice",
-                [p + "in_shape", const("zero_b", [0]), const("one_b", [1])],
-                [p + "n"],
-                name=p + "n",
-            ),
-            helper.make_node(
-                "Concat",
-                [p + "n", const("channel", np.array([1], np.int64)), p + "in_hw"],
-                [p + "mask_sizes"],
-                name=p + "mask_sizes",
-                axis=0,
-            ),
-            helper.make_node(
-                "Unsqueeze", [net_mask, const("axis1", [1])], [p + "mask4"], name=p + "mask4"
-            ),
-            helper.make_node(
-                "Resize",
-                [p + "mask4", "", "", p + "mask_sizes"],
-                [p + "mask_resized"],
-                name=p + "nearest",
-                mode="nearest",
-                coordinate_transformation_mode="half_pixel",
-                nearest_mode="round_prefer_ceil",
-            ),
-            helper.make_node(
-                "Squeeze", [p + "mask_resized", const("axis1_b", [1])], [mask], name=p + "mask"
-            ),
-        ]
-        out_dims = out.type.tensor_type.shape.dim
-        out_dims[1].ClearField("dim_value")
-        out_dims[1].dim_param = "height"
-        out_dims[2].ClearField("dim_value")
-        out_dims[2].dim_param = "width"
-    nodes = pre + list(g.node) + post
-    del g.node[:]
-    g.node.extend(nodes)
-    dims[1].ClearField("dim_value")
-    dims[1].dim_param = "height"
-    dims[2].ClearField("dim_value")
-    dims[2].dim_param = "width"
-    # Shapes inferred for the old fixed-size input no longer hold for the graph's new input.
-    del g.value_info[:]
-    return model
+
+
+def _mask_back(frame: str, net_mask: str, mask: str, const) -> list:
+    """The network's mask -> nearest (half_pixel, round_prefer_ceil) back to the frame's own size."""
+    from onnx import helper
+
+    p = _P
+    return [
+        helper.make_node("Shape", [frame], [p + "in_shape"], name=p + "in_shape"),
+        helper.make_node(
+            "Slice",
+            [p + "in_shape", const("one", [1]), const("three", [3])],
+            [p + "in_hw"],
+            name=p + "in_hw",
+        ),
+        helper.make_node(
+            "Slice",
+            [p + "in_shape", const("zero_b", [0]), const("one_b", [1])],
+            [p + "n"],
+            name=p + "n",
+        ),
+        helper.make_node(
+            "Concat",
+            [p + "n", const("channel", np.array([1], np.int64)), p + "in_hw"],
+            [p + "mask_sizes"],
+            name=p + "mask_sizes",
+            axis=0,
+        ),
+        helper.make_node(
+            "Unsqueeze", [net_mask, const("axis1", [1])], [p + "mask4"], name=p + "mask4"
+        ),
+        helper.make_node(
+            "Resize",
+            [p + "mask4", "", "", p + "mask_sizes"],
+            [p + "mask_resized"],
+            name=p + "nearest",
+            mode="nearest",
+            coordinate_transformation_mode="half_pixel",
+            nearest_mode="round_prefer_ceil",
+        ),
+        helper.make_node(
+            "Squeeze", [p + "mask_resized", const("axis1_b", [1])], [mask], name=p + "mask"
+        ),
+    ]

@@ -79,53 +79,21 @@ def attach_weights(
         names: graph-input name -> initializer name of the tensors derived
             from it (default: the tensor's own name).
     """
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     g = model.graph
     missing = set(weights) - {i.name for i in g.input}
     if missing:
         raise ConversionError(f"weights {sorted(missing)} are not inputs of the converted graph")
     constants = {t.name for t in g.initializer}
-    # weight-derived tensor -> the weight input it comes from
-    source = {name: name for name in weights}
-    weight_nodes = []
-    for node in g.node:  # tf2onnx emits nodes in topological order
-        ins = [i for i in node.input if i]
-        if (
-            ins
-            and any(i in source for i in ins)
-            and all(i in source or i in constants for i in ins)
-        ):
-            weight_nodes.append(node)
-            origins = {source[i] for i in ins if i in source}
-            for out in node.output:
-                source[out] = origins.pop() if len(origins) == 1 else out
+    weight_nodes, source = _weight_nodes(g, weights, constants)
     inner = {id(n) for n in weight_nodes}
     read = [i for n in g.node if id(n) not in inner for i in n.input] + [o.name for o in g.output]
     boundary = list(dict.fromkeys(t for t in read if t in source))
     values = {t: weights[t] for t in boundary if t in weights}
     computed = [t for t in boundary if t not in weights]
     if computed:
-        used = {i for n in weight_nodes for i in n.input}
-        sub = helper.make_graph(
-            [n for n in weight_nodes],
-            "attach_weights",
-            [i for i in g.input if i.name in used],
-            [helper.make_empty_tensor_value_info(t) for t in computed],
-            [t for t in g.initializer if t.name in used],
-        )
-        sub_model = helper.make_model(
-            sub, opset_imports=model.opset_import, ir_version=model.ir_version
-        )
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(
-            sub_model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-        feeds = {i.name: weights[i.name] for i in sub.input}
-        values.update(zip(computed, session.run(computed, feeds), strict=True))
-        del session
+        values.update(_evaluate(model, weight_nodes, computed, weights))
     rename: dict[str, str] = {}
     taken = constants | {o for n in g.node for o in n.output} | {i.name for i in g.input}
     for t in boundary:
@@ -151,6 +119,51 @@ def attach_weights(
         len(weight_nodes),
     )
     return model
+
+
+def _weight_nodes(g, weights: Mapping[str, np.ndarray], constants: set[str]):
+    """The nodes that read only weights (or constants, or what such nodes made), in graph order, and
+    for each weight-derived tensor the weight input it comes from (itself when several)."""
+    source = {name: name for name in weights}
+    nodes = []
+    for node in g.node:  # tf2onnx emits nodes in topological order
+        ins = [i for i in node.input if i]
+        if (
+            ins
+            and any(i in source for i in ins)
+            and all(i in source or i in constants for i in ins)
+        ):
+            nodes.append(node)
+            origins = {source[i] for i in ins if i in source}
+            for out in node.output:
+                source[out] = origins.pop() if len(origins) == 1 else out
+    return nodes, source
+
+
+def _evaluate(model, nodes: list, outputs: list[str], weights: Mapping[str, np.ndarray]) -> dict:
+    """``outputs`` of a graph of just ``nodes``, run once by ONNX Runtime on the weights."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    g = model.graph
+    used = {i for n in nodes for i in n.input}
+    sub = helper.make_graph(
+        list(nodes),
+        "attach_weights",
+        [i for i in g.input if i.name in used],
+        [helper.make_empty_tensor_value_info(t) for t in outputs],
+        [t for t in g.initializer if t.name in used],
+    )
+    sub_model = helper.make_model(
+        sub, opset_imports=model.opset_import, ir_version=model.ir_version
+    )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(
+        sub_model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+    feeds = {i.name: weights[i.name] for i in sub.input}
+    return dict(zip(outputs, session.run(outputs, feeds), strict=True))
 
 
 def resize_to_scales(model, factors: Sequence[tuple[int, int]]):
@@ -272,20 +285,13 @@ class GraphPass:
     run: Callable
 
 
-def clean(
-    model,
-    *,
-    factors: Sequence[tuple[int, int]],
-    input_name: str,
-    output_name: str,
-    extra: Sequence[GraphPass] = (),
-):
-    """Run the clean-up passes in order, then ``extra`` (fold, padding), and check the result once.
+def clean(model, *, factors: Sequence[tuple[int, int]], input_name: str, output_name: str):
+    """Run the clean-up passes in order (the pipeline's later steps rewrite the graph further).
 
     Returns:
         ``(model, steps)`` where ``steps`` is a list of
-        ``{"step": name, "ops": histogram}`` (plus ``"note"`` when a pass
-        has one) for the report.
+        ``{"step": name, "ops": histogram}`` for the report, the converter's
+        graph first.
     """
     passes = [
         GraphPass("resize_to_scales", lambda m: (resize_to_scales(m, factors), None)),
@@ -294,24 +300,10 @@ def clean(
     ]
     steps = [{"step": "tf2onnx", "ops": op_histogram(model)}]
     log.info("graph: tf2onnx %s", steps[0]["ops"])
-
-    def run(p: GraphPass) -> None:
-        nonlocal model
-        model, note = p.run(model)
-        steps.append(
-            {
-                "step": p.name,
-                "ops": op_histogram(model),
-                **({"note": note} if note is not None else {}),
-            }
-        )
-        log.info("graph: after %s: %d nodes", p.name, len(model.graph.node))
-
     for p in passes:
-        run(p)
-    _assert_clean(model)  # before the extra passes: the NHWC fold form writes Reshapes of its own
-    for p in extra:
-        run(p)
-    check(model)
+        model, _ = p.run(model)
+        steps.append({"step": p.name, "ops": op_histogram(model)})
+        log.info("graph: after %s: %d nodes", p.name, len(model.graph.node))
+    _assert_clean(model)
     log.info("graph: clean %s", steps[-1]["ops"])
     return model, steps

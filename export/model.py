@@ -71,6 +71,55 @@ def validate_spatial_size(height: int | None, width: int | None) -> None:
             )
 
 
+def _check_arguments(input_shape, num_classes, width_multiplier) -> None:
+    """ConfigError naming the bad argument of :func:`build_vgg19_unet`, before Keras is imported."""
+    if len(tuple(input_shape)) != 3:
+        raise ConfigError(f"input_shape {tuple(input_shape)!r} must be (height, width, channels)")
+    height, width, channels = input_shape
+    validate_spatial_size(height, width)
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ConfigError(f"input channels {channels!r} must be a positive integer (3 for RGB)")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(
+            f"num_classes {num_classes!r} must be an integer >= 1 (21 for Pascal VOC)"
+        )
+    if not (isinstance(width_multiplier, (int, float)) and 0 < width_multiplier <= 4):
+        raise ConfigError(
+            f"width_multiplier {width_multiplier!r} must be in (0, 4]; 1.0 builds the reference network"
+        )
+
+
+def _encoder(inputs, conv3x3) -> list:
+    """VGG19's five blocks; each block's last activation, the deepest last (the skips, and the bottom)."""
+    from keras import layers
+
+    x, skips = inputs, []
+    for block, (filters, depth) in enumerate(ENCODER_STAGES, start=1):
+        if block > 1:
+            x = layers.MaxPooling2D(pool_size=2, strides=2, name=f"pool{block - 1}")(x)
+        for j in range(1, depth + 1):
+            x = conv3x3(filters, f"conv{block}-{j}")(x)
+        skips.append(x)
+    return skips
+
+
+def _decoder(skips: list, conv3x3):
+    """Per stage: upsample, concat the skip first (as the reference model does), two convs."""
+    from keras import layers
+
+    x = skips.pop()
+    conv_index = 0
+    for stage, filters in enumerate(DECODER_FILTERS):
+        suffix = f"_{stage}" if stage else ""
+        up = layers.UpSampling2D(size=2, interpolation="nearest", name=f"up_sampling2d{suffix}")(x)
+        x = layers.Concatenate(axis=3, name=f"concatenate{suffix}")([skips.pop(), up])
+        for _ in range(2):
+            name = f"conv2d_{conv_index}" if conv_index else "conv2d"
+            x = conv3x3(filters, name, "he")(x)
+            conv_index += 1
+    return x
+
+
 def build_vgg19_unet(
     input_shape: Sequence[int | None] = (512, 512, 3),
     num_classes: int = 21,
@@ -99,21 +148,8 @@ def build_vgg19_unet(
         A ``keras.Model`` named ``vgg19_unet``: NHWC float32 in, NHWC
         softmax probabilities out, with the reference model's layer names and wiring.
     """
-    if len(tuple(input_shape)) != 3:
-        raise ConfigError(f"input_shape {tuple(input_shape)!r} must be (height, width, channels)")
+    _check_arguments(input_shape, num_classes, width_multiplier)
     height, width, channels = input_shape
-    validate_spatial_size(height, width)
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ConfigError(f"input channels {channels!r} must be a positive integer (3 for RGB)")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(
-            f"num_classes {num_classes!r} must be an integer >= 1 (21 for Pascal VOC)"
-        )
-
-    if not (isinstance(width_multiplier, (int, float)) and 0 < width_multiplier <= 4):
-        raise ConfigError(
-            f"width_multiplier {width_multiplier!r} must be in (0, 4]; 1.0 builds the reference network"
-        )
 
     import keras  # lazy: importing unet_export must not start TensorFlow
     from keras import layers
@@ -142,29 +178,7 @@ def build_vgg19_unet(
         )
 
     inputs = layers.Input(shape=(height, width, channels), name="input_1")
-
-    # Encoder: VGG19's five blocks, keeping each block's last activation as a skip.
-    x = inputs
-    skips = []
-    for block, (filters, depth) in enumerate(ENCODER_STAGES, start=1):
-        if block > 1:
-            x = layers.MaxPooling2D(pool_size=2, strides=2, name=f"pool{block - 1}")(x)
-        for j in range(1, depth + 1):
-            x = conv3x3(filters, f"conv{block}-{j}")(x)
-        skips.append(x)
-
-    # Decoder: upsample, concat the skip first (as the reference model does), two convs.
-    x = skips.pop()
-    conv_index = 0
-    for stage, filters in enumerate(DECODER_FILTERS):
-        suffix = f"_{stage}" if stage else ""
-        up = layers.UpSampling2D(size=2, interpolation="nearest", name=f"up_sampling2d{suffix}")(x)
-        x = layers.Concatenate(axis=3, name=f"concatenate{suffix}")([skips.pop(), up])
-        for _ in range(2):
-            name = f"conv2d_{conv_index}" if conv_index else "conv2d"
-            x = conv3x3(filters, name, "he")(x)
-            conv_index += 1
-
+    x = _decoder(_encoder(inputs, conv3x3), conv3x3)
     outputs = layers.Conv2D(
         num_classes,
         1,

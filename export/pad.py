@@ -61,90 +61,37 @@ def pad_channels(model, multiple: int = PAD_MULTIPLE):
         ConversionError: when no single 3-channel Conv is found (not a
             VGG19-UNet graph).
     """
-    from onnx import helper, numpy_helper
-
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    convs = [n for n in g.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]
-    first = [n for n in convs if inits[n.input[1]].dims[1] == 3 and node_attr(n, "group", 1) == 1]
+    graph = _Weights(g)
+    convs = [
+        n for n in g.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in graph.inits
+    ]
+    first = [
+        n for n in convs if graph.inits[n.input[1]].dims[1] == 3 and node_attr(n, "group", 1) == 1
+    ]
     if len(first) != 1:
         raise ConversionError(
             f"expected one Conv reading the 3 RGB channels, found {len(first)}; is this a VGG19-UNet graph?"
         )
-
-    padded, new_inits, pad = [], [], None
-
-    def replace_init(name: str, arr: np.ndarray) -> None:
-        # A shared initializer would change another node too: ours are per-Conv (tf2onnx), check
-        # anyway.
-        if len(consumers.get(name, [])) != 1:
-            raise ConversionError(
-                f"initializer {name!r} is shared by several nodes; cannot pad it in place"
-            )
-        inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), name))
-
-    conv = first[0]
-    w = numpy_helper.to_array(inits[conv.input[1]])
-    extra = -w.shape[1] % multiple
-    if extra:
-        replace_init(
-            conv.input[1],
-            np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1),
-        )
-        base = conv.name or conv.output[0]
-        pads = f"{base}/pad_channels_pads"
-        # Pad's pads: begins then ends per axis (N, C, H, W): zeros appended after the 3 channels.
-        new_inits.append(
-            numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), pads)
-        )
-        out = f"{base}/pad_channels"
-        pad = helper.make_node("Pad", [conv.input[0], pads], [out], name=out, mode="constant")
-        conv.input[0] = out
-        padded.append(base)
-
-    heads = [n for n in convs if any(c.op_type == "ArgMax" for c in consumers.get(n.output[0], []))]
-    if len(heads) == 1:
-        head = heads[0]
-        argmax = [c for c in consumers[head.output[0]] if c.op_type == "ArgMax"]
-        # Over the channel axis, and first index on ties (select_last_index would let a padded class
-        # win one).
-        only_argmax = (
-            len(consumers[head.output[0]]) == 1
-            and node_attr(argmax[0], "axis", 0) in (1, -3)
-            and not node_attr(argmax[0], "select_last_index", 0)
-        )
-        w = numpy_helper.to_array(inits[head.input[1]])
-        extra = -w.shape[0] % multiple
-        if only_argmax and extra and head.output[0] not in {o.name for o in g.output}:
-            replace_init(
-                head.input[1], np.concatenate([w, np.zeros((extra, *w.shape[1:]), w.dtype)], axis=0)
-            )
-            if len(head.input) > 2 and head.input[2]:
-                b = numpy_helper.to_array(inits[head.input[2]])
-                replace_init(head.input[2], np.concatenate([b, np.full(extra, PAD_LOGIT, b.dtype)]))
-            else:
-                bias = f"{head.name or head.output[0]}/pad_channels_bias"
-                b = np.concatenate(
-                    [np.zeros(w.shape[0], w.dtype), np.full(extra, PAD_LOGIT, w.dtype)]
-                )
-                new_inits.append(numpy_helper.from_array(b, bias))
-                del head.input[2:]
-                head.input.append(bias)
-            padded.append(head.name or head.output[0])
-
+    padded: list[str] = []
+    pad = _pad_rgb_conv(first[0], graph, multiple)
+    if pad is not None:
+        padded.append(first[0].name or first[0].output[0])
+    heads = [
+        n for n in convs if any(c.op_type == "ArgMax" for c in graph.consumers.get(n.output[0], []))
+    ]
+    outputs = {o.name for o in g.output}
+    if len(heads) == 1 and _pad_argmax_head(heads[0], graph, multiple, outputs):
+        padded.append(heads[0].name or heads[0].output[0])
     if pad is not None:
         # Inserted last: rebuilding the node list copies the nodes, so edits to them must come
-        # first.
-        # Right before conv1-1 keeps the list topologically sorted, as ONNX requires.
+        # first. Right before conv1-1 keeps the list topologically sorted, as ONNX requires.
         nodes = list(g.node)
-        nodes.insert(next(i for i, n in enumerate(nodes) if n.output[0] == conv.output[0]), pad)
+        at = next(i for i, n in enumerate(nodes) if n.output[0] == first[0].output[0])
+        nodes.insert(at, pad)
         del g.node[:]
         g.node.extend(nodes)
-    g.initializer.extend(new_inits)
+    g.initializer.extend(graph.new)
     # Shapes recorded for the old tensors (value_info) are now wrong for the padded ones: drop them.
     touched = {n.output[0] for n in convs if (n.name or n.output[0]) in padded}
     keep = [v for v in g.value_info if v.name not in touched]
@@ -152,3 +99,83 @@ def pad_channels(model, multiple: int = PAD_MULTIPLE):
     g.value_info.extend(keep)
     log.info("pad_channels: %s", ", ".join(padded) or "nothing to pad")
     return model, padded
+
+
+class _Weights:
+    """A graph's initializers and each tensor's consumers; in-place replacement of a per-node weight."""
+
+    def __init__(self, g):
+        self.inits = {t.name: t for t in g.initializer}
+        self.consumers: dict[str, list] = {}
+        for n in g.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.new: list = []  # initializers to add
+
+    def array(self, name: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(self.inits[name])
+
+    def replace(self, name: str, arr: np.ndarray) -> None:
+        from onnx import numpy_helper
+
+        # A shared initializer would change another node too: ours are per-Conv (tf2onnx), check
+        # anyway.
+        if len(self.consumers.get(name, [])) != 1:
+            raise ConversionError(
+                f"initializer {name!r} is shared by several nodes; cannot pad it in place"
+            )
+        self.inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+
+    def add(self, name: str, arr: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.new.append(numpy_helper.from_array(arr, name))
+        return name
+
+
+def _pad_rgb_conv(conv, graph: _Weights, multiple: int):
+    """Zero input channels appended to the RGB conv's kernel; returns the Pad node its input needs (or None)."""
+    from onnx import helper
+
+    w = graph.array(conv.input[1])
+    extra = -w.shape[1] % multiple
+    if not extra:
+        return None
+    zeros = np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)
+    graph.replace(conv.input[1], np.concatenate([w, zeros], axis=1))
+    base = conv.name or conv.output[0]
+    # Pad's pads: begins then ends per axis (N, C, H, W): zeros appended after the 3 channels.
+    pads = graph.add(f"{base}/pad_channels_pads", np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64))
+    out = f"{base}/pad_channels"
+    pad = helper.make_node("Pad", [conv.input[0], pads], [out], name=out, mode="constant")
+    conv.input[0] = out
+    return pad
+
+
+def _pad_argmax_head(head, graph: _Weights, multiple: int, outputs: set[str]) -> bool:
+    """Classes that never win (zero kernel, PAD_LOGIT bias) appended to a head only an ArgMax reads."""
+    consumers = graph.consumers[head.output[0]]
+    argmax = [c for c in consumers if c.op_type == "ArgMax"]
+    # Over the channel axis, and first index on ties (select_last_index would let a padded class
+    # win one).
+    only_argmax = (
+        len(consumers) == 1
+        and node_attr(argmax[0], "axis", 0) in (1, -3)
+        and not node_attr(argmax[0], "select_last_index", 0)
+    )
+    w = graph.array(head.input[1])
+    extra = -w.shape[0] % multiple
+    if not (only_argmax and extra and head.output[0] not in outputs):
+        return False
+    graph.replace(head.input[1], np.concatenate([w, np.zeros((extra, *w.shape[1:]), w.dtype)]))
+    if len(head.input) > 2 and head.input[2]:
+        b = graph.array(head.input[2])
+        graph.replace(head.input[2], np.concatenate([b, np.full(extra, PAD_LOGIT, b.dtype)]))
+    else:
+        b = np.concatenate([np.zeros(w.shape[0], w.dtype), np.full(extra, PAD_LOGIT, w.dtype)])
+        bias = graph.add(f"{head.name or head.output[0]}/pad_channels_bias", b)
+        del head.input[2:]
+        head.input.append(bias)
+    return True

@@ -1,12 +1,16 @@
-"""The export pipeline: a short list of named steps over one :class:`ExportState`.
+"""The export pipeline: a list of named steps over one :class:`ExportState`.
 
-    build -> convert -> clean -> precision -> frames -> check -> verify -> write
+    build -> convert -> clean -> fold -> pad -> precision -> frames -> metadata -> check
+          -> verify -> write
 
-Each step reads what it needs from the state and adds what it produces; the
-runner times each one, measures its peak memory, and prints one line per
-step. The report is written from the state at the end. Nothing is written
-until every step has passed; the model file and the report are written
-atomically.
+Each step is a plain function of the state: it reads what it needs
+(``state.config`` holds every setting) and adds what it produces, and
+returns its log line (and, for ``verify``, one line per gate). The runner
+times each step, measures its peak memory and prints its lines; nothing else
+is special about any step. Every graph rewrite is its own step, and the ONNX
+checker runs once, on the final model. The report is written from the state
+at the end. Nothing is written until every step has passed; the model file
+and the report are written atomically.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from unet_runtime.atomic import (
     new_folders,
     remove_empty,
 )
-from unet_runtime.model_info import OUTPUT_NAMES
+from unet_runtime.model_info import INPUT_NAME, OUTPUT_NAMES
 
 from ._resources import StepMeter, process_peak_mb
 from .config import ExportConfig
@@ -132,45 +136,16 @@ def convert(state: ExportState) -> str:
 
     c = state.config
     assert c.opset is not None  # settled by ExportConfig.resolved()
-    state.proto = convert_keras(
-        state.keras_model,
-        head=c.head,
-        layout=c.layout,
-        opset=c.opset,
-        dynamic_size=c.dynamic_size,
-        input_dtype=c.input_dtype,
-        mean=c.mean,
-        std=c.std,
-    )
+    state.proto = convert_keras(state.keras_model, c)
     return f"tf2onnx {tf2onnx.__version__}, opset {c.opset}, {len(state.proto.graph.node)} nodes"
 
 
 def clean(state: ExportState) -> str:
-    """The graph passes: constant Resize scales, I/O names, onnxslim, then the decoder fold and padding; one check."""
+    """The clean-up passes (graph.py): constant Resize scales, I/O names, onnxslim."""
     import keras
 
-    from .graph import GraphPass
     from .graph import clean as clean_graph
 
-    c = state.config
-    extra = []
-    form = c.fold_form()
-    if form != "off":
-        from .fold import fold_upsample_convs
-
-        def fold(model):
-            model, state.fold_stages = fold_upsample_convs(model, form)
-            return model, {"form": form, "stages": state.fold_stages}
-
-        extra.append(GraphPass(f"fold_upsample ({form})", fold))
-    if c.pad_channels:
-        from .pad import pad_channels
-
-        def pad(model):
-            model, state.padded = pad_channels(model)
-            return model, state.padded
-
-        extra.append(GraphPass("pad_channels", pad))
     factors = [
         tuple(layer.size)
         for layer in state.keras_model.layers
@@ -179,16 +154,50 @@ def clean(state: ExportState) -> str:
     state.proto, state.graph_steps = clean_graph(
         state.proto,
         factors=factors,
-        input_name="input",
-        output_name=OUTPUT_NAMES[c.head],
-        extra=extra,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAMES[state.config.head],
     )
-    if form != "off" and not state.fold_stages:
+    return _ops(state)
+
+
+def fold(state: ExportState) -> str:
+    """--fold-upsample: each decoder upsampling folded into the conv after it (fold.py)."""
+    form = state.config.fold_form()
+    if form == "off":
+        return "off (the reference graph)"
+    from .fold import fold_upsample_convs
+
+    state.proto, state.fold_stages = fold_upsample_convs(state.proto, form)
+    _record(state, f"fold_upsample ({form})", {"form": form, "stages": state.fold_stages})
+    if not state.fold_stages:
         # Only a different tf2onnx graph could do this; the export is still correct, just not
         # folded.
         state.warnings.append(
             f"--fold-upsample {form}: no decoder stage matched the pattern; graph left unfolded"
         )
+        return f"{form}: no decoder stage matched"
+    return f"{form}, {state.fold_stages} stages"
+
+
+def pad(state: ExportState) -> str:
+    """--pad-channels: conv1-1's input and an argmax head's classes padded to multiples of 8 (pad.py)."""
+    if not state.config.pad_channels:
+        return "off"
+    from .pad import pad_channels
+
+    state.proto, state.padded = pad_channels(state.proto)
+    _record(state, "pad_channels", state.padded)
+    return f"{len(state.padded)} convs padded" if state.padded else "nothing to pad"
+
+
+def _record(state: ExportState, name: str, note) -> None:
+    """A graph rewrite's entry in the report: its name, the op histogram after it, its note."""
+    from .graph import op_histogram
+
+    state.graph_steps.append({"step": name, "ops": op_histogram(state.proto), "note": note})
+
+
+def _ops(state: ExportState) -> str:
     return " ".join(f"{op}:{n}" for op, n in state.graph_steps[-1]["ops"].items())
 
 
@@ -230,44 +239,44 @@ def frames(state: ExportState) -> str:
     return f"uint8 frames of any size -> {h}x{w} bilinear -> network -> {back}"
 
 
+def metadata(state: ExportState) -> str:
+    """What the runtime reads (size, layout, normalization, head, classes) and where the model came from."""
+    _write_metadata(state)
+    return f"{len(state.proto.metadata_props)} keys ({state.graph_form()})"
+
+
 def check(state: ExportState) -> str:
-    """Metadata written into the model, then onnx.checker on the final model."""
+    """``onnx.checker`` (full check, with strict shape inference), once, on the final model."""
     from .graph import check as check_graph
 
-    _write_metadata(state)
     check_graph(state.proto)
     state.size_bytes = state.proto.ByteSize()
     return f"onnx.checker full_check passed, {state.size_bytes / 1e6:.1f} MB"
 
 
-def verify(state: ExportState) -> str:
+def verify(state: ExportState) -> list[str]:
     """Every numeric gate against Keras (and, for INT8, against the fp32 graph on held-out images)."""
-    from .verify import FRAME_SIZES, verification_cases, verify_export
+    from .verify import FRAME_SIZES, gate_lines, verification_cases, verify_export
 
     c = state.config
     if not c.verify:
         state.verification = {"skipped": True}
         state.warnings.append("--no-verify: the ONNX model was NOT compared with Keras")
-        return "SKIPPED: the model was NOT compared with Keras"
+        return ["SKIPPED: the model was NOT compared with Keras"]
     cases = verification_cases(
         c.size, c.seed, state.triton.max_batch_size if state.triton else None
     )
     state.verification = verify_export(
         state.keras_model,
         state.proto,
-        head=c.head,
-        layout=c.layout,
-        precision=c.precision,
-        input_dtype=c.input_dtype,
-        mean=c.mean,
-        std=c.std,
+        c,
         cases=cases,
         fp32_model=state.fp32_proto,
         held_out=state.held_out or (),
         frames=FRAME_SIZES if c.resize_in_graph else (),
     )
     state.fp32_proto = state.held_out = None  # their memory is not needed any more
-    return f"{len(state.verification['gates'])} gates passed"
+    return [f"{len(state.verification['gates'])} gates passed", *gate_lines(state.verification)]
 
 
 def write(state: ExportState) -> str:
@@ -280,13 +289,17 @@ def write(state: ExportState) -> str:
     return ", ".join(state.written)
 
 
-#: The pipeline, in order: (name, step). Each step returns the detail of its log line.
-STEPS: tuple[tuple[str, Callable[[ExportState], str]], ...] = (
+#: The pipeline, in order: (name, step). Each step returns its log line's detail (or a list: the
+#: detail, then lines printed under it).
+STEPS: tuple[tuple[str, Callable[[ExportState], str | list[str]]], ...] = (
     ("build", build),
     ("convert", convert),
     ("clean", clean),
+    ("fold", fold),
+    ("pad", pad),
     ("precision", precision),
     ("frames", frames),
+    ("metadata", metadata),
     ("check", check),
     ("verify", verify),
     ("write", write),
@@ -348,18 +361,16 @@ def export_model(
     meter = StepMeter()
     for i, (name, step) in enumerate(STEPS, start=1):
         meter.start()
-        detail = step(state)
+        lines = step(state)
+        detail, *more = [lines] if isinstance(lines, str) else lines
         usage = meter.stop()
         state.usage[name] = usage.as_dict()
         mem = (
             f"{usage.peak_rss_mb / 1024:4.1f} GiB" if usage.peak_rss_mb is not None else "    -   "
         )
-        say(f"[{i}/{len(STEPS)}] {name:<9} {usage.seconds:6.1f} s {mem}  {detail}".rstrip())
-        if name == "verify" and state.verification:
-            from .verify import gate_lines
-
-            for line in gate_lines(state.verification):
-                say(f"      {line}")
+        say(f"[{i:>2}/{len(STEPS)}] {name:<9} {usage.seconds:6.1f} s {mem}  {detail}".rstrip())
+        for line in more:
+            say(f"       {line}")
         while state.warnings:
             say(f"WARNING: {state.warnings.pop(0)}")
     report = _report(state)
@@ -488,17 +499,18 @@ def _write_metadata(state: ExportState) -> None:
 
 
 def _write_triton(state: ExportState) -> Path:
+    import numpy as np
+
     from .triton import write_triton_repo
-    from .verify import make_pixels
 
     c = state.config
     h, w = c.size or (64, 96)
+    # The repository's self-check input (test_data_set_0): any image will do; seeded, so a
+    # re-export writes the same files.
+    image = np.random.default_rng(c.seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     try:
         return write_triton_repo(
-            state.proto,
-            state.triton,
-            next(_model_inputs([make_pixels(h, w, c.seed)], c)),
-            c.precision,
+            state.proto, state.triton, next(_model_inputs([image], c)), c.precision
         )
     except OSError as exc:
         raise ExportError(

@@ -56,7 +56,7 @@ def to_fp16(model):
 # QLinearConv -> QLinearConv directly. Without it the Conv output is
 # quantized over its pre-ReLU range (half of the uint8 codes wasted on
 # negatives) and every Conv is followed by a DequantizeLinear/QuantizeLinear
-# pair (``bench-unet profile`` shows them), and the ReLU before each Resize
+# pair (``bench-unet lab profile`` shows them), and the ReLU before each Resize
 # keeps that Resize in float.
 # Add, DepthToSpace, Transpose and Reshape appear when the decoder upsampling is folded (fold.py).
 _INT8_OPS = [

@@ -16,7 +16,8 @@ from .errors import (
 )
 from .model_info import VOC_CLASSES, ModelInfo
 from .providers import ProviderConfig
-from .segmenter import Segmenter
+from .segmenter import Engine, Segmenter
+from .tiling import Tiling
 
 
 def __getattr__(name: str):
@@ -40,6 +41,8 @@ def __getattr__(name: str):
 __all__ = [
     "__version__",
     "Segmenter",
+    "Engine",
+    "Tiling",
     "ProviderConfig",
     "ModelInfo",
     "VOC_CLASSES",

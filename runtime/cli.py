@@ -23,7 +23,7 @@ from . import __version__
 from .atomic import atomic_write_bytes
 from .errors import SegmenterError
 from .helpformat import DefaultsHelpFormatter
-from .tiling import BLENDS
+from .tiling import BLENDS, Tiling
 
 __all__ = ["main", "build_parser"]
 
@@ -220,12 +220,10 @@ def _segment_tiled(segmenter, path: Path, image, args, palette) -> None:
         )
     try:
         with PalettePngWriter(mask_path, w, h, np.asarray(palette, np.uint8)) as png:
+            tiling = Tiling(args.tile, args.overlap, args.blend, args.tile_batch)
             for band in segmenter.iter_tiles(
                 image,
-                tile=args.tile,
-                overlap=args.overlap,
-                blend=args.blend,
-                tile_batch=args.tile_batch,
+                tile=tiling,
                 probabilities=args.probabilities,
                 progress=lambda d, t: _progress(d, t, args.quiet, " windows"),
             ):
@@ -260,7 +258,7 @@ def describe(segmenter) -> str:
     """A few lines saying what a model file holds, as ``segment-unet --info`` prints them."""
     import json
 
-    info, session = segmenter.info, segmenter.session
+    info, session = segmenter.info, segmenter.engine.session
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
     if info.resize_in_graph:
         size = f"frames of any size, resized to {info.height}x{info.width} in the graph"
@@ -316,47 +314,77 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.info:
-        from .segmenter import Segmenter
-
-        try:
-            with Segmenter(args.model, providers="cpu") as segmenter:
-                print(describe(segmenter))
-        except SegmenterError as exc:
-            print(f"segment-unet: error: {exc}", file=sys.stderr)
-            return 1
-        return 0
+        return _info(args.model)
     if not args.images or args.out is None:
         parser.error("the following arguments are required: images, --out (or --info MODEL alone)")
-    if args.batch < 1:
-        print(f"segment-unet: error: --batch {args.batch} must be >= 1", file=sys.stderr)
-        return 1
     try:
-        import numpy as np
-        from PIL import Image
-    except ImportError:
-        print(
-            "segment-unet: error: Pillow is not installed; pip install pillow (the 'images' extra)",
-            file=sys.stderr,
-        )
-        return 1
-    from . import images as im
-    from .providers import parse_providers
-    from .segmenter import Segmenter
-
-    providers = parse_providers(args.providers)
-    try:
-        paths = _collect(args.images, args.overlay, args.probabilities)
-        args.tile = _tile_arg(args.tile)
+        segmenter, paths = _open(args)
     except _UsageError as exc:
         print(f"segment-unet: error: {exc}", file=sys.stderr)
         return 1
+    palette = _palette()
+    start = time.perf_counter()
+    with segmenter:
+        if args.tile is not None:
+            return _run_tiled(segmenter, paths, args, palette, start)
+        return _run_batched(segmenter, paths, args, palette, start)
+
+
+def _info(model: Path) -> int:
+    from .segmenter import Segmenter
+
     try:
-        segmenter = Segmenter(args.model, providers=providers, strict=args.strict)
+        with Segmenter(model, providers="cpu") as segmenter:
+            print(describe(segmenter))
     except SegmenterError as exc:
         print(f"segment-unet: error: {exc}", file=sys.stderr)
         return 1
-    problem = None
-    if args.tile is not None:  # the window settings are checked once, before any image or folder
+    return 0
+
+
+def _palette() -> list[int]:
+    from . import images as im
+
+    return im.voc_palette().flatten().tolist()
+
+
+def _open(args):
+    """The Segmenter and the input files, once every flag is known to fit the model; else _UsageError.
+
+    The --out folder is created only then, so a refused run leaves no empty folder.
+    """
+    if args.batch < 1:
+        raise _UsageError(f"--batch {args.batch} must be >= 1")
+    import importlib.util
+
+    if importlib.util.find_spec("PIL") is None:
+        raise _UsageError("Pillow is not installed; pip install pillow (the 'images' extra)")
+    from .providers import parse_providers
+    from .segmenter import Segmenter
+
+    paths = _collect(args.images, args.overlay, args.probabilities)
+    args.tile = _tile_arg(args.tile)
+    try:
+        segmenter = Segmenter(
+            args.model, providers=parse_providers(args.providers), strict=args.strict
+        )
+    except SegmenterError as exc:
+        raise _UsageError(str(exc)) from exc
+    problem = _flags_problem(args, segmenter)
+    if problem is None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = f"cannot create --out folder {str(args.out)!r} ({exc.strerror or exc}); choose another --out"
+    if problem is not None:
+        segmenter.close()
+        raise _UsageError(problem)
+    return segmenter, paths
+
+
+def _flags_problem(args, segmenter) -> str | None:
+    """What in the flags this model cannot do (checked once, before any image), or None."""
+    if args.tile is not None:
         from .tiling import check_spec
 
         try:
@@ -369,84 +397,62 @@ def main(argv: list[str] | None = None) -> int:
                 segmenter.info.size_multiple,
             )
         except SegmenterError as exc:
-            problem = f"--tile {'x'.join(map(str, args.tile)) if isinstance(args.tile, tuple) else args.tile}: {exc}"
-    if problem:
-        pass
-    elif args.probabilities and segmenter.info.head == "argmax":
-        problem = (
+            tile = "x".join(map(str, args.tile)) if isinstance(args.tile, tuple) else args.tile
+            return f"--tile {tile}: {exc}"
+    if args.probabilities and segmenter.info.head == "argmax":
+        return (
             f"--probabilities: {str(args.model)!r} was exported with --head argmax and outputs masks only; "
             "re-export it with --head softmax (or logits), or drop --probabilities"
         )
-    else:
-        try:  # only once the model is known to fit the flags: a refused run leaves no empty folder
-            args.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            problem = f"cannot create --out folder {str(args.out)!r} ({exc.strerror or exc}); choose another --out"
-    if problem:
-        segmenter.close()
-        print(f"segment-unet: error: {problem}", file=sys.stderr)
-        return 1
+    return None
 
-    palette = im.voc_palette().flatten().tolist()
-    failures, done, start = 0, 0, time.perf_counter()
-    total = len(paths)
-    with segmenter:
-        if args.tile is not None:
-            return _run_tiled(segmenter, paths, args, palette, start)
-        for first in range(0, total, args.batch):
-            chunk, arrays = [], []
-            for path in paths[first : first + args.batch]:
-                try:
-                    with Image.open(path) as img:
-                        arrays.append(np.asarray(img.convert("RGB")))
-                    chunk.append(path)
-                except (OSError, Image.DecompressionBombError, ValueError) as exc:
-                    failures += 1
+
+def _load(path: Path):
+    """The image at ``path`` as RGB uint8, or None after saying why it was skipped."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, Image.DecompressionBombError, ValueError) as exc:
+        print(f"\nsegment-unet: skipped {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def _run_batched(segmenter, paths: list[Path], args, palette, start: float) -> int:
+    """segment-unet without --tile: images in batches of --batch, each image's files written."""
+    failures, total = 0, len(paths)
+    for first in range(0, total, args.batch):
+        loaded = [(p, _load(p)) for p in paths[first : first + args.batch]]
+        chunk = [(p, a) for p, a in loaded if a is not None]
+        failures += len(loaded) - len(chunk)
+        arrays = [a for _, a in chunk]
+        if arrays:
+            try:
+                if args.probabilities:  # one run gives both
+                    masks, probs = map(
+                        list, zip(*segmenter.predict_with_proba(arrays), strict=True)
+                    )
+                else:
+                    masks, probs = segmenter.predict(arrays), [None] * len(arrays)
+            except SegmenterError as exc:
+                failures += len(arrays)
+                names = ", ".join(str(p) for p, _ in chunk)
+                print(f"\nsegment-unet: skipped {names}: {exc}", file=sys.stderr)
+                masks, probs, chunk = [], [], []
+            for (path, image), mask, prob in zip(chunk, masks, probs, strict=True):
+                failed = _write_outputs(path, image, mask, prob, args, palette)
+                if failed is not None:
                     print(
-                        f"\nsegment-unet: skipped {path}: {type(exc).__name__}: {exc}",
+                        f"\nsegment-unet: error: cannot write {failed}; "
+                        "free disk space or choose another --out",
                         file=sys.stderr,
                     )
-            if arrays:
-                try:
-                    if args.probabilities:  # one run gives both
-                        masks, probs = map(
-                            list, zip(*segmenter.predict_with_proba(arrays), strict=True)
-                        )
-                    else:
-                        masks, probs = segmenter.predict(arrays), [None] * len(arrays)
-                except SegmenterError as exc:
-                    failures += len(arrays)
-                    print(
-                        f"\nsegment-unet: skipped {', '.join(map(str, chunk))}: {exc}",
-                        file=sys.stderr,
-                    )
-                    masks, probs = [], []
-                for path, image, mask, prob in zip(chunk, arrays, masks, probs, strict=True):
-                    out = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
-                    out.putpalette(palette)
-                    names = iter(_outputs(path, args.overlay, args.probabilities))
-                    target = args.out / next(names)
-                    try:
-                        _save_png(out, target)
-                        if args.overlay:
-                            target = args.out / next(names)
-                            _save_png(Image.fromarray(im.overlay(image, mask)), target)
-                        if args.probabilities:
-                            target = args.out / next(names)
-                            _save_npy(prob, target)
-                    except OSError as exc:
-                        # Disk full or permissions: every later image would fail the same way.
-                        print(
-                            f"\nsegment-unet: error: cannot write {str(target)!r} ({exc.strerror or exc}); "
-                            "free disk space or choose another --out",
-                            file=sys.stderr,
-                        )
-                        return 1
-            done = min(total, first + args.batch)
-            _progress(done, total, args.quiet)
-    elapsed = time.perf_counter() - start
+                    return 1
+        _progress(min(total, first + args.batch), total, args.quiet)
     if not args.quiet:
-        ok = total - failures
+        elapsed, ok = time.perf_counter() - start, total - failures
         print(
             f"segmented {ok}/{total} images on {', '.join(segmenter.providers)} in {elapsed:.2f} s "
             f"({elapsed / max(ok, 1) * 1000:.0f} ms/image); masks in {args.out}",
@@ -455,19 +461,40 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
+def _write_outputs(path: Path, image, mask, prob, args, palette) -> str | None:
+    """An image's mask PNG (and overlay, probabilities); returns what could not be written, or None.
+
+    Disk full or permissions: every later image would fail the same way, so the caller stops.
+    """
+    from PIL import Image
+
+    from . import images as im
+
+    out = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
+    out.putpalette(palette)
+    names = iter(_outputs(path, args.overlay, args.probabilities))
+    target = args.out / next(names)
+    try:
+        _save_png(out, target)
+        if args.overlay:
+            target = args.out / next(names)
+            _save_png(Image.fromarray(im.overlay(image, mask)), target)
+        if args.probabilities:
+            target = args.out / next(names)
+            _save_npy(prob, target)
+    except OSError as exc:
+        return f"{str(target)!r} ({exc.strerror or exc})"
+    return None
+
+
 def _run_tiled(segmenter, paths: list[Path], args, palette, start: float) -> int:
     """segment-unet --tile: each image tiled, its files written as its windows finish."""
-    import numpy as np
-    from PIL import Image
 
     failures = 0
     for path in paths:
-        try:
-            with Image.open(path) as img:
-                image = np.asarray(img.convert("RGB"))
-        except (OSError, Image.DecompressionBombError, ValueError) as exc:
+        image = _load(path)
+        if image is None:
             failures += 1
-            print(f"\nsegment-unet: skipped {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         try:
             _segment_tiled(segmenter, path, image, args, palette)

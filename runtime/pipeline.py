@@ -54,7 +54,7 @@ class Pipeline:
             SegmenterError: for a model exported with ``--head argmax``,
                 which carries no probabilities.
         """
-        self._require_probabilities()
+        self.require_probabilities()
         single, batch = self._as_batch(images)
         probs = [self._to_proba(out, shape) for out, shape in self._run(batch, infer)]
         return probs[0] if single else probs
@@ -71,7 +71,7 @@ class Pipeline:
         Raises:
             SegmenterError: for a model exported with ``--head argmax``.
         """
-        self._require_probabilities()
+        self.require_probabilities()
         single, batch = self._as_batch(images)
         pairs = [
             (self._to_mask(out, shape), self._to_proba(out, shape))
@@ -79,7 +79,7 @@ class Pipeline:
         ]
         return pairs[0] if single else pairs
 
-    def _require_probabilities(self) -> None:
+    def require_probabilities(self) -> None:
         if self.info.head == "argmax":
             raise SegmenterError(
                 "this model was exported with --head argmax and outputs masks only; "

@@ -6,12 +6,11 @@ lock (the GPU serializes the work anyway). ``close()`` drops the session; a
 call racing with it either finishes on the session it already holds or
 raises :class:`SegmenterClosedError`, never touches freed memory.
 
-Public surface, for applications and tools that go below ``predict``:
-:attr:`Segmenter.session`, :attr:`~Segmenter.input_spec`,
-:meth:`~Segmenter.prepare` (images to a model-ready batch),
-:meth:`~Segmenter.run` (a prepared batch through the model, IO binding
-included), :meth:`~Segmenter.bind` (a batch uploaded once, for timing the
-device alone), :attr:`~Segmenter.pipeline` (the pre/post-processing).
+Applications and tools that go below ``predict`` use :attr:`Segmenter.engine`
+(an :class:`Engine`): the session, its input and output, ``prepare`` (images
+to a model-ready batch), ``run`` (a prepared batch through the model, IO
+binding included), ``bind`` (a batch uploaded once, for timing the device
+alone) and the pre/post-processing ``pipeline``.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,9 +32,18 @@ from .images import DEFAULT_MAX_PIXELS, to_model_input
 from .loader import MAX_MODEL_SIDE, TensorSpec, open_model, session_options
 from .pipeline import Pipeline
 from .providers import ProviderConfig
-from .tiling import Band, check_spec, tile_bands
+from .tiling import Band, Tiling, check_spec, tile_bands
 
-__all__ = ["Segmenter", "BoundCall", "Band", "session_options", "MAX_MODEL_SIDE"]
+__all__ = [
+    "Segmenter",
+    "Engine",
+    "Tiling",
+    "BoundCall",
+    "CpuCall",
+    "Band",
+    "session_options",
+    "MAX_MODEL_SIDE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +93,11 @@ class BoundCall:
         return self.y_dev.numpy()
 
 
-class _CpuCall:
-    """:meth:`Segmenter.bind` without IO binding: the prepared feed, run with ``session.run``."""
+class CpuCall:
+    """:meth:`Engine.bind` without IO binding (the CPU): the prepared feed, run with ``session.run``.
+
+    Same methods as :class:`BoundCall`: ``upload``, ``run``, ``fetch``.
+    """
 
     graph_id = None
 
@@ -94,12 +106,15 @@ class _CpuCall:
         self._out: np.ndarray | None = None
 
     def upload(self, batch: np.ndarray) -> None:
+        """Use ``batch`` for the next runs."""
         self._feed = {next(iter(self._feed)): batch}
 
     def run(self) -> None:
+        """Run the session on the feed."""
         self._out = self._session.run(self._names, self._feed)[0]
 
     def fetch(self) -> np.ndarray:
+        """The last run's output."""
         assert self._out is not None, "run() first"
         return self._out
 
@@ -144,59 +159,39 @@ class Segmenter:
         self._bindings: OrderedDict = OrderedDict()
         self._graphs_full_warned = False
         self.model_path = Path(model_path)
-        self.config = replace(config or ProviderConfig(), device_id=device_id)
+        self._config = replace(config or ProviderConfig(), device_id=device_id)
         opened = open_model(
             self.model_path,
             providers,
-            self.config,
+            self._config,
             strict=strict,
             overrides=dict(layout=layout, head=head, num_classes=num_classes, mean=mean, std=std),
         )
         self.info = opened.info
-        self.requested_providers = opened.requested_providers
+        self._requested_providers = opened.requested_providers
         self.providers: list[str] = opened.providers
         self.fallback = opened.fallback
         self._session = opened.session
         self._input, self._output = opened.input, opened.output
         on_device = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-        self._use_binding = on_device if self.config.io_binding is None else self.config.io_binding
+        self._use_binding = (
+            on_device if self._config.io_binding is None else self._config.io_binding
+        )
         self._device = "cuda" if on_device else "cpu"
         self._pipeline = Pipeline(self.info, self._input.dtype, max_pixels)
 
-    # ------------------------------------------------------------ the surface
+    # ------------------------------------------------------------ below predict
     @property
-    def session(self):
-        """The ``onnxruntime.InferenceSession`` (read-only; ``None`` once closed)."""
-        return self._session
+    def engine(self) -> "Engine":
+        """The model below :meth:`predict`: session, tensors, ``prepare``, ``run``, ``bind`` (see :class:`Engine`)."""
+        return Engine(self)
 
-    @property
-    def input_spec(self) -> TensorSpec:
-        """The model's input: name, dtype (float32, float16 or uint8) and shape."""
-        return self._input
-
-    @property
-    def output_spec(self) -> TensorSpec:
-        """The model's output: name, dtype and shape."""
-        return self._output
-
-    @property
-    def pipeline(self) -> Pipeline:
-        """The pre- and post-processing ``predict`` wraps around :meth:`run` (resize/pad, normalize, masks)."""
-        return self._pipeline
-
-    @property
-    def bound_shapes(self) -> tuple[tuple, ...]:
-        """Input shapes holding device buffers (IO binding), least recently used first."""
-        return tuple(self._bindings)
-
-    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Same-size RGB uint8 images at the network's size -> the model's input batch (dtype, layout, normalization)."""
+    def _prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return to_model_input(
             list(images), self.info.mean, self.info.std, self.info.layout, dtype=self._input.dtype
         )
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """The model's raw output for a prepared batch (see :meth:`prepare`), through IO binding on a GPU."""
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         session = self._session
         if session is None:
             raise SegmenterClosedError("this Segmenter is closed; create a new one")
@@ -210,88 +205,105 @@ class Segmenter:
             bound.run()
             return bound.fetch()
 
-    def bind(self, batch: np.ndarray) -> BoundCall | _CpuCall:
-        """``batch`` uploaded once to the buffers its shape runs on: ``run()`` then times the model alone.
-
-        With IO binding (CUDA/TensorRT) these are the very buffers (and CUDA
-        graph) :meth:`run` and ``predict`` use for that shape; on the CPU
-        without it, ``run()`` is ``session.run`` on the prepared feed.
-        Call it from one thread at a time.
-        """
+    def _bind(self, batch: np.ndarray) -> BoundCall | CpuCall:
         if self._session is None:
             raise SegmenterClosedError("this Segmenter is closed; create a new one")
         if not self._use_binding:
-            return _CpuCall(self._session, self._input.name, self._output.name, batch)
+            return CpuCall(self._session, self._input.name, self._output.name, batch)
         with self._lock:
             bound = self._binding_for(batch)
             bound.upload(batch)
             return bound
 
+    #: Names that moved to :attr:`engine`; the old spelling still works, with a DeprecationWarning.
+    _MOVED = frozenset(
+        {
+            "session",
+            "input_spec",
+            "output_spec",
+            "pipeline",
+            "bound_shapes",
+            "prepare",
+            "run",
+            "bind",
+            "config",
+            "requested_providers",
+        }
+    )
+
+    def __getattr__(self, name: str):
+        # Only called for names the instance does not have: the moved ones are forwarded.
+        if name in Segmenter._MOVED:
+            warnings.warn(
+                f"Segmenter.{name} is deprecated: use Segmenter.engine.{name}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(self.engine, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @staticmethod
+    def _tiling(tile, legacy: dict) -> Tiling | None:
+        """``tile`` (None, a window or a :class:`Tiling`) as a Tiling; the old separate keywords folded in."""
+        if not legacy:
+            return Tiling.of(tile)
+        unknown = sorted(set(legacy) - {"overlap", "blend", "tile_batch"})
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}")
+        warnings.warn(
+            "overlap=, blend= and tile_batch= are deprecated: pass "
+            "tile=Tiling(window, overlap=..., blend=..., batch=...)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        base = Tiling.of(tile)
+        if base is None:  # as before: without a window the image is not tiled
+            return None
+        return replace(
+            base,
+            overlap=legacy.get("overlap", base.overlap),
+            blend=legacy.get("blend", base.blend),
+            batch=legacy.get("tile_batch", base.batch),
+        )
+
     # ---------------------------------------------------------------- images
-    def predict(
-        self,
-        images,
-        *,
-        tile=None,
-        overlap: float = 0.25,
-        blend: str = "gaussian",
-        tile_batch: int | None = None,
-    ):
+    def predict(self, images, *, tile=None, **legacy):
         """Class masks for one image or a list of images.
 
         Args:
             images: an RGB ``uint8`` ``(H, W, 3)`` array, or a list of them
                 (sizes may differ).
             tile: ``None`` (default): the whole image at once (resized to a
-                fixed-size model, padded for a size-agnostic one). ``"model"``
-                or ``(h, w)``: sliding windows at native resolution, stitched
-                (see :mod:`unet_runtime.tiling`). Tiling changes the scale the
-                model sees: use it when the model was trained on crops at
-                native resolution.
-            overlap: tiling: fraction of a window its neighbours overlap, 0 to 0.9.
-            blend: tiling: ``gaussian`` or ``constant`` weights for blending
-                scores, or ``deepest`` (each pixel from the window it lies
-                deepest in; what an argmax model always uses).
-            tile_batch: tiling: windows per session call (default 8 on a
-                GPU, 1 on the CPU).
+                fixed-size model, padded for a size-agnostic one). ``"model"``,
+                ``(h, w)`` or a :class:`~unet_runtime.tiling.Tiling` (window,
+                overlap, blend, windows per call): sliding windows at native
+                resolution, stitched (see :mod:`unet_runtime.tiling`). Tiling
+                changes the scale the model sees: use it when the model was
+                trained on crops at native resolution.
 
         Returns:
             ``uint8`` ``(H, W)`` mask(s) at each image's own size; a single
             array for a single image, a list for a list.
         """
-        if tile is not None:
-            return self._tiled(images, "mask", tile, overlap, blend, tile_batch)
-        return self._pipeline.predict(images, self.run)
+        tiling = self._tiling(tile, legacy)
+        if tiling is not None:
+            return self._tiled(images, "mask", tiling)
+        return self._pipeline.predict(images, self._run)
 
-    def predict_proba(
-        self,
-        images,
-        *,
-        tile=None,
-        overlap: float = 0.25,
-        blend: str = "gaussian",
-        tile_batch: int | None = None,
-    ):
-        """Class probabilities ``float32`` ``(H, W, num_classes)`` per image (tiling as in :meth:`predict`).
+    def predict_proba(self, images, *, tile=None, **legacy):
+        """Class probabilities ``float32`` ``(H, W, num_classes)`` per image (``tile`` as in :meth:`predict`).
 
         Raises:
             SegmenterError: for a model exported with ``--head argmax``,
                 which carries no probabilities.
         """
-        if tile is not None:
-            return self._tiled(images, "probs", tile, overlap, blend, tile_batch)
-        return self._pipeline.predict_proba(images, self.run)
+        tiling = self._tiling(tile, legacy)
+        if tiling is not None:
+            return self._tiled(images, "probs", tiling)
+        return self._pipeline.predict_proba(images, self._run)
 
-    def predict_with_proba(
-        self,
-        images,
-        *,
-        tile=None,
-        overlap: float = 0.25,
-        blend: str = "gaussian",
-        tile_batch: int | None = None,
-    ):
-        """``(mask, probabilities)`` per image from one model run (tiling as in :meth:`predict`).
+    def predict_with_proba(self, images, *, tile=None, **legacy):
+        """``(mask, probabilities)`` per image from one model run (``tile`` as in :meth:`predict`).
 
         What :meth:`predict` and :meth:`predict_proba` give, with one model
         run instead of two (a pair for one image, a list of pairs for a list).
@@ -299,42 +311,47 @@ class Segmenter:
         Raises:
             SegmenterError: for a model exported with ``--head argmax``.
         """
-        if tile is not None:
-            return self._tiled(images, "both", tile, overlap, blend, tile_batch)
-        return self._pipeline.predict_with_proba(images, self.run)
+        tiling = self._tiling(tile, legacy)
+        if tiling is not None:
+            return self._tiled(images, "both", tiling)
+        return self._pipeline.predict_with_proba(images, self._run)
 
     def iter_tiles(
         self,
         image: np.ndarray,
         *,
         tile="model",
-        overlap: float = 0.25,
-        blend: str = "gaussian",
-        tile_batch: int | None = None,
         probabilities: bool = False,
         progress=None,
         stats: dict | None = None,
+        **legacy,
     ):
         """Tiled inference on one image, yielding finished :class:`~unet_runtime.tiling.Band` objects top to bottom.
 
         The stitcher holds one band of windows, so a caller that writes each
         band out (``segment-unet --tile`` streams its PNG) segments images of
-        any height in bounded memory. ``progress(done, total)`` counts
-        windows; ``stats`` receives the window count and the stitcher's
-        largest allocation (``accumulator_bytes``). Other arguments as
-        :meth:`predict`.
+        any height in bounded memory. ``tile`` as in :meth:`predict` (a
+        window or a :class:`~unet_runtime.tiling.Tiling`);
+        ``progress(done, total)`` counts windows; ``stats`` receives the
+        window count and the stitcher's largest allocation
+        (``accumulator_bytes``).
         """
         from .images import validate_image
 
+        tiling = self._tiling(tile, legacy) or Tiling()
         image = validate_image(image, None, self._pipeline.max_pixels)
         if probabilities:
-            self._pipeline._require_probabilities()
-        batch = (
-            TILE_BATCH["gpu" if self._device == "cuda" else "cpu"]
-            if tile_batch is None
-            else tile_batch
+            self._pipeline.require_probabilities()
+        device = "gpu" if self._device == "cuda" else "cpu"
+        batch = TILE_BATCH[device] if tiling.batch is None else tiling.batch
+        spec = check_spec(
+            tiling.window,
+            tiling.overlap,
+            tiling.blend,
+            batch,
+            self.info.size,
+            self.info.size_multiple,
         )
-        spec = check_spec(tile, overlap, blend, batch, self.info.size, self.info.size_multiple)
         return tile_bands(
             image,
             spec,
@@ -355,29 +372,22 @@ class Segmenter:
         # a tile smaller than a fixed-size model: padded to it
         if size is not None and (h, w) != size:
             windows = [np.pad(x, ((0, size[0] - h), (0, size[1] - w), (0, 0))) for x in windows]
-        out = self.run(self.prepare(windows))
+        out = self._run(self._prepare(windows))
         if self.info.head == "argmax":
             return list(out[:, :h, :w])
         out = channels_last(out, self.info.layout)[:, :h, :w].astype(np.float32, copy=False)
         return list(softmax(np.array(out)) if self.info.head == "logits" else out)
 
-    def _tiled(self, images, want: str, tile, overlap, blend, tile_batch):
+    def _tiled(self, images, want: str, tiling: Tiling):
         """predict/predict_proba/predict_with_proba with tiling: one image or a list, each tiled on its own."""
         if want != "mask":  # before any image, even for an empty list
-            self._pipeline._require_probabilities()
+            self._pipeline.require_probabilities()
         single = isinstance(images, np.ndarray) and images.ndim != 4
         results = []
         for image in [images] if single else list(images):
             mask: np.ndarray | None = None
             probs = None
-            for band in self.iter_tiles(
-                image,
-                tile=tile,
-                overlap=overlap,
-                blend=blend,
-                tile_batch=tile_batch,
-                probabilities=want != "mask",
-            ):
+            for band in self.iter_tiles(image, tile=tiling, probabilities=want != "mask"):
                 rows = slice(band.top, band.top + len(band.mask))
                 if mask is None:  # iter_tiles validated the image: its size is known from here
                     mask = np.empty(image.shape[:2], np.uint8)
@@ -497,7 +507,7 @@ class Segmenter:
         if entry is not None:
             self._bindings.move_to_end(x.shape)
             return entry
-        dev = (self._device, self.config.device_id)
+        dev = (self._device, self._config.device_id)
         x_dev = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, x.dtype, *dev)
         y_dev = ort.OrtValue.ortvalue_from_shape_and_type(
             self._output_shape(x.shape), self._output.dtype, *dev
@@ -506,7 +516,7 @@ class Segmenter:
         binding.bind_ortvalue_input(self._input.name, x_dev)
         binding.bind_ortvalue_output(self._output.name, y_dev)
         entry = BoundCall(self._session, binding, x_dev, y_dev)
-        if not self.config.cuda_graph:
+        if not self._config.cuda_graph:
             self._bindings[x.shape] = entry
             while len(self._bindings) > MAX_BOUND_SHAPES:
                 self._bindings.popitem(last=False)
@@ -537,3 +547,72 @@ class Segmenter:
         return (
             f"Segmenter({str(self.model_path)!r}, {self.info.head}, {self.info.precision}, {state})"
         )
+
+
+class Engine:
+    """The model below :meth:`Segmenter.predict`: what ``Segmenter.engine`` returns.
+
+    For timing and custom loops: the ONNX Runtime ``session`` (read-only),
+    ``input_spec`` / ``output_spec``, ``pipeline`` (the pre/post-processing
+    ``predict`` wraps around the model), ``prepare(images)`` (a model-ready
+    batch), ``run(batch)`` (the model alone, IO binding included), ``bind(batch)``
+    (a batch uploaded once: ``run()`` then times the device alone),
+    ``bound_shapes``, and the provider settings (``config``,
+    ``requested_providers``). A view of its Segmenter: closing that closes it.
+    """
+
+    def __init__(self, segmenter: Segmenter):
+        self._seg = segmenter
+
+    @property
+    def session(self):
+        """The ``onnxruntime.InferenceSession`` (``None`` once closed)."""
+        return self._seg._session
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        """The model's input: name, dtype (float32, float16 or uint8) and shape."""
+        return self._seg._input
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        """The model's output: name, dtype and shape."""
+        return self._seg._output
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pre- and post-processing ``predict`` wraps around :meth:`run` (resize/pad, normalize, masks)."""
+        return self._seg._pipeline
+
+    @property
+    def config(self) -> ProviderConfig:
+        """The provider settings the session was made with."""
+        return self._seg._config
+
+    @property
+    def requested_providers(self) -> list[str]:
+        """The providers asked for, before any fallback (``Segmenter.providers`` is what runs)."""
+        return self._seg._requested_providers
+
+    @property
+    def bound_shapes(self) -> tuple[tuple, ...]:
+        """Input shapes holding device buffers (IO binding), least recently used first."""
+        return tuple(self._seg._bindings)
+
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Same-size RGB uint8 images at the network's size -> the model's input batch (dtype, layout, normalization)."""
+        return self._seg._prepare(images)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw output for a prepared batch (see :meth:`prepare`), through IO binding on a GPU."""
+        return self._seg._run(batch)
+
+    def bind(self, batch: np.ndarray) -> BoundCall | CpuCall:
+        """``batch`` uploaded once to the buffers its shape runs on: ``run()`` then times the model alone.
+
+        With IO binding (CUDA/TensorRT) these are the very buffers (and CUDA
+        graph) :meth:`run` and ``predict`` use for that shape; on the CPU
+        without it, ``run()`` is ``session.run`` on the prepared feed.
+        Call it from one thread at a time.
+        """
+        return self._seg._bind(batch)

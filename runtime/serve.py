@@ -46,7 +46,7 @@ def _dims(shape) -> list[int]:
 
 def contract_of(name: str, segmenter, max_batch_size: int) -> Contract:
     """What the served model accepts, read from its session (names, types, dims)."""
-    inp, out = segmenter.input_spec, segmenter.output_spec
+    inp, out = segmenter.engine.input_spec, segmenter.engine.output_spec
     return Contract(
         model=name,
         input_name=inp.name,
@@ -256,98 +256,110 @@ def _build_model(contract: Contract, batcher: Batcher):
     return UnetModel()
 
 
-def _rest_app(contract: Contract, config: dict, batcher: Batcher):
-    """The REST endpoints (Starlette): health, metadata, Triton's config route, and inference.
+class _RestApi:
+    """The REST endpoints (Starlette): health, metadata, Triton's config and statistics routes, inference.
 
     Inference is decoded here rather than by KServe's REST layer, which
     accepted a body longer than its tensor (the extra bytes ignored) and
     answered a short one with 500; :mod:`.protocol` refuses both as Triton does.
     """
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
 
-    def error(message: str, status: int = 400) -> JSONResponse:
+    def __init__(self, contract: Contract, config: dict, batcher: Batcher):
+        self.contract, self.config, self.batcher = contract, config, batcher
+
+    @staticmethod
+    def error(message: str, status: int = 400):
+        from starlette.responses import JSONResponse
+
         return JSONResponse({"error": message}, status_code=status)
 
-    def unknown(model: str) -> JSONResponse:
-        return error(f"Request for unknown model: '{model}' is not found", 404)
+    def app(self):
+        """The Starlette application, every route under ``/v2`` and its versioned form."""
+        from starlette.applications import Starlette
+        from starlette.routing import Route
 
-    def model_route(handler):
-        async def route(request: Request):
+        routes = [
+            Route("/v2/health/live", self.live),
+            Route("/v2/health/ready", self.live),
+            Route("/v2", self.server_metadata),
+        ]
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            routes += [
+                Route(prefix, self._model(self.metadata)),
+                Route(prefix + "/ready", self._model(self.live)),
+                Route(prefix + "/config", self._model(self.model_config)),
+                Route(prefix + "/stats", self._model(self.statistics)),
+                Route(prefix + "/infer", self._model(self.infer), methods=["POST"]),
+            ]
+
+        async def not_found(request, exc):
+            return self.error(f"Not Found: {request.method} {request.url.path}", exc.status_code)
+
+        return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+    def _model(self, handler):
+        """``handler`` for this model only (any other name or version: Triton's 404)."""
+
+        async def route(request):
             model = request.path_params["model"]
             version = request.path_params.get("version", "1")
-            if model != contract.model or version not in ("", "1"):
-                return unknown(model if version in ("", "1") else f"{model}' version '{version}")
+            if model != self.contract.model or version not in ("", "1"):
+                what = model if version in ("", "1") else f"{model}' version '{version}"
+                return self.error(f"Request for unknown model: '{what}' is not found", 404)
             return await handler(request)
 
         return route
 
-    async def live(request: Request):
+    async def live(self, request):
+        from starlette.responses import Response
+
         return Response(status_code=200)
 
-    async def server_metadata(request: Request):
+    async def server_metadata(self, request):
+        from starlette.responses import JSONResponse
+
         return JSONResponse({"name": "segment-unet", "version": _version(), "extensions": []})
 
-    async def metadata(request: Request):
-        return JSONResponse(model_metadata(contract))
+    async def metadata(self, request):
+        from starlette.responses import JSONResponse
 
-    async def model_config_route(request: Request):
-        return JSONResponse(config)
+        return JSONResponse(model_metadata(self.contract))
 
-    async def statistics(request: Request):
-        # The subset of Triton's statistics extension a load test reads: runs per batch size.
-        sizes = sorted(batcher.batch_sizes.items())
-        return JSONResponse(
-            {
-                "model_stats": [
-                    {
-                        "name": contract.model,
-                        "version": "1",
-                        "inference_count": sum(b * n for b, n in sizes),
-                        "execution_count": sum(n for _, n in sizes),
-                        "batch_stats": [
-                            {"batch_size": b, "compute_infer": {"count": n}} for b, n in sizes
-                        ],
-                    }
-                ]
-            }
-        )
+    async def model_config(self, request):
+        from starlette.responses import JSONResponse
 
-    async def infer(request: Request):
+        return JSONResponse(self.config)
+
+    async def statistics(self, request):
+        """The subset of Triton's statistics extension a load test reads: runs per batch size."""
+        from starlette.responses import JSONResponse
+
+        sizes = sorted(self.batcher.batch_sizes.items())
+        stats = {
+            "name": self.contract.model,
+            "version": "1",
+            "inference_count": sum(b * n for b, n in sizes),
+            "execution_count": sum(n for _, n in sizes),
+            "batch_stats": [{"batch_size": b, "compute_infer": {"count": n}} for b, n in sizes],
+        }
+        return JSONResponse({"model_stats": [stats]})
+
+    async def infer(self, request):
+        from starlette.responses import Response
+
         body = await request.body()
         try:
             decoded = decode_request(
-                contract, body, request.headers.get("inference-header-content-length")
+                self.contract, body, request.headers.get("inference-header-content-length")
             )
         except ProtocolError as exc:
-            return error(str(exc), exc.status)
+            return self.error(str(exc), exc.status)
         try:
-            result = await batcher.submit(decoded.batch)
+            result = await self.batcher.submit(decoded.batch)
         except SegmenterError as exc:
-            return error(str(exc))
-        payload, headers = encode_response(contract, result, decoded)
+            return self.error(str(exc))
+        payload, headers = encode_response(self.contract, result, decoded)
         return Response(payload, headers=headers)
-
-    routes = [
-        Route("/v2/health/live", live),
-        Route("/v2/health/ready", live),
-        Route("/v2", server_metadata),
-    ]
-    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        routes += [
-            Route(prefix, model_route(metadata)),
-            Route(prefix + "/ready", model_route(live)),
-            Route(prefix + "/config", model_route(model_config_route)),
-            Route(prefix + "/stats", model_route(statistics)),
-            Route(prefix + "/infer", model_route(infer), methods=["POST"]),
-        ]
-
-    async def not_found(request: Request, exc):
-        return error(f"Not Found: {request.method} {request.url.path}", exc.status_code)
-
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
 
 def _version() -> str:
@@ -430,10 +442,10 @@ async def _serve(
     segmenter = Segmenter(model_path, providers=providers)
     contract = contract_of(name, segmenter, max_batch_size)
     config = model_config(name, segmenter, max_batch_size)
-    batcher = Batcher(segmenter.run, max_batch_size)
+    batcher = Batcher(segmenter.engine.run, max_batch_size)
     http = uvicorn.Server(
         uvicorn.Config(
-            _rest_app(contract, config, batcher),
+            _RestApi(contract, config, batcher).app(),
             host=host,
             port=http_port,
             log_config=None,

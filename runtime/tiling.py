@@ -26,13 +26,13 @@ height.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .errors import InputImageError
 
-__all__ = ["TileSpec", "Band", "tile_bands", "window_starts", "BLENDS", "MAX_OVERLAP"]
+__all__ = ["Tiling", "TileSpec", "Band", "tile_bands", "window_starts", "BLENDS", "MAX_OVERLAP"]
 
 BLENDS = ("gaussian", "constant", "deepest")
 MAX_OVERLAP = 0.9
@@ -40,6 +40,33 @@ MAX_OVERLAP = 0.9
 GRID = 16
 #: MONAI's sigma_scale: the gaussian's sigma as a fraction of the window size.
 SIGMA_SCALE = 0.125
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How to segment an image in overlapping windows: what ``Segmenter.predict(tile=...)`` takes.
+
+    Args:
+        window: ``"model"`` (the model's own size) or ``(height, width)``,
+            multiples of 16.
+        overlap: fraction of a window its neighbours overlap, 0 to 0.9.
+        blend: ``gaussian`` or ``constant`` weights for blending scores, or
+            ``deepest`` (each pixel from the window it lies deepest in; what
+            an argmax model always uses).
+        batch: windows per session call (None: 8 on a GPU, 1 on the CPU).
+    """
+
+    window: Any = "model"
+    overlap: float = 0.25
+    blend: str = "gaussian"
+    batch: int | None = None
+
+    @classmethod
+    def of(cls, tile) -> "Tiling | None":
+        """``tile`` as a Tiling: None stays None, a window (``"model"`` or ``(h, w)``) gets the defaults."""
+        if tile is None or isinstance(tile, Tiling):
+            return tile
+        return cls(window=tile)
 
 
 @dataclass(frozen=True)
@@ -104,7 +131,9 @@ def check_spec(
     if blend not in BLENDS:
         raise InputImageError(f"blend={blend!r} is not one of {', '.join(BLENDS)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InputImageError(f"tile_batch={batch!r} must be an integer >= 1")
+        raise InputImageError(
+            f"Tiling batch={batch!r} (windows per session call, --tile-batch) must be an integer >= 1"
+        )
     return TileSpec(h, w, overlap, blend, batch)
 
 

@@ -73,7 +73,7 @@ def test_profile_out_records_machine_command_and_every_figure(narrow_export, tmp
     assert main([path, "--runs", "1", "--warmup", "0", "--out", str(tmp_path / "p.md")]) == 0
     md = (tmp_path / "p.md").read_text()
     data = json.loads((tmp_path / "p.json").read_text())
-    assert md.startswith("# bench-unet profile: ") and "Command: `bench-unet profile " in md
+    assert md.startswith("# bench-unet lab profile: ") and "Command: `bench-unet lab profile " in md
     assert "| op type | nodes | ms/run | share |" in md and "Commit: " in md
     prof = data["profiles"][Path(path).name]
     assert prof["runs"] == 1 and prof["by_op"] and data["machine"]["versions"]
@@ -84,6 +84,7 @@ def test_ab_interleaves_and_writes_both_files(narrow_export, tmp_path):
     # no warm-up asked: the mask still comes from one untimed run
     proc = run_cli(
         "unet_bench.cli",
+        "lab",
         "ab",
         "--out",
         str(tmp_path / "ab"),
@@ -237,4 +238,22 @@ def test_committed_results_index_is_up_to_date():
     from unet_bench.index import INDEX, build_index
 
     folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    assert (folder / INDEX).read_text() == build_index(folder), "run: bench-unet index"
+    assert (folder / INDEX).read_text() == build_index(folder), "run: bench-unet lab index"
+
+
+def test_help_lists_what_users_run_and_lab_the_rest(tmp_path):
+    """bench-unet --help: the matrix, serve, frames, tiles, export, gpu-suite; the project's own tools under lab."""
+    from unet_bench.cli import LAB, SUBCOMMANDS
+
+    proc = run_cli("unet_bench.cli", "--help")
+    assert proc.returncode == 0
+    for name in SUBCOMMANDS:
+        assert f"bench-unet {name} --help" in proc.stdout, name
+    for name in LAB:
+        assert f"bench-unet {name} --help" not in proc.stdout, name
+    assert "bench-unet lab --help" in proc.stdout
+    lab = run_cli("unet_bench.cli", "lab", "--help")
+    assert lab.returncode == 0 and all(name in lab.stdout for name in LAB)
+    # The spelling of earlier releases still runs, and says where the tool went.
+    old = run_cli("unet_bench.cli", "index", "--dir", str(tmp_path / "none"))
+    assert "is now 'bench-unet lab index'" in old.stderr and "is not a folder" in old.stderr

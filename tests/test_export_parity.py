@@ -2,7 +2,8 @@
 
 Each row exports a narrow model with confident weights (see conftest) and
 compares ONNX Runtime (CPU) with the Keras original on a fresh batch of 3,
-independently of the exporter's own verification step.
+independently of the exporter's own verification step: the Keras outputs and
+the bounds are computed and set here, nothing is taken from export/verify.py.
 """
 
 import hashlib
@@ -14,35 +15,52 @@ import pytest
 
 from unet_export.convert import MAX_OPSET, MIN_OPSET
 from unet_export.fold import auto_fold_form
-from unet_export.verify import (
-    CONFIDENT_MARGIN,
-    FP16_REL_L2,
-    FP32_REL_L2,
-    FP32_TIE_MARGIN,
-    MASK_AGREEMENT_MIN,
-    KerasReference,
-    make_pixels,
-)
 from unet_runtime.images import to_model_input
 from unet_runtime.metrics import compare, mask_agreement
 
+# This file's own bounds, not shared with export/verify.py (a loosened gate there must not loosen
+# the check here). fp32: only summation order differs from Keras (measured ~1e-6 relative L2 on
+# these narrow models); fp16 keeps ~3 significant digits (measured ~7e-4). Masks: exact in fp32
+# where the top two probabilities differ by >= 1e-4; in fp16 >= 99% agreement where they differ
+# by >= 0.05 (near-ties may flip).
+FP32_REL_L2 = 1e-5
+FP16_REL_L2 = 2e-2
+FP32_TIE_MARGIN = 1e-4
+CONFIDENT_MARGIN = 0.05
+MASK_AGREEMENT_MIN = 0.99
 _REFERENCES: dict = {}
 
 
-def _keras(model, pixels, mean=(0, 0, 0), std=(1, 1, 1)):
-    """Keras' (logits, probabilities) for a list of uint8 images.
+def make_pixels(height: int, width: int, seed: int) -> np.ndarray:
+    """A seeded random RGB image."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
-    One KerasReference per model and normalization for the whole module (its
-    tf.function is traced once), and each image computed once: most rows
-    compare on the same few images.
+
+def _keras(model, pixels, mean=(0, 0, 0), std=(1, 1, 1)):
+    """Keras' (logits, probabilities) for a list of uint8 images, computed here from the model alone.
+
+    The logits are the head's 1x1 convolution applied in float64 to the
+    features that enter it (Keras folds the softmax into the layer); one
+    feature model per Keras model for the whole module, each image once.
     """
-    key = (id(model), tuple(mean), tuple(std))
-    if key not in _REFERENCES:
-        _REFERENCES[key] = KerasReference(model, mean, std)
-    ref = _REFERENCES[key]
-    keys = [(p.shape, hashlib.sha1(p.tobytes()).hexdigest()) for p in pixels]
-    ref.compute(dict(zip(keys, pixels, strict=True)))
-    return ref.logits(keys), ref.probs(keys)
+    import keras
+
+    if id(model) not in _REFERENCES:
+        head = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+        kernel, bias = (np.asarray(w, np.float64) for w in head.get_weights())
+        features = keras.Model(model.input, [head.input, model.output])
+        _REFERENCES[id(model)] = (features, kernel.reshape(kernel.shape[-2:]), bias, {})
+    features, kernel, bias, cache = _REFERENCES[id(model)]
+    out = []
+    for p in pixels:
+        key = (p.shape, hashlib.sha1(p.tobytes()).hexdigest(), tuple(mean), tuple(std))
+        if key not in cache:
+            x = to_model_input([p], mean, std, "nhwc")
+            f, probs = (np.asarray(t) for t in features(x, training=False))
+            logits = (f[0].astype(np.float64) @ kernel + bias).astype(np.float32)
+            cache[key] = (logits, probs[0].astype(np.float32))
+        out.append(cache[key])
+    return np.stack([lo for lo, _ in out]), np.stack([pr for _, pr in out])
 
 
 # (size or None for dynamic, layout, head, precision, opset[, fold_upsample])

@@ -77,7 +77,9 @@ def test_softmax_scores_come_back_at_the_network_size_and_the_runtime_resizes_th
     with Segmenter(frame_exports["graph-softmax"].path, providers="cpu") as seg:
         frame = _frames()[1]
         mask, probs = seg.predict_with_proba(frame)
-        raw = seg.run(seg.prepare([frame]))  # the model's own output: scores at the network's 64x64
+        raw = seg.engine.run(
+            seg.engine.prepare([frame])
+        )  # the model's own output: scores at the network's 64x64
     assert raw.shape == (1, 64, 64, NUM_CLASSES)
     assert mask.shape == frame.shape[:2] and probs.shape == (*frame.shape[:2], NUM_CLASSES)
     assert np.allclose(probs.sum(-1), 1, atol=1e-4)

@@ -82,3 +82,27 @@ def test_untrained_argmax_models_still_pass_a_numeric_gate(precision, head):
         "logits rel L2" in g["name"] and np.isfinite(g["value"]) and g["value"] > 0
         for g in report["gates"]
     )
+
+
+def test_one_weight_off_by_one_percent_fails_the_fp32_gate(confident_weights):
+    """The fp32 bound (1e-5) is tight enough that a single kernel value 1% off is refused.
+
+    Measured on this narrow model: the largest value of the head's kernel scaled by 1.01 moves the
+    logits by a relative L2 of 3.3e-3 (300x the bound), while the unchanged export sits near 1e-6.
+    """
+    config = ExportConfig(
+        input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights)
+    )
+    state = _until_verify(config)
+    inits = {t.name: t for t in state.proto.graph.initializer}
+    head = [n for n in state.proto.graph.node if n.op_type == "Conv"][-1]
+    kernel = numpy_helper.to_array(inits[head.input[1]]).copy()
+    flat = kernel.reshape(-1)
+    i = int(np.argmax(np.abs(flat)))
+    flat[i] *= 1.01  # one value of 30-odd thousand, 1% off
+    inits[head.input[1]].CopyFrom(numpy_helper.from_array(kernel, head.input[1]))
+    with pytest.raises(VerificationError, match="logits rel L2") as info:
+        dict(STEPS)["verify"](state)
+    failed = {g["name"]: g["value"] for g in info.value.report["gates"] if not g["passed"]}
+    print(f"\none head weight 1% off: failed gates {failed}")
+    assert any("logits rel L2" in name for name in failed), failed

@@ -291,4 +291,4 @@ def test_auto_leaves_out_a_tensorrt_that_cannot_load(models):
         warnings.simplefilter("error", RuntimeWarning)
         with Segmenter(models["fp16-argmax-512.onnx"], providers="auto") as seg:
             assert seg.providers[0] == "CUDAExecutionProvider" and seg.fallback == []
-            assert "TensorrtExecutionProvider" not in seg.requested_providers
+            assert "TensorrtExecutionProvider" not in seg.engine.requested_providers

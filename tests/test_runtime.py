@@ -132,7 +132,7 @@ def test_warmup_runs_each_batch_shape_and_leaves_results_unchanged(narrow_export
     # the network's shapes, each run 3 times
     assert seen == [(1, 32, 32, 3)] * 3 + [(2, 32, 32, 3)] * 3
     # buffers and graph ids made by the warm-up
-    assert seg.bound_shapes == (
+    assert seg.engine.bound_shapes == (
         (1, 32, 32, 3),
         (2, 32, 32, 3),
     )
@@ -177,17 +177,19 @@ def test_bound_buffers_per_shape_bounded_and_exact(narrow_export, cuda_graph):
     for side in sizes + sizes[:2]:  # every shape, then two of the first ones again
         img = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
         assert np.array_equal(seg.predict(img), plain.predict(img)), side
-    keys = [k[1] for k in seg.bound_shapes]  # NHWC input: (1, H, W, 3)
+    keys = [k[1] for k in seg.engine.bound_shapes]  # NHWC input: (1, H, W, 3)
     if not cuda_graph:
         # the most recent shapes, least recently used first: 16 and 32 came back last
         assert keys == sizes[-MAX_BOUND_SHAPES + 2 :] + sizes[:2]
     else:
         # the first shapes own graph ids 1..N and are never dropped; later ones ran uncaptured (id
         # -1)
-        ids = {k[1]: seg.bind(np.zeros(k, np.float32)).graph_id for k in seg.bound_shapes}
+        ids = {
+            k[1]: seg.engine.bind(np.zeros(k, np.float32)).graph_id for k in seg.engine.bound_shapes
+        }
         assert ids == {side: i for i, side in enumerate(sizes[:MAX_GRAPH_SHAPES], start=1)}
-        late = seg.bind(np.zeros((1, 512, 512, 3), np.float32))
-        assert late.graph_id == -1 and len(seg.bound_shapes) == MAX_GRAPH_SHAPES
+        late = seg.engine.bind(np.zeros((1, 512, 512, 3), np.float32))
+        assert late.graph_id == -1 and len(seg.engine.bound_shapes) == MAX_GRAPH_SHAPES
 
 
 def test_threads_give_serial_results(narrow_export):
@@ -455,3 +457,46 @@ def test_pixel_limit_and_argmax_has_no_probabilities(narrow_export):
         for method in (seg.predict_proba, seg.predict_with_proba):
             with pytest.raises(SegmenterError, match="--head argmax"):
                 method(np.zeros((8, 8, 3), np.uint8))
+
+
+# ------------------------------------------------------------------------- the surface
+def test_the_segmenter_surface_is_small_and_public(narrow_export):
+    """At most 12 public names; what goes below predict lives on .engine; no public method returns a private type."""
+    import inspect
+
+    from unet_runtime import Engine
+
+    with Segmenter(narrow_export().path, providers="cpu") as seg:
+        names = {n for n in dir(seg) if not n.startswith("_")}
+    assert len(names) <= 12, sorted(names)
+    assert {"predict", "predict_proba", "predict_with_proba", "iter_tiles", "engine"} <= names
+    for cls in (Segmenter, Engine):
+        for name, member in inspect.getmembers(cls):
+            if name.startswith("_") or not callable(member):
+                continue
+            returns = str(inspect.signature(member).return_annotation)
+            assert not any(t.startswith("_") for t in returns.replace("|", " ").split()), (
+                f"{cls.__name__}.{name} returns {returns}"
+            )
+
+
+def test_moved_names_and_old_tiling_keywords_still_work_with_a_warning(narrow_export):
+    from unet_runtime import Tiling
+
+    img = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    with Segmenter(narrow_export().path, providers="cpu") as seg:
+        with pytest.warns(
+            DeprecationWarning, match=r"Segmenter.run is deprecated: use Segmenter.engine.run"
+        ):
+            raw = seg.run(seg.engine.prepare([np.zeros((32, 32, 3), np.uint8)]))
+        np.testing.assert_array_equal(
+            raw, seg.engine.run(seg.engine.prepare([np.zeros((32, 32, 3), np.uint8)]))
+        )
+        with pytest.warns(DeprecationWarning, match="pass tile=Tiling"):
+            old = seg.predict(img, tile=(32, 32), overlap=0.5, blend="constant")
+        new = seg.predict(img, tile=Tiling((32, 32), overlap=0.5, blend="constant"))
+        np.testing.assert_array_equal(old, new)
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            seg.predict(img, tile=(32, 32), overlapp=0.5)
+        with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+            _ = seg.nonsense

@@ -18,7 +18,7 @@ from tests.conftest import NARROW, NUM_CLASSES, run_cli
 from unet_export import ExportConfig, export_model
 from unet_runtime import InputImageError, Segmenter, SegmenterError
 from unet_runtime.metrics import top2_margin
-from unet_runtime.tiling import window_starts
+from unet_runtime.tiling import Tiling, window_starts
 
 AGREEMENT = 0.999
 
@@ -57,7 +57,7 @@ def test_exact_where_the_receptive_field_fits(dynamic, size):
     img = np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8)
     with Segmenter(dynamic["softmax"], providers="cpu") as seg:
         whole = seg.predict_proba(img)
-        tiled = seg.predict_proba(img, tile=(512, 512), overlap=0.75, blend="deepest")
+        tiled = seg.predict_proba(img, tile=Tiling((512, 512), overlap=0.75, blend="deepest"))
     assert tiled.shape == whole.shape == (*size, NUM_CLASSES)
     np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
 
@@ -74,7 +74,7 @@ def test_seams_on_a_trained_model(trained, labelled):
         confident = top2_margin(whole) >= 0.05
         assert confident.mean() > 0.9  # a trained model: the confident set is most of the image
         for blend in ("gaussian", "constant"):
-            mask = soft.predict(img, tile=(64, 64), overlap=0.25, blend=blend)
+            mask = soft.predict(img, tile=Tiling((64, 64), overlap=0.25, blend=blend))
             assert (mask == whole.argmax(-1))[confident].mean() >= AGREEMENT, blend
         # The two stitching rules (scores blended, masks from the deepest window) give the same
         # mask.
@@ -122,7 +122,7 @@ def test_tiles_on_fixed_size_models_and_lists(narrow_export):
     with Segmenter(path, providers="cpu") as seg:
         masks = seg.predict(imgs, tile="model")
         # smaller than the model: padded to 32x32
-        small = seg.predict(imgs[0], tile=(16, 16), overlap=0)
+        small = seg.predict(imgs[0], tile=Tiling((16, 16), overlap=0))
         with pytest.raises(SegmenterError, match="--head argmax"):
             seg.predict_proba(imgs[0], tile="model")
     assert [m.shape for m in masks] == [(70, 90), (20, 20)] and small.shape == (70, 90)
@@ -138,9 +138,9 @@ def test_bad_tiling_arguments_are_refused(narrow_export, dynamic):
         for seg, kwargs, message in [
             (fixed, dict(tile=(48, 48)), "larger than this model's 32x32"),
             (fixed, dict(tile=(30, 32)), "multiples of 16"),
-            (fixed, dict(tile="model", overlap=0.95), r"overlap=0.95 must lie in \[0, 0.9\]"),
-            (fixed, dict(tile="model", blend="median"), "blend='median' is not one of"),
-            (fixed, dict(tile="model", tile_batch=0), "tile_batch=0"),
+            (fixed, dict(tile=Tiling(overlap=0.95)), r"overlap=0.95 must lie in \[0, 0.9\]"),
+            (fixed, dict(tile=Tiling(blend="median")), "blend='median' is not one of"),
+            (fixed, dict(tile=Tiling(batch=0)), "batch=0"),
             (agnostic, dict(tile="model"), "size-agnostic.*pass tile=\\(H, W\\)"),
             (fixed, dict(tile="big"), "must be 'model' or \\(height, width\\)"),
         ]:

@@ -411,7 +411,7 @@ def test_bench_serve_measures_both_servers(triton, repository, tmp_path, load):
     argv = ["--repo", repo, "--out", tmp_path / "serve", "--load", load, "--runs", "2"]
     # Millisecond runs on shared cores never hold perf_analyzer's stability: any figure will do here.
     argv += ["--concurrency", "1", "2", "--interval-ms", "800", "--stability", "100"]
-    argv += ["--requests", "3"]
+    argv += ["--requests", "3", "--paired-rounds", "3"]
     proc = run_cli("unet_bench.serve_load", *argv)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "serve.json").read_text())
@@ -425,3 +425,6 @@ def test_bench_serve_measures_both_servers(triton, repository, tmp_path, load):
     if load == "clients":
         assert all(r["wrong_masks"] == 0 for r in rows)
     assert "% of ceiling" in (tmp_path / "serve.md").read_text()
+    for kind in ("builtin", "triton"):
+        paired = data["paired"][kind]
+        assert len(paired["samples_ms"]["http"]) == 3 and paired["grpc"]["median_ms"] > 0
