@@ -158,7 +158,7 @@ def bench_ort(
         # and the runtime's own post-processing (images are at the network size: no resize).
         masks, probs = [], []
         for first in range(0, len(ref_probs), batch):
-            chunk = images[first : first + batch]
+            chunk = images[first : min(first + batch, len(ref_probs))]
             if head == "argmax":
                 masks += seg.predict(chunk)
             else:

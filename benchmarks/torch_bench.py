@@ -104,7 +104,7 @@ def torch_rows(
             # next call.
             masks = []
             for first in range(0, len(ref_probs), batch):
-                chunk = list(images[first : first + batch])
+                chunk = list(images[first : min(first + batch, len(ref_probs))])
                 chunk += [chunk[-1]] * (batch - len(chunk))
                 out = fn(_as_input(chunk, device, dtype), "argmax").cpu().numpy()
                 masks += list(out[: min(batch, len(ref_probs) - first)])

@@ -368,9 +368,9 @@ def export_model(
         mem = (
             f"{usage.peak_rss_mb / 1024:4.1f} GiB" if usage.peak_rss_mb is not None else "    -   "
         )
-        say(f"[{i:>2}/{len(STEPS)}] {name:<9} {usage.seconds:6.1f} s {mem}  {detail}".rstrip())
+        say(f"[{i}/{len(STEPS)}] {name:<9} {usage.seconds:6.1f} s {mem}  {detail}".rstrip())
         for line in more:
-            say(f"       {line}")
+            say(f"      {line}")
         while state.warnings:
             say(f"WARNING: {state.warnings.pop(0)}")
     report = _report(state)

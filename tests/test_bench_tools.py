@@ -149,7 +149,7 @@ def test_ab_and_profile_refuse_bad_flags_before_any_work(
     args = ["--out", str(tmp_path / "x")] if tool == "ab" else []
     assert module.main([*args, *flags, str(model)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"bench-unet {tool}: error: ") and message in err, err
+    assert err.startswith(f"bench-unet lab {tool}: error: ") and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
@@ -228,7 +228,9 @@ def test_results_index_lists_every_run_and_record(tmp_path):
     assert [r.split()[1] for r in rows] == ["run", "old"]  # newest first
     assert "Some CPU (2 cores; avx2)" in rows[0] and "abcdef1" in rows[0] and "x\\|y" in rows[0]
     assert "CPU flags not recorded" in rows[1] and "[md](run.md)" in rows[0]
-    assert "| [probe.txt](probe.txt) | head logits: rel L2 3e-6 |" in text and "notes" not in text
+    assert (
+        "| [probe.txt](probe.txt) | - | head logits: rel L2 3e-6 |" in text and "notes" not in text
+    )
     assert main(["--dir", str(tmp_path), "--check"]) == 1
     assert main(["--dir", str(tmp_path)]) == 0
     assert main(["--dir", str(tmp_path), "--check"]) == 0
@@ -247,11 +249,12 @@ def test_help_lists_what_users_run_and_lab_the_rest(tmp_path):
 
     proc = run_cli("unet_bench.cli", "--help")
     assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())  # argparse wraps the epilog anywhere
     for name in SUBCOMMANDS:
-        assert f"bench-unet {name} --help" in proc.stdout, name
+        assert f"bench-unet {name} --help" in text, name
     for name in LAB:
-        assert f"bench-unet {name} --help" not in proc.stdout, name
-    assert "bench-unet lab --help" in proc.stdout
+        assert f"bench-unet {name} --help" not in text, name
+    assert "bench-unet lab --help" in text
     lab = run_cli("unet_bench.cli", "lab", "--help")
     assert lab.returncode == 0 and all(name in lab.stdout for name in LAB)
     # The spelling of earlier releases still runs, and says where the tool went.

@@ -241,7 +241,7 @@ def test_class_count_comes_from_the_weights_file(tmp_path, confident_weights):
 
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch, confident_weights):
     # A tolerance no real export can meet: the gate must fail and stop the write.
-    monkeypatch.setattr(verify_mod, "FP32_REL_L2", 0.0)
+    monkeypatch.setitem(verify_mod.LOGITS_REL_L2, "fp32", 0.0)
     out, rep = tmp_path / "m.onnx", tmp_path / "r.json"
     cfg = ExportConfig(
         input_size=(32, 32), num_classes=5, width_multiplier=0.125, weights=str(confident_weights)

@@ -176,12 +176,19 @@ def test_sizes_and_shapes_that_do_not_add_up_are_refused(shape, data, size, word
 # ------------------------------------------------------------------ the ModelConfig protobuf
 def test_generated_model_config_module_matches_its_proto(tmp_path):
     """runtime/protos/unet_model_config_pb2.py is what protoc makes of unet_model_config.proto (regenerate both together)."""
-    grpc_tools = pytest.importorskip("grpc_tools.protoc", reason="needs grpcio-tools (protoc)")
+    pytest.importorskip("grpc_tools.protoc", reason="needs grpcio-tools (protoc)")
+    import subprocess
+    import sys
+
     root = Path(__file__).resolve().parents[1] / "runtime" / "protos"
-    code = grpc_tools.main(
-        ["protoc", f"-I{root}", f"--python_out={tmp_path}", str(root / "unet_model_config.proto")]
+    # In a child: protoc in a process that has loaded other protobuf modules can crash.
+    proc = subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{root}", f"--python_out={tmp_path}"]
+        + [str(root / "unet_model_config.proto")],
+        capture_output=True,
+        text=True,
     )
-    assert code == 0
+    assert proc.returncode == 0, proc.stderr
     fresh = (tmp_path / "unet_model_config_pb2.py").read_text()
     committed = (root / "unet_model_config_pb2.py").read_text()
 
