@@ -479,7 +479,7 @@ def _run(args, argv) -> int:
         images=str(args.images) if args.images else "seeded uniform noise",
         exports={},
     )
-    # Rows are written as they finish: a run cut short (a GPU call's time limit) keeps what it
+    # Rows are written as they finish: a run cut short (a job's time limit) keeps what it
     # measured.
     results = report.Results(args.out, meta)
     try:

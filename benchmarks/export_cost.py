@@ -25,7 +25,7 @@ from .report import begin_run, header_lines, results_parser, save_results
 
 __all__ = ["ROWS", "measure", "main"]
 
-#: name -> export-unet flags; the three goal rows of the export (laptop) budget by default.
+#: name -> export-unet flags; the three configurations whose cost the docs quote, by default.
 ROWS = {
     "fp32": [],
     "fp16-argmax": ["--precision", "fp16", "--head", "argmax"],

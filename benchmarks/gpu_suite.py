@@ -12,7 +12,7 @@ process with its own time limit, so a failure or a time-out costs that step
 only, and writes one file per step beside a summary:
 
 1. ``tests``: ``pytest tests/test_gpu.py`` (run from a clone), its whole log;
-2. ``goal``: the fp16 argmax uint8 matrix at batch 1 and 8: the reference
+2. ``matrix``: the fp16 argmax uint8 matrix at batch 1 and 8: the reference
    graph (``--fold-upsample off``) and the default fold, channel padding off
    and on, CUDA graphs, beside PyTorch eager, ``torch.compile`` max-autotune
    and its decoder-fold twin compiled the same way (when torch is there);
@@ -105,11 +105,21 @@ def _steps(args, out: Path) -> list[Step]:
     models, size, it = args.models_from, args.size, args.iters
     torch_flags = ["--torch", "--torch-compile", "--torch-fold"] if args.torch else []
     tests = Path("tests/test_gpu.py")
-    goal = ["--models-from", models, "--out", f"{out}-goal", "--plot", "-q", "--size", size]
-    goal += ["--providers", args.providers, "--precision", "fp16", "--head", "argmax"]
-    goal += ["--input-dtype", "uint8", "--fold-upsample", "off", "auto", "--pad-channels", "off"]
-    goal += ["on", "--batch", *args.batch, "--iters", it, "--warmup", args.warmup, "--keras", "off"]
-    goal += ["--agreement-images", "8", *(["--cuda-variants", "graph"] if gpu else [])]
+    matrix = ["--models-from", models, "--out", f"{out}-matrix", "--plot", "-q", "--size", size]
+    matrix += ["--providers", args.providers, "--precision", "fp16", "--head", "argmax"]
+    matrix += ["--input-dtype", "uint8", "--fold-upsample", "off", "auto", "--pad-channels", "off"]
+    matrix += [
+        "on",
+        "--batch",
+        *args.batch,
+        "--iters",
+        it,
+        "--warmup",
+        args.warmup,
+        "--keras",
+        "off",
+    ]
+    matrix += ["--agreement-images", "8", *(["--cuda-variants", "graph"] if gpu else [])]
     frames = ["frames", "--out", f"{out}-frames", "--models-from", models / "frames"]
     frames += ["--precision", "fp16", "--size", size, "--providers", args.providers]
     frames += ["--frame-size", *args.frames, "--iters", it, "--warmup", args.warmup]
@@ -127,7 +137,7 @@ def _steps(args, out: Path) -> list[Step]:
             env={"UNET_GPU_MODELS": str(models)},
             skip=None if tests.is_file() else f"{tests} is not here: run the suite from a clone",
         ),
-        Step("goal", _bench(*goal, *torch_flags), args.timeout_s["goal"]),
+        Step("matrix", _bench(*matrix, *torch_flags), args.timeout_s["matrix"]),
         Step("frames", _bench(*frames), args.timeout_s["frames"]),
         Step("tiles", _bench(*tiles), args.timeout_s["tiles"]),
         Step(
@@ -239,7 +249,7 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet gpu-suite") -> i
     # The matrix (with torch.compile) takes most of an 8-minute budget.
     weights = {
         "tests": 0.1,
-        "goal": 0.55,
+        "matrix": 0.55,
         "frames": 0.1,
         "tiles": 0.1,
         "kernels": 0.1,

@@ -307,7 +307,7 @@ def write_json(path: Path, rows, meta: dict) -> None:
 class Results:
     """PREFIX.json and PREFIX.md rewritten after every row; PREFIX.png when the run ends.
 
-    A run that is cut short (a GPU call's time limit kills it, Ctrl-C) keeps
+    A run that is cut short (a job's time limit kills it, Ctrl-C) keeps
     every row it finished, in files that say so: ``"complete": false`` in the
     JSON and a "Partial run" line in the table, until :meth:`finish`. Each
     write is atomic, so a file is always whole. :meth:`discard` removes all

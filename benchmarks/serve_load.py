@@ -362,7 +362,7 @@ def _row_line(r: dict) -> str:
 
 
 def table(meta: dict, r: dict) -> str:
-    """The Markdown of a run: the ceiling, every row as a share of it, and the goals' two ratios."""
+    """The Markdown of a run: the ceiling, every row as a share of it, and per server its best share and its added latency."""
     ceiling = max(c["images_per_s"] for c in r["in_process"]["before"] + r["in_process"]["after"])
     lines = [
         *header_lines("bench-unet serve", meta),

@@ -1,16 +1,16 @@
 """``segment-unet serve``: an Open Inference Protocol (KServe v2) model server for an exported model.
 
-Built on KServe's Python model server (package ``kserve``, Apache-2.0): its
-data plane, its REST endpoints and its gRPC servicer handle the protocol
-(binary tensors, health, metadata, errors). What this module adds is the
-model, served the way Triton's ONNX Runtime backend serves ``model.onnx``:
-the request carries the model-ready tensor, the response the model's raw
-output (mask, probabilities or logits), batches up to ``max_batch_size``. And
-the model configuration endpoint Triton offers (``GET
-/v2/models/NAME/config``, gRPC ``ModelConfig``), with the same
-``parameters`` the exported Triton repository writes into ``config.pbtxt``,
-so :class:`~unet_runtime.triton_client.TritonSegmenter` pre- and
-post-processes from either server without a copy of the model file.
+Served the way Triton's ONNX Runtime backend serves ``model.onnx``: the
+request carries the model-ready tensor, the response the model's raw output
+(mask, probabilities or logits); requests that wait while the model runs are
+batched together up to ``max_batch_size`` (:class:`Batcher`). REST is this
+module's own Starlette app, with requests decoded and checked by
+:mod:`unet_runtime.protocol` as Triton checks them; gRPC is KServe's servicer
+(package ``kserve``, Apache-2.0) around the same model and checks. Both also
+answer Triton's model configuration (``GET /v2/models/NAME/config``, gRPC
+``ModelConfig``), with the ``parameters`` the exported repository writes into
+``config.pbtxt``, so :class:`~unet_runtime.triton_client.TritonSegmenter`
+pre- and post-processes from either server without a copy of the model file.
 
 Needs the ``serve`` extra (kserve: ``pip install ".[serve]"`` in a clone).
 """

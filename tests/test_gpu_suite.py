@@ -56,14 +56,14 @@ def test_the_whole_suite_runs_on_the_cpu(prepared, tmp_path, monkeypatch):
     proc = run_cli("unet_bench.gpu_suite", *argv)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "dry.json").read_text())["steps"]
-    assert list(summary) == ["tests", "goal", "frames", "tiles", "kernels", "tensorrt"]
+    assert list(summary) == ["tests", "matrix", "frames", "tiles", "kernels", "tensorrt"]
     for name, step in summary.items():
         assert step["status"] in ("ok", "not run"), (name, step)
     # tests: pytest ran tests/test_gpu.py and, without a GPU, every test skipped naming why.
     log = (tmp_path / "dry-tests.txt").read_text()
     assert "test_gpu.py" in log and "needs onnxruntime-gpu and a CUDA device" in log
-    # goal: the reference graph and the default fold, padded and not, at both batches.
-    rows = json.loads((tmp_path / "dry-goal.json").read_text())["rows"]
+    # matrix: the reference graph and the default fold, padded and not, at both batches.
+    rows = json.loads((tmp_path / "dry-matrix.json").read_text())["rows"]
     names = {(r["name"], r["batch"]) for r in rows}
     for fold in ("", " fold=convtranspose"):
         for pad in ("", " pad8"):

@@ -376,7 +376,7 @@ def test_bench_output_disk_full(tmp_path, monkeypatch, model64):
 
 
 def test_bench_cut_short_keeps_finished_rows_marked_partial(tmp_path, monkeypatch, model64):
-    """A GPU call's time limit kills bench-unet mid-run: the rows already measured must survive, labelled."""
+    """A job's time limit kills bench-unet mid-run: the rows already measured must survive, labelled."""
     import json
     import shutil
 
@@ -418,7 +418,7 @@ def test_bench_cut_short_keeps_finished_rows_marked_partial(tmp_path, monkeypatc
 
 
 def test_bench_runs_the_torch_peer_after_every_ort_row(tmp_path, monkeypatch, model64):
-    """torch.compile takes minutes per batch size: on a time-limited GPU call it must not stand between ORT rows."""
+    """torch.compile takes minutes per batch size: on a time-limited GPU job it must not stand between ORT rows."""
     import json
     import shutil
 
