@@ -1,7 +1,7 @@
-"""Check the project's Markdown: every relative link and #anchor resolves, every result file is cited.
+"""Check the project's Markdown: every relative link and #fragment resolves, every result file is cited.
 
 Offline and dependency-free (``make lint`` runs it as a script; tests/test_docs.py
-imports it). Anchors follow GitHub's rule for headings: lower case, punctuation
+imports it). Heading ids follow GitHub's rule for headings: lower case, punctuation
 dropped except ``-`` and ``_``, spaces to ``-``, a ``-N`` suffix on repeats.
 
     python tests/doclinks.py          # prints each problem, exit 1 if any
@@ -41,8 +41,8 @@ def _prose(text: str) -> str:
     return "\n".join(out)
 
 
-def anchors(page: Path) -> set[str]:
-    """The #anchors GitHub gives the headings of ``page``."""
+def heading_ids(page: Path) -> set[str]:
+    """The ids (#fragments) GitHub gives the headings of ``page``."""
     seen: dict[str, int] = {}
     out = set()
     for line in _prose(page.read_text()).splitlines():
@@ -62,7 +62,7 @@ def links(page: Path) -> list[str]:
 
 
 def problems(root: Path = ROOT) -> list[str]:
-    """Dead relative links, missing anchors, and result files no page cites, in the tree at ``root``."""
+    """Dead relative links, missing #fragments, and result files no page cites, in the tree at ``root``."""
     out = []
     cited: set[Path] = set()
     citing = set(_pages(CITING, root))
@@ -70,14 +70,14 @@ def problems(root: Path = ROOT) -> list[str]:
         for target in links(page):
             if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, mailto: ...: not checked offline
                 continue
-            path, _, anchor = target.partition("#")
+            path, _, fragment = target.partition("#")
             dest = (page.parent / unquote(path)).resolve() if path else page.resolve()
             where = f"{page.relative_to(root)}: ({target})"
             if not dest.exists():
                 out.append(f"{where}: {path} does not exist")
                 continue
-            if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
-                out.append(f"{where}: {dest.name} has no heading #{anchor}")
+            if fragment and dest.suffix == ".md" and fragment not in heading_ids(dest):
+                out.append(f"{where}: {dest.name} has no heading #{fragment}")
             if page in citing:
                 cited.add(dest)
     results = (root / RESULTS).resolve()

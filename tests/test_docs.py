@@ -1,17 +1,17 @@
-"""The docs hold together: links and anchors resolve, every result file is cited, nothing speaks of how it was built."""
+"""The docs hold together: links and #fragments resolve, every result file is cited, nothing speaks of how it was built."""
 
 from __future__ import annotations
 
 import subprocess
 
-from tests.doclinks import ROOT, anchors, problems
+from tests.doclinks import ROOT, heading_ids, problems
 
 
-def test_every_link_anchor_and_result_file_holds():
+def test_every_link_fragment_and_result_file_holds():
     assert problems() == []
 
 
-def test_the_checker_finds_dead_links_missing_anchors_and_uncited_results(tmp_path):
+def test_the_checker_finds_dead_links_missing_fragments_and_uncited_results(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     (tmp_path / "benchmarks" / "results" / "run-a.md").write_text("# run a\n")
@@ -20,7 +20,7 @@ def test_the_checker_finds_dead_links_missing_anchors_and_uncited_results(tmp_pa
     (tmp_path / "docs" / "guide.md").write_text("# Guide\n\n## Host-side costs\n")
     (tmp_path / "README.md").write_text(
         "See [the guide](docs/guide.md#host-side-costs), [gone](docs/gone.md),\n"
-        "[a stale anchor](docs/guide.md#host-time), [run a](benchmarks/results/run-a.md),\n"
+        "[a stale fragment](docs/guide.md#host-time), [run a](benchmarks/results/run-a.md),\n"
         "[the web](https://example.org/x) and `[code](not/a/link.md)`.\n"
         "```\n[in a block](nor/this.md)\n```\n"
     )
@@ -32,10 +32,10 @@ def test_the_checker_finds_dead_links_missing_anchors_and_uncited_results(tmp_pa
     ], found
 
 
-def test_anchors_follow_githubs_rule(tmp_path):
+def test_heading_ids_follow_githubs_rule(tmp_path):
     page = tmp_path / "p.md"
     page.write_text("# Host-side costs\n## GPU: fp16, argmax (CUDA)\n## Limits\n## Limits\n")
-    assert anchors(page) == {"host-side-costs", "gpu-fp16-argmax-cuda", "limits", "limits-1"}
+    assert heading_ids(page) == {"host-side-costs", "gpu-fp16-argmax-cuda", "limits", "limits-1"}
 
 
 #: Words that speak of how the project was made rather than what it does (recorded commands inside
