@@ -49,7 +49,17 @@ def _cuda_device_present() -> bool:
 #: the full-size export, frame exports verified at four sizes, a server in a child process): tests using one are `slow`,
 #: and those using a server are `server` too. make test-fast leaves both out; CI runs everything.
 SLOW_FIXTURES = frozenset(
-    {"labelled", "full_width_run", "default_export", "server", "frame_exports", "triton", "ours"}
+    {
+        "labelled",
+        "full_width_run",
+        "default_export",
+        "server",
+        "frame_exports",
+        "triton",
+        "ours",
+        "prepared",
+        "installed",
+    }
 )
 
 
