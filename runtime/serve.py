@@ -59,21 +59,20 @@ def contract_of(name: str, segmenter, max_batch_size: int) -> Contract:
     )
 
 
-def model_config(name: str, segmenter, max_batch_size: int) -> dict:
+def model_config(c: Contract, model_path: Path) -> dict:
     """The model configuration as Triton's ``/v2/models/NAME/config`` returns it (the JSON form of config.pbtxt)."""
     from .model_file import read_metadata
 
-    c = contract_of(name, segmenter, max_batch_size)
     params = {
         k: {"string_value": v}
-        for k, v in read_metadata(segmenter.model_path).items()
+        for k, v in read_metadata(model_path).items()
         if k.startswith(METADATA_PREFIX)
     }
     return {
-        "name": name,
+        "name": c.model,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
-        "max_batch_size": max_batch_size,
+        "max_batch_size": c.max_batch_size,
         "input": [
             {
                 "name": c.input_name,
@@ -318,7 +317,9 @@ class _RestApi:
     async def server_metadata(self, request):
         from starlette.responses import JSONResponse
 
-        return JSONResponse({"name": "segment-unet", "version": _version(), "extensions": []})
+        from . import __version__
+
+        return JSONResponse({"name": "segment-unet", "version": __version__, "extensions": []})
 
     async def metadata(self, request):
         from starlette.responses import JSONResponse
@@ -360,15 +361,6 @@ class _RestApi:
             return self.error(str(exc))
         payload, headers = encode_response(self.contract, result, decoded)
         return Response(payload, headers=headers)
-
-
-def _version() -> str:
-    import importlib.metadata as md
-
-    try:
-        return md.version("unet-onnx")
-    except md.PackageNotFoundError:
-        return "0+unknown"
 
 
 def encode_model_config(config: dict) -> bytes:
@@ -441,7 +433,7 @@ async def _serve(
 
     segmenter = Segmenter(model_path, providers=providers)
     contract = contract_of(name, segmenter, max_batch_size)
-    config = model_config(name, segmenter, max_batch_size)
+    config = model_config(contract, segmenter.model_path)
     batcher = Batcher(segmenter.engine.run, max_batch_size)
     http = uvicorn.Server(
         uvicorn.Config(

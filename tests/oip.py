@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 
-import numpy as np
+from unet_runtime.wire import by_datatype
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,6 @@ class Tensor:
     shape: list[int]  # a valid request's shape, batch first
     output: str
     max_batch_size: int
-
-
-_NP = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
 
 
 def post(address: str, path: str, body: bytes, headers: dict | None = None, timeout: float = 60):
@@ -43,7 +40,7 @@ def post(address: str, path: str, body: bytes, headers: dict | None = None, time
 
 
 def _binary(t: Tensor, extra: int = 0, size: int | None = None, header_length=None):
-    nbytes = math.prod(t.shape) * np.dtype(_NP[t.datatype]).itemsize
+    nbytes = math.prod(t.shape) * by_datatype(t.datatype).itemsize
     header = json.dumps(
         {
             "inputs": [
