@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--weights", help="trained weights for the export (default: seeded random init)")
     p.add_argument(
+        "--model",
+        help="benchmark your own network instead of the reference VGG19-UNet: a saved Keras model "
+        "(.keras), exported with export-unet --model and timed against its Keras original",
+    )
+    p.add_argument(
         "--fold-upsample",
         nargs="+",
         default=["auto"],
@@ -174,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args) -> None:
+    if args.model:
+        _validate_own_network(args)
     for s in args.size:
-        if s < 16 or s % 16:
+        if args.model is None and (s < 16 or s % 16):
             raise BenchError(
                 f"--size {s} is not allowed: sizes must be positive multiples of 16 (e.g. {max(16, s // 16 * 16)})"
             )
@@ -196,6 +203,21 @@ def _validate(args) -> None:
     problem = out_prefix_problem(args.out)
     if problem:
         raise BenchError(problem)
+
+
+def _validate_own_network(args) -> None:
+    """What goes with --model: its own weights, no PyTorch twin (the twin is the VGG19-UNet)."""
+    if not Path(args.model).is_file():
+        raise BenchError(f"--model {args.model!r} does not exist; give a saved .keras file")
+    for flag, given in (
+        ("--weights", args.weights),
+        ("--torch", args.torch or args.torch_compile or args.torch_fold),
+        ("--models-from", args.models_from),
+    ):
+        if given:
+            raise BenchError(
+                f"{flag} applies to the reference VGG19-UNet, not to a --model of your own: drop {flag}"
+            )
 
 
 class _Bar:
@@ -329,8 +351,10 @@ def _get_models(args, tmp: Path, exports: dict) -> tuple[dict, Callable[[int], o
             onnx.save(strip(onnx.load(str(out))), str(args.save_models / out.name))
     if args.keras == "off":
         return models, None
-    from .peers import keras_model
+    from .peers import keras_model, own_keras_model
 
+    if args.model:
+        return models, functools.partial(own_keras_model, args.model)
     return models, functools.partial(keras_model, seed=args.seed, weights=args.weights)
 
 
@@ -343,7 +367,7 @@ def _export_subprocess(args, variant: Variant, size: int, out: Path) -> dict:
     flags = ["--report", out.with_suffix(".json"), "--input-size", size, size]
     flags += ["--precision", variant.precision, "--head", variant.head, "--layout", args.layout]
     flags += ["--input-dtype", variant.input_dtype, "--fold-upsample", variant.fold]
-    flags += ["--seed", args.seed]
+    flags += ["--model", args.model] if args.model else ["--seed", args.seed]
     if variant.pad:
         flags.append("--pad-channels")
     if args.weights:
@@ -417,6 +441,11 @@ LAB = {
         "train the labelled shapes fixture (trained weights and labelled images for the benchmarks)",
     ),
     "index": ("index", "regenerate benchmarks/results/README.md from the result files"),
+    "networks": (
+        "networks",
+        "save the example networks of other architectures (MobileNetV2 UNet, DeepLabV3, "
+        "SegFormer-like) as .keras files, for bench-unet --model",
+    ),
 }
 
 
@@ -479,6 +508,8 @@ def _run(args, argv) -> int:
         images=str(args.images) if args.images else "seeded uniform noise",
         exports={},
     )
+    if args.model:
+        meta["model"] = {"file": args.model, "sha256": _sha256(args.model)}
     # Rows are written as they finish: a run cut short (a job's time limit) keeps what it
     # measured.
     results = report.Results(args.out, meta)
@@ -494,6 +525,16 @@ def _run(args, argv) -> int:
     if not args.quiet:
         print(table, file=sys.stderr)
     return 0
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _reference(args, size: int, images: list, models: dict, make_keras) -> tuple[list, str, object]:

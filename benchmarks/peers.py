@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["keras_model", "keras_rows", "TorchUNet", "torch_from_onnx"]
+__all__ = ["keras_model", "own_keras_model", "keras_rows", "TorchUNet", "torch_from_onnx"]
 
 
 def keras_model(size: int, *, seed: int = 0, weights: str | None = None):
@@ -26,6 +26,18 @@ def keras_model(size: int, *, seed: int = 0, weights: str | None = None):
 
         load_weights(model, weights)
     return model
+
+
+def own_keras_model(path: str, size: int):
+    """The Keras peer of ``bench-unet --model``: the user's model as the export converts it.
+
+    That is the model with its logits' softmax (and, for lower-resolution
+    scores, the bilinear resize to the input size) on top, as
+    unet_export.network prepares it: the same function the ONNX rows compute.
+    """
+    from unet_export.network import load_model_file, prepare_network
+
+    return prepare_network(load_model_file(path), (size, size), False).model
 
 
 def keras_rows(model, x_nhwc: np.ndarray) -> dict[str, Callable[[], object]]:

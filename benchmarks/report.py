@@ -282,6 +282,11 @@ def header_lines(title: str, meta: dict, *, partial: str | None = None) -> list[
         "",
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}  ",
+        *(
+            [f"Model: {meta['model']['file']} (sha256 {meta['model']['sha256'][:16]}...)  "]
+            if meta.get("model")
+            else []
+        ),
         *([partial] if partial else []),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items()) + "  ",
         f"Commit: {machine.get('git_commit') or 'not a git checkout'}",

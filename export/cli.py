@@ -1,4 +1,4 @@
-"""``export-unet``: the reference VGG19-UNet from Keras to a verified ONNX file.
+"""``export-unet``: the reference VGG19-UNet (or your own Keras network) to a verified ONNX file.
 
 Exit codes: 0 written; 1 bad input or a failed check (one line on stderr,
 nothing written); 2 usage error (argparse).
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import ExportConfig
     from .convert import MAX_OPSET, MIN_OPSET
     from .fold import FOLD_CHOICES
-    from .precision import CALIBRATION_METHODS
+    from .precision import CALIBRATION_METHODS, INT8_OPS
     from .triton import ACCELERATORS
 
     d = ExportConfig()
@@ -60,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="trained model or weights: .keras, .weights.h5 or legacy .h5 (default: untrained)",
     )
     p.add_argument(
+        "--model",
+        help="export your own network instead: a saved Keras 3 model (.keras) mapping images (N, H, W, 3) "
+        "to per-pixel class scores (N, H, W, C) or a lower resolution; see docs/export.md",
+    )
+    p.add_argument(
+        "--custom-objects",
+        metavar="MODULE",
+        help="with --model: a Python module to import first, which registers the model's custom layers "
+        "(@keras.saving.register_keras_serializable) or holds a custom_objects dict",
+    )
+    p.add_argument(
         "--encoder-weights",
         help="Keras Applications VGG19 'notop' weights file for the encoder (blockI_convJ -> convI-J)",
     )
@@ -75,8 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=2,
         type=int,
         metavar=("H", "W"),
-        default=list(d.input_size),
-        help="fixed input height and width, multiples of 16",
+        help="fixed input height and width, multiples of 16 (default: 512 512, or a --model's own size)",
     )
     size.add_argument(
         "--dynamic-size",
@@ -129,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CALIBRATION_METHODS,
         default=d.calibration_method,
         help="int8: activation range estimation",
+    )
+    p.add_argument(
+        "--int8-float-ops",
+        nargs="+",
+        metavar="OP",
+        choices=INT8_OPS,
+        default=[],
+        help=f"int8: op types to keep in float (of {', '.join(INT8_OPS)}); e.g. Add for a transformer's "
+        "residual stream, when the held-out gate fails",
     )
     p.add_argument(
         "--input-dtype",
@@ -322,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("tf2onnx", "onnxslim", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # tf2onnx logs each op it has no handler for at ERROR and goes on; the export names them itself
+    # (convert._refuse_unconverted) or rewrites them (Erfc), so its lines would only mislead.
+    logging.getLogger("tf2onnx.tfonnx").setLevel(logging.CRITICAL)
 
     from .config import ExportConfig
     from .pipeline import export_model
@@ -332,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = ExportConfig(
-            input_size=tuple(args.input_size),
+            input_size=tuple(args.input_size) if args.input_size else None,
+            model=args.model,
+            custom_objects=args.custom_objects,
             dynamic_size=args.dynamic_size,
             num_classes=args.num_classes,
             class_names=_read_class_names(args.class_names) if args.class_names else None,
@@ -354,9 +378,10 @@ def main(argv: list[str] | None = None) -> int:
             calibration_images=str(args.calibration_images) if args.calibration_images else None,
             calibration_count=args.calibration_count,
             calibration_method=args.calibration_method,
+            int8_float_ops=tuple(args.int8_float_ops),
         )
         config.validate()  # export_model also settles num_classes from --weights (and checks it) before the build
-        if not (args.weights or args.encoder_weights):
+        if not (args.weights or args.encoder_weights or args.model):
             progress(
                 f"WARNING: no --weights given: exporting an UNTRAINED model (random init, seed {args.seed}); "
                 "its masks are meaningless until you export your trained weights"

@@ -18,16 +18,21 @@ from .convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .errors import ConfigError
 from .fold import FOLD_CHOICES, auto_fold_form
 from .model import validate_spatial_size
-from .precision import CALIBRATION_METHODS
+from .precision import CALIBRATION_METHODS, INT8_OPS
 
-__all__ = ["ExportConfig"]
+__all__ = ["ExportConfig", "DEFAULT_INPUT_SIZE"]
+
+#: The reference model's size (the specification's 512x512).
+DEFAULT_INPUT_SIZE = (512, 512)
 
 
 @dataclass
 class ExportConfig:
     """Everything ``export-unet`` can be asked for (CLI flags map 1:1; the CLI's defaults are these)."""
 
-    input_size: tuple[int, int] = (512, 512)
+    #: None: the model's own size (``model`` / ``keras_model`` of another network), else 512x512;
+    #: settled by :meth:`resolved`.
+    input_size: tuple[int, int] | None = None
     dynamic_size: bool = False
     #: None: the head width stored in ``weights`` (see :meth:`resolved`), else 21 (Pascal VOC).
     num_classes: int | None = None
@@ -50,6 +55,8 @@ class ExportConfig:
     #: benchmarks/results/int8-calibration-*.md), and each image costs an fp32 run.
     calibration_count: int = 16
     calibration_method: str = "minmax"
+    #: op types left in float by INT8 quantization (of precision.INT8_OPS), e.g. ("Add",).
+    int8_float_ops: tuple[str, ...] = ()
     #: ``float32`` (normalized input) or ``uint8`` (raw RGB, normalized in the graph).
     input_dtype: str = "float32"
     #: filter multiplier (1.0 = the reference network); < 1 only for tests and experiments.
@@ -60,6 +67,11 @@ class ExportConfig:
     pad_channels: bool = False
     #: uint8 frames of any size in, resized to input_size inside the graph (and an argmax mask resized back): frames.py.
     resize_in_graph: bool = False
+    #: a saved Keras model of any architecture (``.keras``) to export instead of the reference
+    #: VGG19-UNet (network.py says what it must be).
+    model: str | None = None
+    #: a module to import before loading ``model`` (it registers the model's custom layers).
+    custom_objects: str | None = None
 
     def fold_form(self) -> str:
         """The fold this export applies: ``fold_upsample``, with ``auto`` resolved by precision (fold.auto_fold_form)."""
@@ -70,9 +82,11 @@ class ExportConfig:
     @property
     def size(self) -> tuple[int, int] | None:
         """The fixed ``(H, W)``, or None for a size-agnostic export."""
-        return None if self.dynamic_size else tuple(self.input_size)  # type: ignore[return-value]
+        if self.dynamic_size:
+            return None
+        return tuple(self.input_size or DEFAULT_INPUT_SIZE)  # type: ignore[return-value]
 
-    def resolved(self, keras_model=None) -> "ExportConfig":
+    def resolved(self, keras_model=None, network=None) -> "ExportConfig":
         """This config with ``num_classes`` settled (raises ConfigError).
 
         Left as None, it is the class count of the head in the weights'
@@ -85,7 +99,11 @@ class ExportConfig:
         from .weights import stored_num_classes
 
         if self.opset is None:
-            return replace(self, opset=DEFAULT_OPSET).resolved(keras_model)
+            return replace(self, opset=DEFAULT_OPSET).resolved(keras_model, network)
+        if network is not None:
+            return self._resolved_for(network)
+        if self.input_size is None:
+            return replace(self, input_size=DEFAULT_INPUT_SIZE).resolved(keras_model)
         if keras_model is not None:
             if self.weights or self.encoder_weights:
                 raise ConfigError(
@@ -124,10 +142,26 @@ class ExportConfig:
             )
         return self
 
-    def validate(self) -> None:
-        """Check every value before any slow work starts (raises ConfigError)."""
-        if not self.dynamic_size:
+    def _resolved_for(self, network) -> "ExportConfig":
+        """Classes and size from a user's network (network.Network); explicit values must agree."""
+        if self.num_classes is not None and self.num_classes != network.num_classes:
+            raise ConfigError(
+                f"--num-classes {self.num_classes} does not match model {network.name!r}, which outputs "
+                f"{network.num_classes} class scores; drop --num-classes (the model's count is used)"
+            )
+        size = network.input_size or self.input_size or DEFAULT_INPUT_SIZE
+        return replace(self, num_classes=network.num_classes, input_size=tuple(size))
+
+    def validate(self, network=None) -> None:
+        """Check every value before any slow work starts (raises ConfigError).
+
+        ``network``: the user's network (network.Network) when exporting one,
+        whose own input size replaces the reference model's multiple-of-16 rule.
+        """
+        if not self.dynamic_size and self.input_size is not None and network is None:
             validate_spatial_size(*self.input_size)
+        if self.model is not None or network is not None:
+            self.validate_own_network()
         for name, value, allowed in (
             ("--layout", self.layout, LAYOUTS),
             ("--head", self.head, HEADS),
@@ -161,6 +195,16 @@ class ExportConfig:
             raise ConfigError(
                 "--calibration-images is only used with --precision int8; add --precision int8 or drop it"
             )
+        unknown = sorted(set(self.int8_float_ops) - set(INT8_OPS))
+        if unknown:
+            raise ConfigError(
+                f"--int8-float-ops {' '.join(unknown)}: not an op type INT8 quantizes; choose from "
+                f"{', '.join(INT8_OPS)}"
+            )
+        if self.int8_float_ops and self.precision != "int8":
+            raise ConfigError(
+                "--int8-float-ops is only used with --precision int8; add it or drop the flag"
+            )
         if self.precision == "int8" and self.calibration_count < MIN_CALIBRATION_IMAGES:
             raise ConfigError(
                 f"--calibration-count {self.calibration_count} is too small; INT8 calibration needs at least {MIN_CALIBRATION_IMAGES}"
@@ -192,3 +236,16 @@ class ExportConfig:
             raise ConfigError(
                 f"--mean {self.mean} / --std {self.std}: three values each, std non-zero"
             )
+
+    def validate_own_network(self) -> None:
+        """What cannot go with a user's own network (it brings its own architecture and weights)."""
+        for flag, value in (
+            ("--weights", self.weights),
+            ("--encoder-weights", self.encoder_weights),
+            ("--width-multiplier", self.width_multiplier != 1.0),
+        ):
+            if value:
+                raise ConfigError(
+                    f"{flag} applies to the reference VGG19-UNet; a model given with --model "
+                    f"(or keras_model=) brings its own layers and weights: drop {flag}"
+                )

@@ -42,7 +42,7 @@ from unet_runtime.images import normalization
 from unet_runtime.model_info import INPUT_NAME
 
 from .errors import ConversionError
-from .model import HEAD_LAYER
+from .network import conversion_failure, output_layer
 
 __all__ = ["convert_keras", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET"]
 
@@ -62,7 +62,11 @@ _WEIGHT_INPUT = "w{}"
 
 
 def _twin(model):
-    """Clone ``model``'s wiring with a linear head and nearest-resize upsampling (fresh variables, same paths)."""
+    """Clone ``model``'s wiring with a linear head and nearest-resize upsampling (fresh variables, same paths).
+
+    The head is the output layer: the reference model's 1x1 softmax conv, or
+    the softmax Activation network.py puts on another network's logits.
+    """
     import keras
     import tensorflow as tf
 
@@ -85,16 +89,20 @@ def _twin(model):
             )
             return (shape[0], h, w, shape[3])
 
+    head = output_layer(model).name
+
     def swap(layer):
         if isinstance(layer, keras.layers.UpSampling2D):
-            if layer.interpolation != "nearest" or layer.data_format != "channels_last":
+            if layer.data_format != "channels_last":
                 raise ConversionError(
-                    f"layer {layer.name!r}: only nearest, channels_last UpSampling2D is supported, "
-                    f"got interpolation={layer.interpolation!r}, data_format={layer.data_format!r}"
+                    f"layer {layer.name!r}: only channels_last UpSampling2D is supported, "
+                    f"got data_format={layer.data_format!r}"
                 )
-            return NearestUpsample(layer.size, name=layer.name)
+            # bilinear upsampling is one Resize (half-pixel) as Keras lowers it
+            if layer.interpolation == "nearest":
+                return NearestUpsample(layer.size, name=layer.name)
         config = layer.get_config()
-        if layer.name == HEAD_LAYER:
+        if layer.name == head:
             config["activation"] = "linear"
         return layer.__class__.from_config(config)
 
@@ -248,6 +256,57 @@ def _run_tf2onnx(forward, specs: list, config):
             )
     except Exception as exc:  # tf2onnx raises bare Exceptions/ValueErrors
         raise ConversionError(
-            f"tf2onnx failed to convert the model at opset {c.opset}: {exc}"
+            f"tf2onnx failed to convert the model at opset {c.opset}: {conversion_failure(exc)}"
         ) from exc
+    _erfc_as_erf(proto)
+    _refuse_unconverted(proto, c.opset)
     return proto
+
+
+def _erfc_as_erf(proto) -> None:
+    """``Erfc(x)`` -> ``1 - Erf(x)``: ONNX has no Erfc, and tf2onnx 1.17 passes TensorFlow's through.
+
+    Keras 3's exact GELU (``activation="gelu"``, as SegFormer and ViTs use)
+    is ``0.5 x erfc(-x / sqrt 2)`` on TensorFlow. ``1 - erf`` loses relative
+    precision only where erfc is tiny, i.e. where GELU is ~0 anyway; the
+    verification against Keras holds the result to the same bounds.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    nodes = [n for n in proto.graph.node if n.op_type == "Erfc" and n.domain in ("", "ai.onnx")]
+    if not nodes:
+        return
+    one = "erfc_as_erf/one"
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+    for node in nodes:
+        erf = f"{node.name or node.output[0]}/erf"
+        replacement = [
+            helper.make_node("Erf", [node.input[0]], [erf], name=erf),
+            helper.make_node("Sub", [one, erf], [node.output[0]], name=f"{erf}/one_minus"),
+        ]
+        at = list(proto.graph.node).index(node)
+        proto.graph.node.remove(node)
+        for i, new in enumerate(replacement):
+            proto.graph.node.insert(at + i, new)
+
+
+def _refuse_unconverted(proto, opset: int) -> None:
+    """tf2onnx keeps a TensorFlow op it has no handler for as a node of that name: name them, and stop."""
+    import onnx
+
+    unknown = [
+        n
+        for n in proto.graph.node
+        if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type, n.domain)
+    ]
+    if unknown:
+        import tf2onnx
+
+        ops = sorted({n.op_type for n in unknown})
+        where = ", ".join(repr(n.name) for n in unknown[:3])
+        raise ConversionError(
+            f"tf2onnx {tf2onnx.__version__} cannot convert the TensorFlow op(s) {', '.join(ops)} "
+            f"(node {where}) at opset {opset}: there is no ONNX equivalent it knows. Replace the "
+            "layer that uses it with one built from supported ops (tf2onnx's support_status.md lists them)"
+        )

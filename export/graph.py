@@ -177,10 +177,15 @@ def resize_to_scales(model, factors: Sequence[tuple[int, int]]):
     """
     from onnx import numpy_helper
 
-    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    # Only the nearest upsamplings; a bilinear resize (another network's) keeps its own inputs.
+    resizes = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Resize" and node_attr(n, "mode", b"nearest") in (b"nearest", "nearest")
+    ]
     if len(resizes) != len(factors):
         raise ConversionError(
-            f"expected {len(factors)} Resize nodes (one per UpSampling2D), tf2onnx produced {len(resizes)}"
+            f"expected {len(factors)} nearest Resize nodes (one per nearest UpSampling2D), tf2onnx produced {len(resizes)}"
         )
     for i, (node, (fh, fw)) in enumerate(zip(resizes, factors, strict=True)):
         name = f"upsample_scales_{i}"
@@ -285,8 +290,17 @@ class GraphPass:
     run: Callable
 
 
-def clean(model, *, factors: Sequence[tuple[int, int]], input_name: str, output_name: str):
+def clean(
+    model,
+    *,
+    factors: Sequence[tuple[int, int]],
+    input_name: str,
+    output_name: str,
+    strict: bool = True,
+):
     """Run the clean-up passes in order (the pipeline's later steps rewrite the graph further).
+
+    ``strict``: fail if shape arithmetic is left (the reference graph has none once cleaned).
 
     Returns:
         ``(model, steps)`` where ``steps`` is a list of
@@ -304,6 +318,7 @@ def clean(model, *, factors: Sequence[tuple[int, int]], input_name: str, output_
         model, _ = p.run(model)
         steps.append({"step": p.name, "ops": op_histogram(model)})
         log.info("graph: after %s: %d nodes", p.name, len(model.graph.node))
-    _assert_clean(model)
+    if strict:
+        _assert_clean(model)
     log.info("graph: clean %s", steps[-1]["ops"])
     return model, steps

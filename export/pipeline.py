@@ -32,7 +32,7 @@ from unet_runtime.model_info import INPUT_NAME, OUTPUT_NAMES
 
 from ._resources import StepMeter, process_peak_mb
 from .config import ExportConfig
-from .errors import ConfigError, ExportError
+from .errors import ConfigError, ConversionError, ExportError, VerificationError
 
 __all__ = ["ExportConfig", "ExportResult", "ExportState", "export_model", "STEPS"]
 
@@ -59,6 +59,7 @@ class ExportState:
     out: Path | None = None
     triton: Any = None  # TritonOptions or None
     source_model: Any = None  # a user's in-memory Keras model (export_model(keras_model=...))
+    network: Any = None  # a user's own network (network.Network), or None for the reference model
     # build
     keras_model: Any = None
     # what the model says of its weights (metadata)
@@ -86,11 +87,12 @@ class ExportState:
     def graph_form(self) -> str:
         """One line naming the graph's form (decoder fold, padding), as segment-unet --info prints it."""
         form = self.config.fold_form()
-        line = (
-            f"decoder fold {form} ({self.fold_stages} stages)"
-            if self.fold_stages
+        unfolded = (
+            "converted graph (no decoder fold)"
+            if self.network is not None
             else "reference graph (Resize + Concat decoder)"
         )
+        line = f"decoder fold {form} ({self.fold_stages} stages)" if self.fold_stages else unfolded
         n = len(self.padded)
         return line + (
             f", {n} conv{'s' if n > 1 else ''} padded to channel multiples of 8" if n else ""
@@ -99,7 +101,10 @@ class ExportState:
 
 # ------------------------------------------------------------------ the steps
 def build(state: ExportState) -> str:
-    """The reference Keras model at the export size, with the user's weights (or a seeded random init)."""
+    """The reference Keras model at the export size, with the user's weights (or a seeded random init);
+    or the user's own network, as network.py prepared it."""
+    if state.network is not None:
+        return _own_network(state)
     from .model import build_vgg19_unet
     from .weights import copy_weights, load_encoder_weights, load_weights
 
@@ -128,6 +133,20 @@ def build(state: ExportState) -> str:
     )
 
 
+def _own_network(state: ExportState) -> str:
+    from .weights import weights_digest
+
+    net = state.network
+    state.keras_model = net.model
+    state.trained = True  # the user's weights, whatever they are
+    state.weights_info["weights_sha256"] = weights_digest(net.model)
+    state.weights_info["weights_source"] = (
+        state.config.model or f"in-memory Keras model {net.name!r}"
+    )
+    state.weights_info["network"] = net.describe()
+    return f"{net.model.count_params():,} parameters, {net.describe()}"
+
+
 def convert(state: ExportState) -> str:
     """tf2onnx, weights attached (convert.py)."""
     import tf2onnx
@@ -146,16 +165,20 @@ def clean(state: ExportState) -> str:
 
     from .graph import clean as clean_graph
 
+    # The nearest UpSampling2D layers, each one Resize after conversion (convert._twin).
     factors = [
         tuple(layer.size)
         for layer in state.keras_model.layers
-        if isinstance(layer, keras.layers.UpSampling2D)
+        if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
     ]
     state.proto, state.graph_steps = clean_graph(
         state.proto,
         factors=factors,
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAMES[state.config.head],
+        # the reference graph must come out free of shape arithmetic; another network (attention's
+        # reshapes, a size-agnostic graph's shape chains) may keep what it needs
+        strict=state.network is None,
     )
     return _ops(state)
 
@@ -164,12 +187,14 @@ def fold(state: ExportState) -> str:
     """--fold-upsample: each decoder upsampling folded into the conv after it (fold.py)."""
     form = state.config.fold_form()
     if form == "off":
-        return "off (the reference graph)"
+        return "off" if state.network is not None else "off (the reference graph)"
     from .fold import fold_upsample_convs
 
     state.proto, state.fold_stages = fold_upsample_convs(state.proto, form)
     _record(state, f"fold_upsample ({form})", {"form": form, "stages": state.fold_stages})
     if not state.fold_stages:
+        if state.network is not None:  # another architecture: the pattern may simply not be there
+            return f"{form}: no match (no nearest Resize -> Concat -> 3x3 Conv stage)"
         # Only a different tf2onnx graph could do this; the export is still correct, just not
         # folded.
         state.warnings.append(
@@ -185,7 +210,12 @@ def pad(state: ExportState) -> str:
         return "off"
     from .pad import pad_channels
 
-    state.proto, state.padded = pad_channels(state.proto)
+    try:
+        state.proto, state.padded = pad_channels(state.proto)
+    except ConversionError as exc:
+        if state.network is None:
+            raise
+        return f"no match ({exc})"
     _record(state, "pad_channels", state.padded)
     return f"{len(state.padded)} convs padded" if state.padded else "nothing to pad"
 
@@ -213,7 +243,12 @@ def precision(state: ExportState) -> str:
 
         calib, state.held_out, source = _int8_images(c)
         state.fp32_proto = state.proto
-        state.proto = to_int8(state.proto, _model_inputs(calib, c), method=c.calibration_method)
+        state.proto = to_int8(
+            state.proto,
+            _model_inputs(calib, c),
+            method=c.calibration_method,
+            float_ops=c.int8_float_ops,
+        )
         state.calibration = {
             "source": source,
             "method": c.calibration_method,
@@ -222,7 +257,8 @@ def precision(state: ExportState) -> str:
             "per_channel": True,
             "format": "QDQ U8S8",
         }
-        return f"int8 ({source}, {c.calibration_method})"
+        kept = f", {'/'.join(c.int8_float_ops)} kept in float" if c.int8_float_ops else ""
+        return f"int8 ({source}, {c.calibration_method}{kept})"
     return c.precision
 
 
@@ -233,7 +269,8 @@ def frames(state: ExportState) -> str:
         return "off (the runtime resizes frames on the host)"
     from .frames import resize_in_graph
 
-    h, w = c.input_size
+    assert c.size is not None  # validate(): --resize-in-graph needs a fixed size
+    h, w = c.size
     state.proto = resize_in_graph(state.proto, h, w, head=c.head)
     back = "mask resized back to the frame" if c.head == "argmax" else f"{c.head} at {h}x{w}"
     return f"uint8 frames of any size -> {h}x{w} bilinear -> network -> {back}"
@@ -266,15 +303,25 @@ def verify(state: ExportState) -> list[str]:
     cases = verification_cases(
         c.size, c.seed, state.triton.max_batch_size if state.triton else None
     )
-    state.verification = verify_export(
-        state.keras_model,
-        state.proto,
-        c,
-        cases=cases,
-        fp32_model=state.fp32_proto,
-        held_out=state.held_out or (),
-        frames=FRAME_SIZES if c.resize_in_graph else (),
-    )
+    try:
+        state.verification = verify_export(
+            state.keras_model,
+            state.proto,
+            c,
+            cases=cases,
+            fp32_model=state.fp32_proto,
+            held_out=state.held_out or (),
+            frames=FRAME_SIZES if c.resize_in_graph else (),
+        )
+    except VerificationError as exc:
+        if c.precision != "int8" or "int8 held-out" not in str(exc):
+            raise
+        raise VerificationError(
+            f"{exc}. INT8 lost too much against the fp32 graph: calibrate on your own images "
+            "(--calibration-images DIR), or keep the op types that suffer in float "
+            "(--int8-float-ops Add keeps a transformer's residual additions in float)",
+            exc.report,
+        ) from exc
     state.fp32_proto = state.held_out = None  # their memory is not needed any more
     return [f"{len(state.verification['gates'])} gates passed", *gate_lines(state.verification)]
 
@@ -339,8 +386,7 @@ def export_model(
         ExportError: a subclass naming what failed; nothing is written.
     """
     say = progress or (lambda line: log.info(line))
-    config = config.resolved(keras_model)
-    config.validate()
+    config, keras_model, network = _source(config, keras_model)
     if out is None and triton is None:
         raise ConfigError("nothing to write: give --out FILE and/or --triton-repo DIR")
     if triton is not None:
@@ -357,7 +403,9 @@ def export_model(
         else None
     )
 
-    state = ExportState(config=config, out=out_path, triton=triton, source_model=keras_model)
+    state = ExportState(
+        config=config, out=out_path, triton=triton, source_model=keras_model, network=network
+    )
     meter = StepMeter()
     for i, (name, step) in enumerate(STEPS, start=1):
         meter.start()
@@ -377,6 +425,30 @@ def export_model(
     if report_file is not None:
         _write(report_file, (json.dumps(report, indent=2, default=str) + "\n").encode(), "--report")
     return ExportResult(path=out_path, report=report)
+
+
+def _source(config: ExportConfig, keras_model):
+    """The config settled, with what the model comes from: ``(config, reference weights source, network)``.
+
+    A ``--model`` file or a ``keras_model=`` of another architecture is the
+    user's own network (checked and prepared by network.py, before any slow
+    step); a ``keras_model=`` of the reference architecture gives its weights.
+    """
+    from .network import is_reference_model, load_model_file, prepare_network
+
+    if config.model is not None and keras_model is not None:
+        raise ConfigError("config.model and keras_model= were both given; pass one model")
+    config.validate()
+    if config.model is not None:
+        keras_model = load_model_file(config.model, config.custom_objects)
+    network = None
+    if keras_model is not None and not is_reference_model(keras_model):
+        config.validate_own_network()
+        network = prepare_network(keras_model, config.input_size, config.dynamic_size)
+        keras_model = None
+    config = config.resolved(keras_model, network)
+    config.validate(network)
+    return config, keras_model, network
 
 
 def _report(state: ExportState) -> dict:
@@ -457,6 +529,7 @@ def _write_metadata(state: ExportState) -> None:
     from unet_runtime.model_info import VOC_CLASSES, ModelInfo
 
     from .model import SIZE_MULTIPLE
+    from .network import SIZE_MULTIPLE as NETWORK_SIZE_MULTIPLE
 
     c = state.config
     assert c.num_classes is not None  # export_model resolved the config
@@ -487,14 +560,15 @@ def _write_metadata(state: ExportState) -> None:
         mean=tuple(c.mean),
         std=tuple(c.std),
         class_names=tuple(names),
-        size_multiple=SIZE_MULTIPLE,
+        size_multiple=SIZE_MULTIPLE if state.network is None else NETWORK_SIZE_MULTIPLE,
         resize_in_graph=c.resize_in_graph,
         extra=extra,
     )
     onnx.helper.set_model_props(state.proto, info.to_metadata())
     state.proto.producer_name = "unet-onnx export-unet"
+    what = "VGG19-UNet" if state.network is None else f"Keras model {state.network.name!r}"
     state.proto.doc_string = (
-        "VGG19-UNet semantic segmentation, exported and verified against Keras by unet-onnx"
+        f"{what} semantic segmentation, exported and verified against Keras by unet-onnx"
     )
 
 

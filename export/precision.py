@@ -24,6 +24,7 @@ __all__ = [
     "calibration_session",
     "CALIBRATION_METHODS",
     "CALIBRATION_CHUNK",
+    "INT8_OPS",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def to_fp16(model):
 # pair (``bench-unet lab profile`` shows them), and the ReLU before each Resize
 # keeps that Resize in float.
 # Add, DepthToSpace, Transpose and Reshape appear when the decoder upsampling is folded (fold.py).
-_INT8_OPS = [
+INT8_OPS = (
     "Conv",
     "Relu",
     "MaxPool",
@@ -69,7 +70,7 @@ _INT8_OPS = [
     "DepthToSpace",
     "Transpose",
     "Reshape",
-]
+)
 
 
 #: Images per ``collect_data`` call of ONNX Runtime's calibrator. Its histogram calibrators (percentile,
@@ -133,7 +134,7 @@ def calibrate(model_path, calibration_inputs, *, method: str, workdir):
 
     calibrator = create_calibrator(
         Path(model_path),
-        _INT8_OPS,
+        INT8_OPS,
         augmented_model_path=str(Path(workdir, "augmented.onnx")),
         calibrate_method=_methods()[method],
     )
@@ -156,6 +157,7 @@ def to_int8(
     method: str = "minmax",
     per_channel: bool = True,
     nodes_to_exclude=(),
+    float_ops=(),
 ):
     """Static INT8 quantization (QDQ) with ONNX Runtime's quantization tool.
 
@@ -168,6 +170,9 @@ def to_int8(
         per_channel: one weight scale per output channel (conv kernels vary a
             lot between channels; per-tensor scales lose the small ones).
         nodes_to_exclude: node names kept in float.
+        float_ops: op types of INT8_OPS kept in float (``--int8-float-ops``): e.g.
+            ``Add`` for a transformer's residual stream, whose outliers 8 bits
+            cannot hold next to its typical values.
 
     Activations are uint8 and weights int8 (U8S8): the fast path of x86
     VNNI in ONNX Runtime's CPU kernels (its quantization docs). The ranges
@@ -215,7 +220,7 @@ def to_int8(
             weight_type=QuantType.QInt8,
             calibrate_method=_methods()[method],
             nodes_to_exclude=list(nodes_to_exclude),
-            op_types_to_quantize=_INT8_OPS,
+            op_types_to_quantize=[op for op in INT8_OPS if op not in set(float_ops)],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             calibration_cache_path=cache,
         )

@@ -43,7 +43,7 @@ from unet_runtime.metrics import (
 )
 
 from .errors import VerificationError
-from .model import HEAD_LAYER
+from .network import output_layer
 
 __all__ = [
     "Gate",
@@ -215,12 +215,16 @@ class KerasReference:
         import keras
         import tensorflow as tf
 
-        head = keras_model.get_layer(HEAD_LAYER)
+        head = output_layer(keras_model)
         features = keras.Model(keras_model.input, [head.input, keras_model.output])
         spec = tf.TensorSpec([None, *keras_model.input_shape[1:]], tf.float32)
         self._call = tf.function(lambda x: features(x, training=False), input_signature=[spec])
-        kernel, bias = (np.asarray(w, np.float64) for w in head.get_weights())
-        self._kernel, self._bias = kernel.reshape(kernel.shape[-2:]), bias
+        # The reference model's head is a 1x1 conv, applied here in float64; another network's
+        # head (network.py) is a bare softmax, whose input is Keras' own logits.
+        self._kernel = self._bias = None
+        if head.weights:
+            kernel, bias = (np.asarray(w, np.float64) for w in head.get_weights())
+            self._kernel, self._bias = kernel.reshape(kernel.shape[-2:]), bias
         self._mean, self._std = mean, std
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.seconds = 0.0
@@ -238,9 +242,11 @@ class KerasReference:
                 x = to_model_input([images[k] for k in chunk], self._mean, self._std, "nhwc")
                 features, probs = (np.asarray(t) for t in self._call(x))
                 for j, k in enumerate(chunk):
-                    logits = (features[j].astype(np.float64) @ self._kernel + self._bias).astype(
-                        np.float32
-                    )
+                    logits = features[j].astype(np.float32)
+                    if self._kernel is not None:
+                        logits = (
+                            features[j].astype(np.float64) @ self._kernel + self._bias
+                        ).astype(np.float32)
                     self._cache[k] = (logits, probs[j].astype(np.float32))
         self.seconds += time.perf_counter() - t0
 

@@ -18,6 +18,7 @@ __all__ = [
     "load_weights",
     "load_encoder_weights",
     "copy_weights",
+    "weights_digest",
     "stored_num_classes",
     "sha256_file",
     "WEIGHT_SUFFIXES",
@@ -118,16 +119,21 @@ def copy_weights(model, source) -> str:
         WeightsError: ``source`` is not a Keras model of this architecture
             and class count.
     """
-    import numpy as np
-
     if not hasattr(source, "layers") or not hasattr(source, "get_weights"):
         raise WeightsError(
             f"keras_model is a {type(source).__name__}, not a Keras model; pass the trained "
             "keras.Model (or save it and pass the file as weights)"
         )
     _assign(model, source.layers, "keras_model")
+    return weights_digest(source)
+
+
+def weights_digest(model) -> str:
+    """sha256 over every weight's dtype, shape and bytes, in the model's order (the metadata's fingerprint)."""
+    import numpy as np
+
     digest = hashlib.sha256()
-    for array in source.get_weights():
+    for array in model.get_weights():
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes())

@@ -65,7 +65,7 @@ SLOW_FIXTURES = frozenset(
 
 #: Fixtures through which a test exports a model (a second or more each, converted by tf2onnx): such
 #: tests are marked `exports`; make test-fast keeps only those also marked `core`.
-EXPORT_FIXTURES = frozenset({"narrow_export", "confident_weights", "confident_keras"})
+EXPORT_FIXTURES = frozenset({"narrow_export", "confident_weights", "confident_keras", "own_export"})
 
 
 #: The export tests make test-fast keeps: one per path a change can break (fp32, fp16 and INT8
@@ -82,6 +82,7 @@ CORE_EXPORT_TESTS = frozenset(
         "test_triton.py::test_repository_matches_the_model_and_the_backends_rules",
         "test_segment_cli.py::test_probabilities_are_written_beside_the_masks",
         "test_hardening.py::test_export_interrupted_at_each_step_leaves_nothing[os.replace]",
+        "test_own_network.py::test_export_passes_the_gates[deeplab_v3-fp32]",
     }
 )
 

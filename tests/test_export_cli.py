@@ -82,11 +82,15 @@ def test_help_lists_every_flag_with_defaults():
         "--report",
         "--class-names",
         "--seed",
+        "--model",
+        "--custom-objects",
     ):
         assert flag in proc.stdout
     assert "default: 17" in proc.stdout and "default: softmax" in proc.stdout
     flat = " ".join(proc.stdout.split())  # argparse wraps lines anywhere
-    assert "(default: 512 512)" in flat and "(default: 0.0 0.0 0.0)" in flat
+    assert (
+        "(default: 512 512, or a --model's own size)" in flat and "(default: 0.0 0.0 0.0)" in flat
+    )
 
 
 @pytest.mark.parametrize(

@@ -217,7 +217,7 @@ def test_export_from_an_in_memory_keras_model(confident_keras, tmp_path):
 def test_in_memory_keras_model_errors_write_nothing(confident_keras, confident_weights, tmp_path):
     import keras
 
-    from unet_export import ConfigError, ExportConfig, WeightsError, export_model
+    from unet_export import ConfigError, ExportConfig, export_model
 
     narrow = dict(input_size=(32, 32), width_multiplier=0.125)
     cases = [
@@ -234,16 +234,23 @@ def test_in_memory_keras_model_errors_write_nothing(confident_keras, confident_w
             "keras_model= and a weights file were both given",
         ),
         (
-            ExportConfig(**narrow),
+            ExportConfig(input_size=(32, 32)),
             "model.keras",
-            WeightsError,
-            "keras_model is a str, not a Keras model",
+            ConfigError,
+            "keras_model is a str, not a keras.Model",
+        ),
+        # another architecture is the user's own network (network.py); a feature extractor is not one
+        (
+            ExportConfig(input_size=(32, 32)),
+            keras.applications.VGG19(weights=None, include_top=False),
+            ConfigError,
+            "ends in a pooling layer 'block5_pool'",
         ),
         (
-            ExportConfig(**narrow),
+            ExportConfig(width_multiplier=0.125),
             keras.applications.VGG19(weights=None, include_top=False),
-            WeightsError,
-            "it is not this architecture",
+            ConfigError,
+            "--width-multiplier applies to the reference VGG19-UNet",
         ),
     ]
     for config, model, error, message in cases:
