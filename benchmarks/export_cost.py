@@ -31,6 +31,9 @@ ROWS = {
     "fp16-argmax": ["--precision", "fp16", "--head", "argmax"],
     "int8-argmax": ["--precision", "int8", "--head", "argmax"],
 }
+#: Rows that keep TensorFlow in the exporting process (the export's behaviour before it moved
+#: TensorFlow to a child process, unet_export/tfside.py), for a before/after in one run.
+ROWS.update({f"{name}-tf-in-process": flags for name, flags in list(ROWS.items())})
 #: Seconds between memory samples of the process tree.
 SAMPLE_S = 0.02
 
@@ -48,15 +51,24 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def measure(args: list[str], workdir: Path) -> dict:
-    """Run ``export-unet ARGS --out M --report R`` in a child; return wall time, peak tree RSS, the report's figures."""
+def measure(args: list[str], workdir: Path, *, in_process: bool = False) -> dict:
+    """Run ``export-unet ARGS --out M --report R`` in a child; return wall time, peak tree RSS, the report's figures.
+
+    ``in_process``: TensorFlow in export-unet's own process (``UNET_EXPORT_IN_PROCESS=1``), not in
+    the child export-unet starts for it.
+    """
+    import os
+
     import psutil
 
     model, report = workdir / "model.onnx", workdir / "report.json"
     cmd = export_command(model, "--report", report, *args)
     peak = 0
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, UNET_EXPORT_IN_PROCESS="1" if in_process else "0")
+    child = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     stop = threading.Event()
 
     def sample():
@@ -80,6 +92,7 @@ def measure(args: list[str], workdir: Path) -> dict:
         "returncode": child.returncode,
         "wall_s": round(wall, 2),
         "peak_tree_rss_mb": round(peak / 2**20, 1),
+        "tensorflow": "this process" if in_process else "child process",
     }
     if child.returncode != 0:
         row["error"] = (
@@ -108,8 +121,10 @@ def to_markdown(rows: dict, meta: dict) -> str:
     steps = next((list(r["steps"]) for r in rows.values() if "steps" in r), [])
     lines = [
         *header_lines("bench-unet export", meta),
-        "wall = the whole `export-unet` process, start to exit; peak = resident memory of its process tree, sampled "
-        f"every {SAMPLE_S * 1000:.0f} ms from outside; each step: seconds / peak GiB (sampled inside the export).",
+        "wall = the whole `export-unet` process, start to exit; peak = resident memory of its process tree "
+        f"(TensorFlow's child process included), sampled every {SAMPLE_S * 1000:.0f} ms from outside; each step: "
+        "seconds / peak GiB of export-unet's own process (sampled inside the export; with TensorFlow in its "
+        "child, build/convert/reference run there: their figures are the parent's wait).",
         "",
         "| export | wall s | peak GiB | " + " | ".join(steps) + " | model MB | gates |",
         "|---|---|---|" + "---|" * len(steps) + "---|---|",
@@ -151,7 +166,11 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
     p = results_parser(prog, __doc__)
     p.epilog = "Arguments after -- are passed to every export, e.g. -- --weights my.keras"
     p.add_argument(
-        "--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="configurations to export"
+        "--rows",
+        nargs="+",
+        default=[r for r in ROWS if not r.endswith("-tf-in-process")],
+        choices=list(ROWS),
+        help="configurations to export (NAME-tf-in-process: with TensorFlow in export-unet's own process)",
     )
     args = p.parse_args(argv)
     no_psutil = importlib.util.find_spec("psutil") is None  # checked before minutes of work
@@ -164,7 +183,9 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         for name in args.rows:
             print(f"{prog}: {name} ...", file=sys.stderr, flush=True)
-            rows[name] = measure(ROWS[name] + extra, Path(tmp))
+            rows[name] = measure(
+                ROWS[name] + extra, Path(tmp), in_process=name.endswith("-tf-in-process")
+            )
             r = rows[name]
             print(
                 f"{prog}: {name}: {r['wall_s']:.1f} s, {r['peak_tree_rss_mb'] / 1024:.2f} GiB"

@@ -19,6 +19,7 @@ from pathlib import Path
 from unet_runtime.helpformat import DefaultsHelpFormatter
 
 from .errors import ExportError
+from .tfside import IN_PROCESS_ENV
 
 __all__ = ["main", "build_parser"]
 
@@ -298,6 +299,8 @@ def triton_options(args):
 
 #: Imported up front with Ctrl-C held back (see _sigint_deferred); the pipeline imports them lazily otherwise.
 NATIVE_MODULES = ("tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "onnxslim", "h5py")
+#: Those of them only TensorFlow's side of the export needs.
+TENSORFLOW_MODULES = ("tensorflow", "keras", "tf2onnx")
 
 
 @contextlib.contextmanager
@@ -380,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             calibration_method=args.calibration_method,
             int8_float_ops=tuple(args.int8_float_ops),
         )
-        config.validate()  # export_model also settles num_classes from --weights (and checks it) before the build
+        # export_model also settles num_classes from --weights (and checks it) before the build
+        config.validate()
         if not (args.weights or args.encoder_weights or args.model):
             progress(
                 f"WARNING: no --weights given: exporting an UNTRAINED model (random init, seed {args.seed}); "
@@ -389,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         triton = triton_options(args)
         with _sigint_deferred():  # after the quick checks, so that a bad flag still fails at once
             for name in NATIVE_MODULES:
+                if name in TENSORFLOW_MODULES and os.environ.get(IN_PROCESS_ENV) != "1":
+                    continue  # imported in TensorFlow's own process (tfside.py), which ignores Ctrl-C
                 importlib.import_module(name)
         result = export_model(
             config, args.out, report_path=args.report, progress=progress, triton=triton

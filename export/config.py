@@ -152,13 +152,16 @@ class ExportConfig:
         size = network.input_size or self.input_size or DEFAULT_INPUT_SIZE
         return replace(self, num_classes=network.num_classes, input_size=tuple(size))
 
-    def validate(self, network=None) -> None:
+    def validate(self, network=None, *, size: bool = True) -> None:
         """Check every value before any slow work starts (raises ConfigError).
 
         ``network``: the user's network (network.Network) when exporting one,
-        whose own input size replaces the reference model's multiple-of-16 rule.
+        whose own input size replaces the reference model's multiple-of-16
+        rule (as does a ``model`` file); ``size=False`` leaves the size to a
+        later call, when it is not yet known which model it is for.
         """
-        if not self.dynamic_size and self.input_size is not None and network is None:
+        reference = network is None and self.model is None
+        if size and reference and not self.dynamic_size and self.input_size is not None:
             validate_spatial_size(*self.input_size)
         if self.model is not None or network is not None:
             self.validate_own_network()

@@ -60,8 +60,16 @@ class ExportState:
     triton: Any = None  # TritonOptions or None
     source_model: Any = None  # a user's in-memory Keras model (export_model(keras_model=...))
     network: Any = None  # a user's own network (network.Network), or None for the reference model
-    # build
+    # where TensorFlow's work runs (tfside.LocalSide or ChildSide; made on first use)
+    tensorflow: Any = None
+    # build (keras_model only where TensorFlow runs in this process)
     keras_model: Any = None
+    params: int = 0
+    #: (fh, fw) of each nearest UpSampling2D, in layer order: each is one Resize after conversion
+    factors: list = field(default_factory=list)
+    # reference: Keras' outputs for every verification image (verify.KerasReference or alike)
+    reference: Any = None
+    tensorflow_peak_mb: float | None = None  # TensorFlow's child process, when it has one
     # what the model says of its weights (metadata)
     weights_info: dict[str, str] = field(default_factory=dict)
     trained: bool = False
@@ -100,9 +108,36 @@ class ExportState:
 
 
 # ------------------------------------------------------------------ the steps
+def _side(state: ExportState):
+    """Where TensorFlow's work runs: the export's choice, else this process (steps driven one by one)."""
+    if state.tensorflow is None:
+        from .tfside import LocalSide
+
+        state.tensorflow = LocalSide(state)
+    return state.tensorflow
+
+
 def build(state: ExportState) -> str:
     """The reference Keras model at the export size, with the user's weights (or a seeded random init);
     or the user's own network, as network.py prepared it."""
+    return _side(state).build()
+
+
+def build_keras(state: ExportState) -> str:
+    """:func:`build`'s work, where TensorFlow runs (tfside)."""
+    line = _build_model(state)
+    import keras
+
+    state.params = int(state.keras_model.count_params())
+    state.factors = [
+        tuple(layer.size)
+        for layer in state.keras_model.layers
+        if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
+    ]
+    return line
+
+
+def _build_model(state: ExportState) -> str:
     if state.network is not None:
         return _own_network(state)
     from .model import build_vgg19_unet
@@ -149,6 +184,11 @@ def _own_network(state: ExportState) -> str:
 
 def convert(state: ExportState) -> str:
     """tf2onnx, weights attached (convert.py)."""
+    return _side(state).convert()
+
+
+def convert_keras_model(state: ExportState) -> str:
+    """:func:`convert`'s work, where TensorFlow runs (tfside)."""
     import tf2onnx
 
     from .convert import convert_keras
@@ -159,21 +199,37 @@ def convert(state: ExportState) -> str:
     return f"tf2onnx {tf2onnx.__version__}, opset {c.opset}, {len(state.proto.graph.node)} nodes"
 
 
+def reference(state: ExportState) -> str:
+    """Keras' logits and probabilities for every verification image, then TensorFlow's process exits."""
+    from .verify import verification_cases, verification_images
+
+    c = state.config
+    side = _side(state)
+    if not c.verify:
+        side.close()
+        return "skipped (--no-verify)"
+    cases = verification_cases(
+        c.size, c.seed, state.triton.max_batch_size if state.triton else None
+    )
+    images = verification_images(cases)
+    state.reference = side.reference(images)
+    line = f"Keras on {len(images)} images, {state.reference.seconds:.1f} s"
+    if side.isolated:
+        state.tensorflow_peak_mb = side.peak_mb()
+        line += f"; TensorFlow's process peaked at {state.tensorflow_peak_mb / 1024:.1f} GiB"
+    if c.resize_in_graph:  # Keras still has to see the graph's own resized frames (verify)
+        return line
+    side.close()
+    return line + (" and has exited" if side.isolated else "")
+
+
 def clean(state: ExportState) -> str:
     """The clean-up passes (graph.py): constant Resize scales, I/O names, onnxslim."""
-    import keras
-
     from .graph import clean as clean_graph
 
-    # The nearest UpSampling2D layers, each one Resize after conversion (convert._twin).
-    factors = [
-        tuple(layer.size)
-        for layer in state.keras_model.layers
-        if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
-    ]
     state.proto, state.graph_steps = clean_graph(
         state.proto,
-        factors=factors,
+        factors=state.factors,
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAMES[state.config.head],
         # the reference graph must come out free of shape arithmetic; another network (attention's
@@ -305,7 +361,7 @@ def verify(state: ExportState) -> list[str]:
     )
     try:
         state.verification = verify_export(
-            state.keras_model,
+            state.reference,
             state.proto,
             c,
             cases=cases,
@@ -322,6 +378,8 @@ def verify(state: ExportState) -> list[str]:
             "(--int8-float-ops Add keeps a transformer's residual additions in float)",
             exc.report,
         ) from exc
+    finally:
+        _side(state).close()  # --resize-in-graph kept it for the frames
     state.fp32_proto = state.held_out = None  # their memory is not needed any more
     return [f"{len(state.verification['gates'])} gates passed", *gate_lines(state.verification)]
 
@@ -341,6 +399,7 @@ def write(state: ExportState) -> str:
 STEPS: tuple[tuple[str, Callable[[ExportState], str | list[str]]], ...] = (
     ("build", build),
     ("convert", convert),
+    ("reference", reference),
     ("clean", clean),
     ("fold", fold),
     ("pad", pad),
@@ -362,6 +421,7 @@ def export_model(
     progress: Callable[[str], None] | None = None,
     triton=None,
     keras_model=None,
+    isolate: bool | None = None,
 ) -> ExportResult:
     """Export the reference VGG19-UNet to a verified ONNX file at ``out``.
 
@@ -381,12 +441,18 @@ def export_model(
         triton: a :class:`~unet_export.triton.TritonOptions`: also write a
             Triton model repository (the model is then also verified at
             ``max_batch_size``). ``out`` may then be ``None``.
+        isolate: run TensorFlow's part (build, convert, Keras' reference
+            outputs) in a child process that exits before verification
+            (tfside.py). Default: yes, unless ``keras_model`` is given or
+            ``UNET_EXPORT_IN_PROCESS=1``.
 
     Raises:
         ExportError: a subclass naming what failed; nothing is written.
     """
     say = progress or (lambda line: log.info(line))
-    config, keras_model, network = _source(config, keras_model)
+    if config.model is not None and keras_model is not None:
+        raise ConfigError("config.model and keras_model= were both given; pass one model")
+    config.validate(size=keras_model is None)  # an in-memory model may be another network
     if out is None and triton is None:
         raise ConfigError("nothing to write: give --out FILE and/or --triton-repo DIR")
     if triton is not None:
@@ -403,9 +469,23 @@ def export_model(
         else None
     )
 
-    state = ExportState(
-        config=config, out=out_path, triton=triton, source_model=keras_model, network=network
-    )
+    from .tfside import open_side
+
+    state = ExportState(config=config, out=out_path, triton=triton)
+    state.tensorflow = open_side(state, keras_model, isolate)
+    try:
+        _source(state, keras_model)
+        _run_steps(state, say)
+    finally:
+        state.tensorflow.close()
+    report = _report(state)
+    if report_file is not None:
+        _write(report_file, (json.dumps(report, indent=2, default=str) + "\n").encode(), "--report")
+    return ExportResult(path=out_path, report=report)
+
+
+def _run_steps(state: ExportState, say: Callable[[str], None]) -> None:
+    """Each step in order, timed and measured, its lines handed to ``say``."""
     meter = StepMeter()
     for i, (name, step) in enumerate(STEPS, start=1):
         meter.start()
@@ -421,34 +501,21 @@ def export_model(
             say(f"      {line}")
         while state.warnings:
             say(f"WARNING: {state.warnings.pop(0)}")
-    report = _report(state)
-    if report_file is not None:
-        _write(report_file, (json.dumps(report, indent=2, default=str) + "\n").encode(), "--report")
-    return ExportResult(path=out_path, report=report)
 
 
-def _source(config: ExportConfig, keras_model):
-    """The config settled, with what the model comes from: ``(config, reference weights source, network)``.
+def _source(state: ExportState, keras_model) -> None:
+    """Settle the config and what the model comes from, before any slow step.
 
     A ``--model`` file or a ``keras_model=`` of another architecture is the
-    user's own network (checked and prepared by network.py, before any slow
-    step); a ``keras_model=`` of the reference architecture gives its weights.
+    user's own network (checked and prepared by network.py, where TensorFlow
+    runs); a ``keras_model=`` of the reference architecture gives its weights.
     """
-    from .network import is_reference_model, load_model_file, prepare_network
-
-    if config.model is not None and keras_model is not None:
-        raise ConfigError("config.model and keras_model= were both given; pass one model")
-    config.validate()
-    if config.model is not None:
-        keras_model = load_model_file(config.model, config.custom_objects)
-    network = None
-    if keras_model is not None and not is_reference_model(keras_model):
-        config.validate_own_network()
-        network = prepare_network(keras_model, config.input_size, config.dynamic_size)
-        keras_model = None
-    config = config.resolved(keras_model, network)
-    config.validate(network)
-    return config, keras_model, network
+    config = state.config
+    if config.model is not None or keras_model is not None:
+        state.network, keras_model = state.tensorflow.prepare(config, keras_model)
+    state.source_model = keras_model
+    state.config = config.resolved(keras_model, state.network)
+    state.config.validate(state.network)
 
 
 def _report(state: ExportState) -> dict:
@@ -460,7 +527,11 @@ def _report(state: ExportState) -> dict:
         "steps": state.usage,
         "peak_rss_mb": round(process_peak_mb(), 1),  # the whole run's (the kernel's own counter)
         "versions": _versions(),
-        "params": int(state.keras_model.count_params()),
+        "params": state.params,
+        "tensorflow": "child process"
+        if state.tensorflow and state.tensorflow.isolated
+        else "this process",
+        "tensorflow_peak_rss_mb": state.tensorflow_peak_mb,
         "trained": state.trained,
         "graph": state.graph_steps,
         "fold_upsample": {"form": c.fold_form(), "stages": state.fold_stages},

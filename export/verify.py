@@ -54,6 +54,7 @@ __all__ = [
     "Runner",
     "verification_cases",
     "make_pixels",
+    "verification_images",
     "logits_output",
     "FP32_REL_L2",
     "FP16_REL_L2",
@@ -175,6 +176,13 @@ class Case:
 def make_pixels(height: int, width: int, seed: int) -> np.ndarray:
     """A seeded random RGB image: uint8 ``(height, width, 3)``."""
     return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def verification_images(cases: Sequence["Case"]) -> dict[tuple, np.ndarray]:
+    """Every distinct image of ``cases``: ``{(seed, height, width): uint8 (H, W, 3)}``."""
+    return {
+        (s, c.height, c.width): make_pixels(c.height, c.width, s) for c in cases for s in c.seeds
+    }
 
 
 def verification_cases(
@@ -440,9 +448,11 @@ def _case_gates(cases, outputs, reference: "KerasReference", precision: str) -> 
     return fam
 
 
-def _reference(keras_model, config, images: dict, frame_runs: list[dict]) -> "KerasReference":
-    """Keras on every verification image, and on each frame's two resized inputs (graph's, host's)."""
-    reference = KerasReference(keras_model, config.mean, config.std)
+def _reference(reference, config, images: dict, frame_runs: list[dict]):
+    """Keras on every verification image (a no-op for those computed before), and on each frame's two
+    resized inputs (graph's, host's). ``reference``: a KerasReference (or alike), or the Keras model."""
+    if not hasattr(reference, "compute"):
+        reference = KerasReference(reference, config.mean, config.std)
     reference.compute(images)
     reference.compute(
         {
@@ -472,7 +482,7 @@ def _int8_gates(held: dict, reference: "KerasReference", first: "Case") -> Famil
 
 
 def verify_export(
-    keras_model,
+    reference,
     model,
     config,
     *,
@@ -483,12 +493,16 @@ def verify_export(
 ) -> dict:
     """Run the ONNX model (CPU) and Keras on the same images and apply every gate.
 
-    ONNX Runtime runs first and its session is dropped before Keras runs
-    (TensorFlow keeps the memory its calls used; ONNX Runtime without its
-    arena gives it back): the peak is the larger of the two, not their sum.
+    The export computes Keras' outputs before (tfside.py: in TensorFlow's
+    own process, gone by now). Given the Keras model instead, ONNX Runtime
+    runs first and its session is dropped before Keras runs (TensorFlow
+    keeps the memory its calls used; ONNX Runtime without its arena gives
+    it back): the peak is the larger of the two, not their sum.
 
     Args:
-        keras_model: the original model (softmax head, NHWC), with the user's weights.
+        reference: Keras' outputs (:class:`KerasReference`, or what tfside.py
+            computed in TensorFlow's process), or the original Keras model
+            itself (softmax head, NHWC), with the user's weights.
         model: the ONNX ModelProto as it will be written (any precision);
             not modified (the logits output is added to a serialized copy).
         config: the :class:`~unet_export.config.ExportConfig` the model was
@@ -506,18 +520,16 @@ def verify_export(
     Raises:
         VerificationError: a gate failed; ``.report`` holds every figure.
     """
-    images = {
-        (s, c.height, c.width): make_pixels(c.height, c.width, s) for c in cases for s in c.seeds
-    }
+    images = verification_images(cases)
     io = dict(
         head=config.head,
         layout=config.layout,
         input_dtype=config.input_dtype,
         mean=config.mean,
         std=config.std,
-        num_classes=int(keras_model.output_shape[-1]),
+        num_classes=int(config.num_classes),
     )
-    # ONNX Runtime first, every session dropped before Keras runs.
+    # ONNX Runtime first, every session dropped before Keras runs (when Keras runs here).
     runner = Runner(model, **io)
     outputs = [runner.run([images[(s, c.height, c.width)] for s in c.seeds]) for c in cases]
     onnx_s = runner.seconds
@@ -535,7 +547,7 @@ def verify_export(
         else None
     )
     frame_runs = _run_frames(model, frames, first, **io) if frames else []
-    reference = _reference(keras_model, config, images, frame_runs)
+    reference = _reference(reference, config, images, frame_runs)
     families = [_case_gates(cases, outputs, reference, config.precision)]
     if frame_runs:
         families.append(_frame_gates(frame_runs, reference, config.precision, config.head))

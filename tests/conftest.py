@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Exports keep TensorFlow in the process here (it is imported once for the whole run); the tests
+# of TensorFlow's own process (test_export_cli.py, test_hardening.py) set this back to 0.
+os.environ.setdefault("UNET_EXPORT_IN_PROCESS", "1")
 
 NARROW = 0.125
 NUM_CLASSES = 5

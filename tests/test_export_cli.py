@@ -24,8 +24,14 @@ def _cli(*args):
 def default_export(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("full")
     # In a child, through the package's entry point: what `make model` runs.
+    # TensorFlow in its own process, as for a user (tfside.py).
     proc = run_cli(
-        "unet_export", "--out", out_dir / "model.onnx", "--report", out_dir / "report.json"
+        "unet_export",
+        "--out",
+        out_dir / "model.onnx",
+        "--report",
+        out_dir / "report.json",
+        env={"UNET_EXPORT_IN_PROCESS": "0"},
     )
     return proc, out_dir
 
@@ -38,6 +44,7 @@ def test_default_export_is_the_reference_model_verified(default_export):
     model = onnx.load(str(out_dir / "model.onnx"))
     report = json.loads((out_dir / "report.json").read_text())
     assert report["params"] == 30_202_133 and report["verification"]["passed"]
+    assert report["tensorflow"] == "child process"
     assert [c["batch"] for c in report["verification"]["cases"]] == [1, 2]
     assert all(c["rel_l2"] <= verify_mod.FP32_REL_L2 for c in report["verification"]["cases"])
     conv_w = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
@@ -285,3 +292,67 @@ def test_atomic_write_interrupted_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+# ----------------------------------------------------------------------------- TensorFlow's process
+_CHILD_EXPORT = """
+import json, sys
+from unet_export.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "tensorflow_here": "tensorflow" in sys.modules}))
+"""
+
+
+def _export_in_child_mode(*flags, tmp_path):
+    """export-unet with TensorFlow in its own process; whether this process imported TensorFlow."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD_EXPORT, *map(str, flags)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, UNET_EXPORT_IN_PROCESS="0"),
+        cwd=tmp_path,
+    )
+    assert done.stdout.strip(), done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+@pytest.mark.exports
+def test_tensorflow_runs_in_its_own_process(tmp_path, confident_weights):
+    """The exporting process never imports TensorFlow; the model is verified all the same."""
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    flags = ["--out", out, "--report", report, "--input-size", "32", "32"]
+    result, err = _export_in_child_mode(
+        *flags, "--weights", confident_weights, "--num-classes", "5", tmp_path=tmp_path
+    )
+    # the weights file is the narrow model's: the reference model's layers refuse it, by name
+    assert result["code"] == 1 and "weights" in err, err[-2000:]
+    assert not out.exists()
+    result, err = _export_in_child_mode(*flags, "--head", "argmax", tmp_path=tmp_path)
+    assert result == {"code": 0, "tensorflow_here": False}, err[-3000:]
+    data = json.loads(report.read_text())
+    assert data["tensorflow"] == "child process" and data["verification"]["passed"]
+    assert data["params"] == 30_202_133
+    assert "TensorFlow's process peaked at" in err and "and has exited" in err
+
+
+@pytest.mark.exports
+def test_own_network_and_frames_with_tensorflow_in_its_own_process(tmp_path):
+    """--model is loaded and checked in TensorFlow's process; --resize-in-graph keeps it until verify."""
+    from unet_bench.networks import deeplab_v3
+
+    model = tmp_path / "deeplab.keras"
+    deeplab_v3(64).save(model)
+    out = tmp_path / "m.onnx"
+    result, err = _export_in_child_mode(
+        "--model", model, "--out", out, "--resize-in-graph", "--head", "argmax", tmp_path=tmp_path
+    )
+    assert result == {"code": 0, "tensorflow_here": False}, err[-3000:]
+    assert "frame 1080x1920" in err and out.exists()
+    result, err = _export_in_child_mode(
+        "--model", model, "--out", out, "--num-classes", "9", tmp_path=tmp_path
+    )
+    assert result["code"] == 1 and "--num-classes 9 does not match model 'deeplabv3'" in err

@@ -313,7 +313,9 @@ def test_ctrl_c_during_native_imports_waits_for_them():
 
 
 @pytest.mark.exports  # in a child: TensorFlow's import and an export
-def test_sigint_during_export_cli(tmp_path):
+@pytest.mark.parametrize("in_process", ["1", "0"], ids=["tensorflow-here", "tensorflow-child"])
+def test_sigint_during_export_cli(tmp_path, in_process):
+    """Ctrl-C while the model is built: exit 130, nothing written, with TensorFlow here or in its process."""
     out = tmp_path / "m.onnx"
     # preexec_fn: the child gets SIGINT's default action, as at a terminal, even where this test
     # runs as a background job (which inherits an ignored SIGINT, and export-unet rightly keeps it
@@ -322,7 +324,7 @@ def test_sigint_during_export_cli(tmp_path):
         [sys.executable, "-m", "unet_export.cli", "--out", str(out), "--input-size", "32", "32"],
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ),
+        env=dict(os.environ, UNET_EXPORT_IN_PROCESS=in_process),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Interrupt as soon as the build step reports: conversion (tens of seconds at full width) is

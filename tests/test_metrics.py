@@ -68,6 +68,9 @@ def test_mask_agreement_counts_all_and_confident_pixels():
         "confident_pixels": 3,  # margins 0.8, 0.1 (>= counts), 0.6
         "confident_agreement": pytest.approx(2 / 3),
     }
+    # a margin exactly at the bound counts (0.75 - 0.25 = 0.5 exactly in binary)
+    exact = mask_agreement(np.array([[0.75, 0.25]]), np.array([1]), margin=0.5)
+    assert exact["confident_pixels"] == 1 and exact["confident_agreement"] == 0.0
     assert mask_agreement(probs, mask, margin=0.9)["confident_agreement"] is None
     assert mask_agreement(probs, mask, margin=0.9)["confident_pixels"] == 0
 
@@ -105,6 +108,8 @@ def test_pixel_accuracy_and_mean_iou_by_hand():
 def test_mean_iou_leaves_out_classes_absent_from_labels_and_masks():
     confusion = np.array([[2, 0, 0], [0, 0, 0], [0, 0, 1]])  # class 1 nowhere
     assert mean_iou(confusion) == 1.0
+    # a class seen once and never right counts with IoU 0 (its union is 1, not 0)
+    assert mean_iou(np.array([[1, 1], [0, 0]])) == pytest.approx((0.5 + 0.0) / 2)
     assert math.isnan(mean_iou(np.zeros((2, 2), np.int64)))
     assert math.isnan(pixel_accuracy(np.zeros((2, 2), np.int64)))
 
@@ -123,3 +128,7 @@ def test_label_scores_accumulates_over_images():
     assert one["pixels"] == 2 and one["pixel_accuracy"] == 0.5
     with pytest.raises(ValueError):
         label_scores(labels, masks[:1], 2)
+    # 255 (VOC's "void") is ignored unless told otherwise
+    void = label_scores(np.array([[255, 0]]), np.array([[0, 0]]), 256)
+    assert void["pixels"] == 1 and void["pixel_accuracy"] == 1.0
+    assert label_scores(np.array([[255, 0]]), np.array([[0, 0]]), 256, ignore=None)["pixels"] == 2

@@ -78,12 +78,12 @@ def test_one_image_gives_one_mask_a_list_gives_a_list():
 
 def test_bad_batches_are_named():
     pipe = Pipeline(_info())
-    with pytest.raises(
-        InputImageError, match="images is a dict; pass an \\(H, W, 3\\) uint8 array"
-    ):
+    with pytest.raises(InputImageError) as info:
         pipe.predict({"a": 1}, Infer(pipe.info))
-    with pytest.raises(InputImageError, match="the batch is empty"):
+    assert str(info.value) == ("images is a dict; pass an (H, W, 3) uint8 array or a list of them")
+    with pytest.raises(InputImageError) as info:
         pipe.predict([], Infer(pipe.info))
+    assert str(info.value) == "the batch is empty; pass at least one (H, W, 3) uint8 image"
     with pytest.raises(InputImageError, match="image 1"):
         pipe.predict([_img(16, 16), np.zeros((16, 16), np.uint8)], Infer(pipe.info))
     with pytest.raises(InputImageError, match="^image has"):
@@ -200,6 +200,19 @@ def test_an_argmax_model_has_no_probabilities():
     info = _info(head="argmax")
     pipe = Pipeline(info)
     for call in (pipe.predict_proba, pipe.predict_with_proba):
-        with pytest.raises(SegmenterError, match="exported with --head argmax.*--head softmax"):
+        with pytest.raises(SegmenterError) as caught:
             call(_img(16, 16), Infer(info))
+        assert str(caught.value) == (
+            "this model was exported with --head argmax and outputs masks only; "
+            "re-export with --head softmax or --head logits for probabilities"
+        )
     Pipeline(_info(head="logits")).require_probabilities()  # no error
+
+
+def test_an_nchw_argmax_models_masks_are_not_transposed():
+    """A mask has no class axis: only scores are moved from NCHW to channels last."""
+    info = _info(head="argmax", layout="nchw", size_multiple=16)
+    image = _img(16, 32)
+    mask = Pipeline(info).predict(image, Infer(info))
+    assert mask.shape == (16, 32)
+    np.testing.assert_array_equal(mask, _expected(image))

@@ -1,0 +1,254 @@
+"""TensorFlow's part of the export (build, convert, Keras' reference outputs), in this process or a child.
+
+TensorFlow keeps the memory its graphs and calls used until the process
+exits, and ONNX Runtime's verification sessions then come on top: the
+export's peak was the two together (2.66 GiB for the 512x512 model on a
+2-core Xeon, benchmarks/results/export-cost-xeon.md). :class:`ChildSide`
+runs the TensorFlow work in a child process (``spawn``: a fresh
+interpreter, no state shared) that exits before ONNX Runtime loads the model
+for verification, so the two runtimes never share a heap and the parent
+never imports TensorFlow. The child is sent the export's settings and
+answers with plain data: the ONNX model's bytes, the build's figures, and
+Keras' logits and probabilities for every verification image (computed
+right after conversion, so the child is gone before INT8 calibration runs
+ONNX Runtime too; only ``--resize-in-graph`` keeps it until verification,
+which needs Keras on the graph's own resized frames).
+
+:class:`LocalSide` does the same work in this process: for a model handed
+over in memory (``export_model(keras_model=...)``, whose Python objects
+cannot cross to another interpreter) and where ``UNET_EXPORT_IN_PROCESS=1``
+asks for it (the test suite, which would otherwise import TensorFlow once
+per export).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import traceback
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from .errors import ExportError
+
+__all__ = ["LocalSide", "ChildSide", "open_side", "IN_PROCESS_ENV"]
+
+#: Set to 1 to keep TensorFlow in the exporting process (see the module docstring).
+IN_PROCESS_ENV = "UNET_EXPORT_IN_PROCESS"
+
+
+class LocalSide:
+    """TensorFlow's work on the export's own state, in this process."""
+
+    isolated = False
+
+    def __init__(self, state):
+        self.state = state
+        self._reference = None
+
+    def prepare(self, config, keras_model):
+        """The user's network (network.Network) from ``keras_model`` or ``config.model``, or None."""
+        from .network import is_reference_model, load_model_file, prepare_network
+
+        if config.model is not None:
+            keras_model = load_model_file(config.model, config.custom_objects)
+        if keras_model is None or is_reference_model(keras_model):
+            return None, keras_model
+        config.validate_own_network()
+        return prepare_network(keras_model, config.input_size, config.dynamic_size), None
+
+    def build(self) -> str:
+        from .pipeline import build_keras
+
+        return build_keras(self.state)
+
+    def convert(self) -> str:
+        from .pipeline import convert_keras_model
+
+        return convert_keras_model(self.state)
+
+    def reference(self, images: dict):
+        """Keras on ``images`` ({key: uint8 (H, W, 3)}); returns the reference (verify.KerasReference)."""
+        from .verify import KerasReference
+
+        if self._reference is None:
+            c = self.state.config
+            self._reference = KerasReference(self.state.keras_model, c.mean, c.std)
+        self._reference.compute(images)
+        return self._reference
+
+    def peak_mb(self) -> float:
+        """This process's peak resident memory (MB): TensorFlow's is part of it."""
+        from ._resources import process_peak_mb
+
+        return process_peak_mb()
+
+    def close(self) -> None:
+        """Nothing to stop: TensorFlow stays in this process."""
+
+
+class _Reference:
+    """Keras' outputs computed by the child: what verify.KerasReference offers, from plain arrays."""
+
+    def __init__(self, side: "ChildSide"):
+        self._side = side
+        self._cache: dict = {}
+        self.seconds = 0.0
+
+    def compute(self, images: dict) -> None:
+        todo = {k: v for k, v in images.items() if k not in self._cache}
+        if todo:
+            outputs, seconds = self._side.call("reference", todo)
+            self._cache.update(outputs)
+            self.seconds += seconds
+
+    def logits(self, keys) -> np.ndarray:
+        return np.stack([self._cache[k][0] for k in keys])
+
+    def probs(self, keys) -> np.ndarray:
+        return np.stack([self._cache[k][1] for k in keys])
+
+
+class ChildSide:
+    """TensorFlow's work in a child process, which exits before verification (module docstring)."""
+
+    isolated = True
+
+    def __init__(self, state):
+        self.state = state
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_serve, args=(child,), name="unet-export-tensorflow")
+        self._process.start()
+        child.close()
+        self._reference = _Reference(self)
+
+    def call(self, command: str, *args) -> Any:
+        """Send one command, wait for its answer; the child's ExportError is raised here as it was."""
+        self._conn.send((command, args))
+        try:
+            status, value = self._conn.recv()
+        except EOFError:
+            code = self._process.exitcode
+            self.close()
+            raise ExportError(
+                f"the TensorFlow process ended during {command!r} (exit code {code}); "
+                f"rerun with {IN_PROCESS_ENV}=1 to see the error in this process"
+            ) from None
+        if status == "error":
+            raise value
+        if status == "crash":
+            raise RuntimeError(f"the TensorFlow process failed during {command!r}:\n{value}")
+        return value
+
+    def prepare(self, config, keras_model):
+        network = self.call("prepare", config)
+        return network, None
+
+    def build(self) -> str:
+        line, fields = self.call("build", self.state.config)
+        for name, value in fields.items():
+            setattr(self.state, name, value)
+        return line
+
+    def convert(self) -> str:
+        import onnx
+
+        line, data = self.call("convert")
+        self.state.proto = onnx.load_from_string(data)
+        return line
+
+    def reference(self, images: dict) -> _Reference:
+        self._reference.compute(images)
+        return self._reference
+
+    def peak_mb(self) -> float:
+        """The child's peak resident memory so far (MB)."""
+        return float(self.call("peak"))
+
+    def close(self) -> None:
+        """Stop the child (it exits on its own when told; terminated if it does not)."""
+        if self._process.is_alive():
+            try:
+                self._conn.send(("exit", ()))
+            except OSError:
+                pass
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(timeout=10)
+        self._conn.close()
+
+
+def open_side(state, keras_model=None, isolate: bool | None = None):
+    """:class:`ChildSide` unless a model was handed over in memory or ``UNET_EXPORT_IN_PROCESS=1``."""
+    if isolate is None:
+        isolate = keras_model is None and os.environ.get(IN_PROCESS_ENV, "") != "1"
+    return ChildSide(state) if isolate else LocalSide(state)
+
+
+# ----------------------------------------------------------------------------- the child
+def _serve(conn) -> None:
+    """The child's loop: one command at a time on the child's own export state, until "exit"."""
+    # Ctrl-C is the parent's to handle: it stops this process in its cleanup.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import logging
+
+    for noisy in ("tf2onnx", "onnxslim", "absl"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("tf2onnx.tfonnx").setLevel(logging.CRITICAL)
+    from .pipeline import ExportState
+
+    state: Any = None
+    network = None
+    local: LocalSide | None = None
+    while True:
+        try:
+            command, args = conn.recv()
+        except EOFError:
+            return
+        if command == "exit":
+            return
+        try:
+            if command == "prepare":
+                (config,) = args
+                network, _ = LocalSide(None).prepare(config, None)
+                value: Any = None if network is None else replace(network, model=None)
+            elif command == "build":
+                (config,) = args
+                state = ExportState(config=config, network=network)
+                local = LocalSide(state)
+                line = local.build()
+                fields = {
+                    k: getattr(state, k) for k in ("weights_info", "trained", "params", "factors")
+                }
+                value = (line, fields)
+            elif command == "convert":
+                assert local is not None
+                line = local.convert()
+                value = (line, state.proto.SerializeToString())
+                state.proto = None  # the parent has it now
+            elif command == "peak":
+                from ._resources import process_peak_mb
+
+                value = process_peak_mb()
+            elif command == "reference":
+                assert local is not None
+                (images,) = args
+                before = local._reference.seconds if local._reference is not None else 0.0
+                reference = local.reference(images)
+                value = (
+                    {k: (reference.logits([k])[0], reference.probs([k])[0]) for k in images},
+                    reference.seconds - before,
+                )
+            else:
+                raise ValueError(f"unknown command {command!r}")
+            conn.send(("ok", value))
+        except ExportError as exc:
+            conn.send(("error", exc))
+        except Exception:
+            conn.send(("crash", traceback.format_exc()))
