@@ -183,8 +183,16 @@ def _own_network(state: ExportState) -> str:
 
 
 def convert(state: ExportState) -> str:
-    """tf2onnx, weights attached (convert.py)."""
-    return _side(state).convert()
+    """tf2onnx, weights attached (convert.py); then TensorFlow's process exits (tfside.py)."""
+    side = _side(state)
+    line = side.convert()
+    if state.config.resize_in_graph and state.config.verify:
+        return line  # Keras still has to see the graph's own resized frames (verify)
+    if side.isolated:
+        state.tensorflow_peak_mb = side.peak_mb()
+        line += f"; TensorFlow's process peaked at {state.tensorflow_peak_mb / 1024:.1f} GiB"
+    side.close()
+    return line + (" and has exited" if side.isolated else "")
 
 
 def convert_keras_model(state: ExportState) -> str:
@@ -200,27 +208,24 @@ def convert_keras_model(state: ExportState) -> str:
 
 
 def reference(state: ExportState) -> str:
-    """Keras' logits and probabilities for every verification image, then TensorFlow's process exits."""
+    """Keras' logits and probabilities for every verification image (before conversion: they do not
+    depend on the ONNX graph, and TensorFlow's process is then done after convert)."""
     from .verify import verification_cases, verification_images
 
     c = state.config
-    side = _side(state)
     if not c.verify:
-        side.close()
         return "skipped (--no-verify)"
+    side = _side(state)
     cases = verification_cases(
         c.size, c.seed, state.triton.max_batch_size if state.triton else None
     )
     images = verification_images(cases)
     state.reference = side.reference(images)
-    line = f"Keras on {len(images)} images, {state.reference.seconds:.1f} s"
-    if side.isolated:
-        state.tensorflow_peak_mb = side.peak_mb()
-        line += f"; TensorFlow's process peaked at {state.tensorflow_peak_mb / 1024:.1f} GiB"
-    if c.resize_in_graph:  # Keras still has to see the graph's own resized frames (verify)
-        return line
-    side.close()
-    return line + (" and has exited" if side.isolated else "")
+    if not side.isolated:
+        # In this process Keras runs during verify, after ONNX Runtime has run and freed its memory:
+        # TensorFlow keeps what its calls used, so running it first would add to verify's peak.
+        return f"{len(images)} images, computed during verify (TensorFlow in this process)"
+    return f"Keras on {len(images)} images, {state.reference.seconds:.1f} s"
 
 
 def clean(state: ExportState) -> str:
@@ -398,8 +403,8 @@ def write(state: ExportState) -> str:
 #: detail, then lines printed under it).
 STEPS: tuple[tuple[str, Callable[[ExportState], str | list[str]]], ...] = (
     ("build", build),
-    ("convert", convert),
     ("reference", reference),
+    ("convert", convert),
     ("clean", clean),
     ("fold", fold),
     ("pad", pad),

@@ -261,3 +261,81 @@ def test_tiling_of():
     assert (
         Tiling.of("model") == Tiling() and Tiling().overlap == 0.25 and Tiling().blend == "gaussian"
     )
+
+
+def test_check_spec_messages_in_full():
+    """The whole message, fix included (a changed word in it is a changed promise to the user)."""
+    cases = [
+        (
+            ("model", 0.25, "gaussian", 1, None),
+            "tile='model': this model is size-agnostic, so it has no window size of its own; "
+            "pass tile=(H, W), e.g. (512, 512)",
+        ),
+        (("big", 0.25, "gaussian", 1, None), "tile='big' must be 'model' or (height, width)"),
+        (
+            ((40, 72), 0.25, "gaussian", 1, None),
+            "tile=(40, 72): the network pools four times, so window sides must be positive "
+            "multiples of 16; use e.g. (32, 64)",
+        ),
+        (
+            ((128, 64), 0.25, "gaussian", 1, (64, 64)),
+            "tile=(128, 64) is larger than this model's 64x64; "
+            "use tile='model' (a smaller tile is padded to the model's size)",
+        ),
+        (
+            ((64, 64), 1.0, "gaussian", 1, None),
+            "overlap=1.0 must lie in [0, 0.9] (0.25 is a good start)",
+        ),
+        (
+            ((64, 64), 0.25, "median", 1, None),
+            "blend='median' is not one of gaussian, constant, deepest",
+        ),
+        (
+            ((64, 64), 0.25, "gaussian", 0, None),
+            "Tiling batch=0 (windows per session call, --tile-batch) must be an integer >= 1",
+        ),
+    ]
+    for args, message in cases:
+        with pytest.raises(InputImageError) as info:
+            check_spec(*args)
+        assert str(info.value) == message
+    # the model's own size is allowed, exactly
+    assert check_spec((64, 48), 0.25, "gaussian", 1, (64, 48)).height == 64
+
+
+def test_defaults():
+    assert TileSpec(32, 32) == TileSpec(32, 32, 0.25, "gaussian", 1)
+    assert Tiling() == Tiling("model", 0.25, "gaussian", None)
+    assert Band(0, np.zeros((1, 1), np.uint8)).probs is None
+
+
+@pytest.mark.parametrize("scores", [True, False], ids=["scores", "masks"])
+def test_windows_that_only_touch_are_stitched_exactly(scores):
+    """No overlap: every pixel lies in one window, at depth 0 on its inner borders, and is taken all the same."""
+    image = _image(96, 80, seed=5)
+    spec = TileSpec(32, 32, overlap=0.0, blend="deepest")
+    run = _run_probs if scores else _run_masks
+    bands, mask, _ = _stitch(image, spec, run, scores=scores, want_probs=False)
+    np.testing.assert_array_equal(mask, image[..., 0] % CLASSES)
+    # a mask model has no probabilities to give, even when asked
+    bands = list(
+        tile_bands(image, spec, _run_masks, num_classes=CLASSES, scores=False, want_probs=True)
+    )
+    assert all(b.probs is None for b in bands)
+
+
+def test_gaussian_blend_weighs_each_window_by_its_gaussian():
+    """Two windows disagree: in their overlap the result is their gaussian-weighted mean."""
+    image = np.zeros((32, 96, 3), np.uint8)
+    spec = TileSpec(32, 64, overlap=0.5, blend="gaussian")  # windows at columns 0 and 32
+    answers = iter([0.2, 0.6])
+
+    def run(windows):
+        return [np.full((32, 64, CLASSES), next(answers), np.float32) for _ in windows]
+
+    _, _, probs = _stitch(image, spec, run)
+    g = _gaussian(32, 64)
+    col = 40  # column 40 of the image: column 40 of window 1, column 8 of window 2
+    want = (0.2 * g[:, col] + 0.6 * g[:, col - 32]) / (g[:, col] + g[:, col - 32])
+    np.testing.assert_allclose(probs[:, col, 0], want, rtol=1e-5)
+    assert not np.allclose(want, 0.4)  # not the plain mean
