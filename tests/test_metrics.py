@@ -136,6 +136,6 @@ def test_label_scores_accumulates_over_images():
 
 def test_mask_agreement_on_images_takes_the_class_axis():
     """(H, W, C) scores: the argmax runs over the classes, not a spatial axis."""
-    probs = np.array([[[0.1, 0.9], [0.8, 0.2]], [[0.3, 0.7], [0.6, 0.4]]])  # classes 1 0 / 1 0
-    got = mask_agreement(probs, np.array([[1, 0], [1, 1]]), margin=0.0)
-    assert got["agreement"] == 0.75 and got["pixels"] == 4
+    probs = np.array([[[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]])  # 1 x 2 pixels, 3 classes: 0 and 2
+    got = mask_agreement(probs, np.array([[0, 1]]), margin=0.0)
+    assert got["agreement"] == 0.5 and got["pixels"] == 2
