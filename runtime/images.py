@@ -59,13 +59,17 @@ def validate_image(
         hint = f" ({conversions[kind]})" if kind in conversions else ""
         raise InputImageError(f"{where} has dtype {image.dtype}; only uint8 RGB is allowed{hint}")
     if image.ndim != 3 or image.shape[2] != 3:
-        hints = {
-            2: "grayscale: stack it to 3 channels",
-            4: "RGBA: drop the alpha channel (image[..., :3])",
-        }
-        extra = hints.get(image.ndim if image.ndim != 3 else image.shape[2], "convert it to RGB")
-        if image.ndim == 3 and image.shape[0] == 3:
+        channels = image.shape[2] if image.ndim == 3 else None
+        if image.ndim == 2 or channels == 1:
+            extra = "grayscale: stack it to 3 channels"
+        elif image.ndim == 4:
+            extra = "a batch of images: pass them as a list of (H, W, 3) arrays (list(batch))"
+        elif channels is not None and image.shape[0] == 3:
             extra = "it looks channels-first (C, H, W): pass image.transpose(1, 2, 0)"
+        elif channels == 4:
+            extra = "RGBA: drop the alpha channel (image[..., :3])"
+        else:
+            extra = "convert it to RGB"
         raise InputImageError(
             f"{where} has shape {image.shape}; only (H, W, 3) RGB is allowed; {extra}"
         )
