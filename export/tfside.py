@@ -8,11 +8,13 @@ runs the TensorFlow work in a child process (``spawn``: a fresh
 interpreter, no state shared) that exits before ONNX Runtime loads the model
 for verification, so the two runtimes never share a heap and the parent
 never imports TensorFlow. The child is sent the export's settings and
-answers with plain data: the ONNX model's bytes, the build's figures, and
-Keras' logits and probabilities for every verification image (computed
-right after conversion, so the child is gone before INT8 calibration runs
-ONNX Runtime too; only ``--resize-in-graph`` keeps it until verification,
-which needs Keras on the graph's own resized frames).
+answers with plain data: the build's figures, Keras' logits and
+probabilities for every verification image, and the ONNX model (through a
+file). Keras runs in one such process and the conversion in a fresh one
+(TensorFlow keeps what Keras' calls used, and the conversion's memory
+would come on top); the last is gone before INT8 calibration runs ONNX
+Runtime too (only ``--resize-in-graph`` keeps it until verification, which
+needs Keras on the graph's own resized frames).
 
 :class:`LocalSide` does the same work in this process: for a model handed
 over in memory (``export_model(keras_model=...)``, whose Python objects
@@ -123,12 +125,29 @@ class ChildSide:
 
     def __init__(self, state):
         self.state = state
+        self._start()
+        self._reference = _Reference(self)
+        self._peaks: list[float] = []
+
+    def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(target=_serve, args=(child,), name="unet-export-tensorflow")
         self._process.start()
         child.close()
-        self._reference = _Reference(self)
+
+    def _restart(self) -> None:
+        """A fresh TensorFlow process with the model built again, for conversion.
+
+        TensorFlow keeps what Keras' calls used (~0.8 GiB at 512x512) and
+        tf2onnx's conversion needs ~0.6 GiB more: in one process they add up
+        (2.2 GiB); in two, each stays near 1.6 GiB, for a second import and build.
+        """
+        self._peaks.append(self.peak_mb())
+        self.close()
+        self._start()
+        self.call("prepare", self.state.config)
+        self.call("build", self.state.config)
 
     def call(self, command: str, *args) -> Any:
         """Send one command, wait for its answer; the child's ExportError is raised here as it was."""
@@ -159,19 +178,28 @@ class ChildSide:
         return line
 
     def convert(self) -> str:
+        import tempfile
+        from pathlib import Path
+
         import onnx
 
-        line, data = self.call("convert")
-        self.state.proto = onnx.load_from_string(data)
+        if self.state.reference is not None:  # Keras ran in this process: convert in a fresh one
+            self._restart()
+        # Through a file, not the pipe: a pickled copy of the model's bytes on each side would
+        # add its size twice to the peak.
+        with tempfile.TemporaryDirectory(prefix="unet-export-") as tmp:
+            path = Path(tmp, "converted.onnx")
+            line = self.call("convert", str(path))
+            self.state.proto = onnx.load(str(path))
         return line
+
+    def peak_mb(self) -> float:
+        """The largest peak resident memory of this export's TensorFlow processes so far (MB)."""
+        return max([*self._peaks, float(self.call("peak"))])
 
     def reference(self, images: dict) -> _Reference:
         self._reference.compute(images)
         return self._reference
-
-    def peak_mb(self) -> float:
-        """The child's peak resident memory so far (MB)."""
-        return float(self.call("peak"))
 
     def close(self) -> None:
         """Stop the child (it exits on its own when told; terminated if it does not)."""
@@ -233,9 +261,12 @@ def _serve(conn) -> None:
                 value = (line, fields)
             elif command == "convert":
                 assert local is not None
+                (path,) = args
                 line = local.convert()
-                value = (line, state.proto.SerializeToString())
-                state.proto = None  # the parent has it now
+                with open(path, "wb") as f:
+                    f.write(state.proto.SerializeToString())
+                state.proto = None  # the parent reads it from the file
+                value = line
             elif command == "peak":
                 from ._resources import process_peak_mb
 
