@@ -321,16 +321,13 @@ def _export_in_child_mode(*flags, tmp_path):
 
 
 @pytest.mark.exports
-def test_tensorflow_runs_in_its_own_process(tmp_path, confident_weights):
-    """The exporting process never imports TensorFlow; the model is verified all the same."""
+def test_tensorflow_runs_in_its_own_process(tmp_path):
+    """The exporting process never imports TensorFlow; the model is verified all the same.
+
+    (An error raised in TensorFlow's process reaching the user is checked with --model below.)
+    """
     out, report = tmp_path / "m.onnx", tmp_path / "r.json"
     flags = ["--out", out, "--report", report, "--input-size", "32", "32"]
-    result, err = _export_in_child_mode(
-        *flags, "--weights", confident_weights, "--num-classes", "5", tmp_path=tmp_path
-    )
-    # the weights file is the narrow model's: the reference model's layers refuse it, by name
-    assert result["code"] == 1 and "weights" in err, err[-2000:]
-    assert not out.exists()
     result, err = _export_in_child_mode(*flags, "--head", "argmax", tmp_path=tmp_path)
     assert result == {"code": 0, "tensorflow_here": False}, err[-3000:]
     data = json.loads(report.read_text())
@@ -352,7 +349,9 @@ def test_own_network_and_frames_with_tensorflow_in_its_own_process(tmp_path):
     )
     assert result == {"code": 0, "tensorflow_here": False}, err[-3000:]
     assert "frame 1080x1920" in err and out.exists()
+    out.unlink()
     result, err = _export_in_child_mode(
         "--model", model, "--out", out, "--num-classes", "9", tmp_path=tmp_path
     )
     assert result["code"] == 1 and "--num-classes 9 does not match model 'deeplabv3'" in err
+    assert not out.exists()
