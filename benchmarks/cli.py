@@ -522,7 +522,9 @@ def _run(args, argv) -> int:
         exports={},
     )
     if args.model:
-        meta["model"] = {"file": args.model, "sha256": _sha256(args.model)}
+        from unet_export.weights import sha256_file
+
+        meta["model"] = {"file": args.model, "sha256": sha256_file(args.model)}
     # Rows are written as they finish: a run cut short (a job's time limit) keeps what it
     # measured.
     results = report.Results(args.out, meta)
@@ -538,16 +540,6 @@ def _run(args, argv) -> int:
     if not args.quiet:
         print(table, file=sys.stderr)
     return 0
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _reference(args, size: int, images: list, models: dict, make_keras) -> tuple[list, str, object]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from unet_runtime.helpformat import DefaultsHelpFormatter
 
 from .errors import ExportError
-from .tfside import IN_PROCESS_ENV
 
 __all__ = ["main", "build_parser"]
 
@@ -342,11 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
-    for noisy in ("tf2onnx", "onnxslim", "absl"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    # tf2onnx logs each op it has no handler for at ERROR and goes on; the export names them itself
-    # (convert._refuse_unconverted) or rewrites them (Erfc), so its lines would only mislead.
-    logging.getLogger("tf2onnx.tfonnx").setLevel(logging.CRITICAL)
+    # after parsing: --help and usage errors need none of the export's modules
+    from .tfside import IN_PROCESS_ENV, quiet_converter_logs
+
+    quiet_converter_logs()
 
     from .config import ExportConfig
     from .pipeline import export_model

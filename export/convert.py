@@ -42,7 +42,7 @@ from unet_runtime.images import normalization
 from unet_runtime.model_info import INPUT_NAME
 
 from .errors import ConversionError
-from .network import conversion_failure, output_layer
+from .network import output_layer
 
 __all__ = ["convert_keras", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET"]
 
@@ -256,7 +256,7 @@ def _run_tf2onnx(forward, specs: list, config):
             )
     except Exception as exc:  # tf2onnx raises bare Exceptions/ValueErrors
         raise ConversionError(
-            f"tf2onnx failed to convert the model at opset {c.opset}: {conversion_failure(exc)}"
+            f"tf2onnx failed to convert the model at opset {c.opset}: {exc}"
         ) from exc
     _erfc_as_erf(proto)
     _refuse_unconverted(proto, c.opset)

@@ -47,7 +47,6 @@ __all__ = [
     "SOFTMAX_LAYER",
     "RESIZE_LAYER",
     "SIZE_MULTIPLE",
-    "conversion_failure",
 ]
 
 #: The softmax the export puts on a user's logits (and the verifier reads the logits from).
@@ -72,10 +71,7 @@ class Network:
     #: (H, W) the model takes, or None for a model built with H and W unknown
     input_size: tuple[int, int] | None
     num_classes: int
-    #: what the user's model ended in: "softmax" (its logits taken from before it) or "logits"
-    scores: str
-    #: (h, w) of the model's own scores when lower than the input (resized in the graph), else None
-    resized_from: tuple[int, int] | None = None
+    #: what was found (classes, what the model ended in, a resize of its scores): the build's log line
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -307,9 +303,7 @@ def prepare_network(model, input_size: tuple[int, int] | None, dynamic: bool) ->
         )
     logits, scores = _logits(model, output_layer(model))
     notes = [f"{classes} classes", f"its {scores} taken as the scores"]
-    resized_from = None
     if (h, w) != tuple(probe):
-        resized_from = (h, w)
         logits = _resize_layer_class()(name=RESIZE_LAYER)([logits, model.inputs[0]])
         notes.append(
             f"its {h}x{w} scores for a {probe[0]}x{probe[1]} image resized bilinear to the input size "
@@ -322,8 +316,6 @@ def prepare_network(model, input_size: tuple[int, int] | None, dynamic: bool) ->
         name=name,
         input_size=size,
         num_classes=classes,
-        scores=scores,
-        resized_from=resized_from,
         notes=notes,
     )
 
@@ -349,11 +341,3 @@ def _resize_layer_class():
             return (x[0], reference[1], reference[2], x[3])
 
     return ResizeToInput
-
-
-def conversion_failure(exc: Exception) -> str:
-    """tf2onnx's error, with the TensorFlow op it could not convert when the message names one."""
-    text = str(exc)
-    ops = sorted(set(re.findall(r"Unsupported ops: Counter\(\{'(\w+)'", text)))
-    ops += sorted(set(re.findall(r"(?:op|Op|OP)[ =:]+'?(\w+)'? (?:is )?not supported", text)))
-    return f"{text} (unsupported op: {', '.join(ops)})" if ops else text

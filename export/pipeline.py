@@ -32,7 +32,7 @@ from unet_runtime.model_info import INPUT_NAME, OUTPUT_NAMES
 
 from ._resources import StepMeter, process_peak_mb
 from .config import ExportConfig
-from .errors import ConfigError, ConversionError, ExportError, VerificationError
+from .errors import ConfigError, ConversionError, ExportError
 
 __all__ = ["ExportConfig", "ExportResult", "ExportState", "export_model", "STEPS"]
 
@@ -210,22 +210,26 @@ def convert_keras_model(state: ExportState) -> str:
 def reference(state: ExportState) -> str:
     """Keras' logits and probabilities for every verification image (before conversion: they do not
     depend on the ONNX graph, and TensorFlow's process is then done after convert)."""
-    from .verify import verification_cases, verification_images
+    from .verify import verification_images
 
-    c = state.config
-    if not c.verify:
+    if not state.config.verify:
         return "skipped (--no-verify)"
     side = _side(state)
-    cases = verification_cases(
-        c.size, c.seed, state.triton.max_batch_size if state.triton else None
-    )
-    images = verification_images(cases)
+    images = verification_images(_cases(state))
     state.reference = side.reference(images)
     if not side.isolated:
         # In this process Keras runs during verify, after ONNX Runtime has run and freed its memory:
         # TensorFlow keeps what its calls used, so running it first would add to verify's peak.
         return f"{len(images)} images, computed during verify (TensorFlow in this process)"
     return f"Keras on {len(images)} images, {state.reference.seconds:.1f} s"
+
+
+def _cases(state: ExportState):
+    """The verification cases (verify.verification_cases): what Keras computes and verify checks."""
+    from .verify import verification_cases
+
+    c = state.config
+    return verification_cases(c.size, c.seed, state.triton.max_batch_size if state.triton else None)
 
 
 def clean(state: ExportState) -> str:
@@ -354,35 +358,23 @@ def check(state: ExportState) -> str:
 
 def verify(state: ExportState) -> list[str]:
     """Every numeric gate against Keras (and, for INT8, against the fp32 graph on held-out images)."""
-    from .verify import FRAME_SIZES, gate_lines, verification_cases, verify_export
+    from .verify import FRAME_SIZES, gate_lines, verify_export
 
     c = state.config
     if not c.verify:
         state.verification = {"skipped": True}
         state.warnings.append("--no-verify: the ONNX model was NOT compared with Keras")
         return ["SKIPPED: the model was NOT compared with Keras"]
-    cases = verification_cases(
-        c.size, c.seed, state.triton.max_batch_size if state.triton else None
-    )
     try:
         state.verification = verify_export(
             state.reference,
             state.proto,
             c,
-            cases=cases,
+            cases=_cases(state),
             fp32_model=state.fp32_proto,
             held_out=state.held_out or (),
             frames=FRAME_SIZES if c.resize_in_graph else (),
         )
-    except VerificationError as exc:
-        if c.precision != "int8" or "int8 held-out" not in str(exc):
-            raise
-        raise VerificationError(
-            f"{exc}. INT8 lost too much against the fp32 graph: calibrate on your own images "
-            "(--calibration-images DIR), or keep the op types that suffer in float "
-            "(--int8-float-ops Add keeps a transformer's residual additions in float)",
-            exc.report,
-        ) from exc
     finally:
         _side(state).close()  # --resize-in-graph kept it for the frames
     state.fp32_proto = state.held_out = None  # their memory is not needed any more

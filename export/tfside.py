@@ -33,11 +33,10 @@ import traceback
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from .errors import ExportError
+from .verify import Reference
 
-__all__ = ["LocalSide", "ChildSide", "open_side", "IN_PROCESS_ENV"]
+__all__ = ["LocalSide", "ChildSide", "open_side", "quiet_converter_logs", "IN_PROCESS_ENV"]
 
 #: Set to 1 to keep TensorFlow in the exporting process (see the module docstring).
 IN_PROCESS_ENV = "UNET_EXPORT_IN_PROCESS"
@@ -97,13 +96,12 @@ class LocalSide:
         """Nothing to stop: TensorFlow stays in this process."""
 
 
-class _Reference:
-    """Keras' outputs computed by the child: what verify.KerasReference offers, from plain arrays."""
+class _Reference(Reference):
+    """Keras' outputs computed in TensorFlow's process, kept here as plain arrays."""
 
     def __init__(self, side: "ChildSide"):
+        super().__init__()
         self._side = side
-        self._cache: dict = {}
-        self.seconds = 0.0
 
     def compute(self, images: dict) -> None:
         todo = {k: v for k, v in images.items() if k not in self._cache}
@@ -111,12 +109,6 @@ class _Reference:
             outputs, seconds = self._side.call("reference", todo)
             self._cache.update(outputs)
             self.seconds += seconds
-
-    def logits(self, keys) -> np.ndarray:
-        return np.stack([self._cache[k][0] for k in keys])
-
-    def probs(self, keys) -> np.ndarray:
-        return np.stack([self._cache[k][1] for k in keys])
 
 
 class ChildSide:
@@ -216,6 +208,19 @@ class ChildSide:
         self._conn.close()
 
 
+def quiet_converter_logs() -> None:
+    """Only errors from tf2onnx, onnxslim and absl; none of tf2onnx's per-op lines.
+
+    tf2onnx logs each op it has no handler for at ERROR and goes on; the export names those ops
+    itself (convert._refuse_unconverted) or rewrites them (Erfc), so its lines would only mislead.
+    """
+    import logging
+
+    for noisy in ("tf2onnx", "onnxslim", "absl"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("tf2onnx.tfonnx").setLevel(logging.CRITICAL)
+
+
 def open_side(state, keras_model=None, isolate: bool | None = None):
     """:class:`ChildSide` unless a model was handed over in memory or ``UNET_EXPORT_IN_PROCESS=1``."""
     if isolate is None:
@@ -229,11 +234,7 @@ def _serve(conn) -> None:
     # Ctrl-C is the parent's to handle: it stops this process in its cleanup.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import logging
-
-    for noisy in ("tf2onnx", "onnxslim", "absl"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    logging.getLogger("tf2onnx.tfonnx").setLevel(logging.CRITICAL)
+    quiet_converter_logs()
     from .pipeline import ExportState
 
     state: Any = None

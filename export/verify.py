@@ -49,6 +49,7 @@ __all__ = [
     "Gate",
     "Case",
     "KerasReference",
+    "Reference",
     "verify_export",
     "gate_lines",
     "Runner",
@@ -208,7 +209,30 @@ def verification_cases(
     return cases
 
 
-class KerasReference:
+class Reference:
+    """Keras' logits and probabilities per image key, once :meth:`compute` has seen the image.
+
+    :class:`KerasReference` computes them here; tfside.py's asks TensorFlow's own process.
+    """
+
+    def __init__(self):
+        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.seconds = 0.0
+
+    def compute(self, images: dict[tuple, np.ndarray]) -> None:
+        """Keras on every image of ``{key: uint8 (H, W, 3)}`` not yet computed."""
+        raise NotImplementedError
+
+    def logits(self, keys: Sequence[tuple]) -> np.ndarray:
+        """Stacked logits ``(N, H, W, C)`` float32 of computed images."""
+        return np.stack([self._cache[k][0] for k in keys])
+
+    def probs(self, keys: Sequence[tuple]) -> np.ndarray:
+        """Stacked probabilities ``(N, H, W, C)`` float32 of computed images."""
+        return np.stack([self._cache[k][1] for k in keys])
+
+
+class KerasReference(Reference):
     """Keras' probabilities and logits per image, ``KERAS_BATCH`` images per call of one ``tf.function``.
 
     The logits are the head's 1x1 convolution applied in float64 to the
@@ -234,11 +258,9 @@ class KerasReference:
             kernel, bias = (np.asarray(w, np.float64) for w in head.get_weights())
             self._kernel, self._bias = kernel.reshape(kernel.shape[-2:]), bias
         self._mean, self._std = mean, std
-        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        self.seconds = 0.0
+        super().__init__()
 
     def compute(self, images: dict[tuple, np.ndarray]) -> None:
-        """Run Keras on every image of ``{key: uint8 (H, W, 3)}`` not yet computed."""
         todo = [k for k in images if k not in self._cache]
         by_size: dict[tuple, list] = {}
         for k in todo:
@@ -257,14 +279,6 @@ class KerasReference:
                         ).astype(np.float32)
                     self._cache[k] = (logits, probs[j].astype(np.float32))
         self.seconds += time.perf_counter() - t0
-
-    def logits(self, keys: Sequence[tuple]) -> np.ndarray:
-        """Stacked logits ``(N, H, W, C)`` float32 of computed images."""
-        return np.stack([self._cache[k][0] for k in keys])
-
-    def probs(self, keys: Sequence[tuple]) -> np.ndarray:
-        """Stacked probabilities ``(N, H, W, C)`` float32 of computed images."""
-        return np.stack([self._cache[k][1] for k in keys])
 
 
 def logits_output(model, layout: str) -> tuple[str, int]:
@@ -412,6 +426,8 @@ class Family:
     #: failures with no figure to gate (an output of the wrong shape)
     failures: list[str] = field(default_factory=list)
     report: dict = field(default_factory=dict)
+    #: what to try, added to the error when one of this family's gates failed
+    advice: str = ""
 
 
 def _case_gates(cases, outputs, reference: "KerasReference", precision: str) -> Family:
@@ -474,10 +490,12 @@ def _int8_gates(held: dict, reference: "KerasReference", first: "Case") -> Famil
     figures = {
         k: v for k, v in held.items() if k not in ("gates", "not_applicable", "check_logits")
     }
+    lossy = any(not g.passed for g in held["gates"])
     return Family(
         gates=[Gate(name, err["rel_l2"], FP32_REL_L2), *held["gates"]],
         not_applicable=list(held["not_applicable"]),
         report={"held_out": figures},
+        advice=INT8_ADVICE if lossy else "",
     )
 
 
@@ -555,14 +573,16 @@ def verify_export(
         families.append(_int8_gates(held, reference, first))
     report: dict = {"gates": [], "not_applicable": [], "cases": []}
     failures: list[str] = []
+    advice: list[str] = []
     for fam in families:
         report["gates"] += fam.gates
         report["not_applicable"] += fam.not_applicable
         report["cases"] += fam.rows
         failures += fam.failures
+        advice += [fam.advice] if fam.advice else []
         report.update(fam.report)
     report.update(keras_s=round(reference.seconds, 3), onnx_s=round(onnx_s, 3))
-    return _finish(report, failures)
+    return _finish(report, failures, advice)
 
 
 def _held_out(
@@ -643,6 +663,15 @@ def _held_out(
         "fp32_s": round(fp32.seconds, 3),
         "int8_s": round(int8.seconds, 3),
     }
+
+
+#: What a failed held-out INT8 gate suggests. A transformer's residual additions carry outliers that
+#: 8 bits cannot hold beside their typical values (docs/export.md, "Your own network").
+INT8_ADVICE = (
+    "INT8 lost too much against the fp32 graph: calibrate on your own images "
+    "(--calibration-images DIR), or keep the op types that suffer in float "
+    "(--int8-float-ops Add keeps a transformer's residual additions in float)"
+)
 
 
 #: Frame sizes a --resize-in-graph export is verified at: landscape HD, VGA, odd, and a 12 MP photo.
@@ -740,8 +769,9 @@ def _frame_gates(runs: list[dict], reference: KerasReference, precision: str, he
     return Family(gates=gates, rows=rows)
 
 
-def _finish(report: dict, failures: Sequence[str] = ()) -> dict:
-    """Gates to dicts, ``passed`` set; raise VerificationError naming every failed gate (and ``failures``)."""
+def _finish(report: dict, failures: Sequence[str] = (), advice: Sequence[str] = ()) -> dict:
+    """Gates to dicts, ``passed`` set; raise VerificationError naming every failed gate (and
+    ``failures``), then what to try (``advice``)."""
     gates: list[Gate] = report["gates"]
     failed = [*failures, *(g.failure() for g in gates if not g.passed)]
     report = {
@@ -751,7 +781,8 @@ def _finish(report: dict, failures: Sequence[str] = ()) -> dict:
         "gates": [g.as_dict() for g in gates],
     }
     if failed:
-        raise VerificationError("verification failed: " + "; ".join(failed), report)
+        message = "verification failed: " + "; ".join(failed)
+        raise VerificationError(". ".join([message, *advice]), report)
     if not gates:  # cannot happen for a model of this network; a guard against a vacuous pass
         raise VerificationError(
             "verification applied no numeric gate; nothing was compared", report
