@@ -1,7 +1,7 @@
 """The export pipeline: a list of named steps over one :class:`ExportState`.
 
-    build -> convert -> clean -> fold -> pad -> precision -> frames -> metadata -> check
-          -> verify -> write
+    build -> convert -> reference -> clean -> fold -> pad -> precision -> frames -> metadata
+          -> check -> verify -> write
 
 Each step is a plain function of the state: it reads what it needs
 (``state.config`` holds every setting) and adds what it produces, and
@@ -183,16 +183,9 @@ def _own_network(state: ExportState) -> str:
 
 
 def convert(state: ExportState) -> str:
-    """tf2onnx, weights attached (convert.py); then TensorFlow's process exits (tfside.py)."""
-    side = _side(state)
-    line = side.convert()
-    if state.config.resize_in_graph and state.config.verify:
-        return line  # Keras still has to see the graph's own resized frames (verify)
-    if side.isolated:
-        state.tensorflow_peak_mb = side.peak_mb()
-        line += f"; TensorFlow's process peaked at {state.tensorflow_peak_mb / 1024:.1f} GiB"
-    side.close()
-    return line + (" and has exited" if side.isolated else "")
+    """tf2onnx, weights attached (convert.py), where TensorFlow runs; the model is handed over by
+    :func:`reference`, once TensorFlow's work is done."""
+    return _side(state).convert()
 
 
 def convert_keras_model(state: ExportState) -> str:
@@ -208,20 +201,34 @@ def convert_keras_model(state: ExportState) -> str:
 
 
 def reference(state: ExportState) -> str:
-    """Keras' logits and probabilities for every verification image (before conversion: they do not
-    depend on the ONNX graph, and TensorFlow's process is then done after convert)."""
+    """Keras' logits and probabilities for every verification image; then TensorFlow's work is done:
+    its process exits (tfside.py) and the converted model comes back.
+
+    After conversion, not before: tf2onnx's memory is freed when it ends, while TensorFlow keeps what
+    Keras' calls used, so one process peaks near the larger of the two, not their sum.
+    """
     from .verify import verification_images
 
-    if not state.config.verify:
-        return "skipped (--no-verify)"
+    c = state.config
     side = _side(state)
-    images = verification_images(_cases(state))
-    state.reference = side.reference(images)
-    if not side.isolated:
-        # In this process Keras runs during verify, after ONNX Runtime has run and freed its memory:
-        # TensorFlow keeps what its calls used, so running it first would add to verify's peak.
-        return f"{len(images)} images, computed during verify (TensorFlow in this process)"
-    return f"Keras on {len(images)} images, {state.reference.seconds:.1f} s"
+    line = "skipped (--no-verify)"
+    if c.verify:
+        images = verification_images(_cases(state))
+        state.reference = side.reference(images)
+        line = (
+            f"Keras on {len(images)} images, {state.reference.seconds:.1f} s"
+            if side.isolated
+            # In this process Keras runs during verify, after ONNX Runtime has run and freed its
+            # memory: TensorFlow keeps what its calls used, so running it first would add to verify's peak.
+            else f"{len(images)} images, computed during verify (TensorFlow in this process)"
+        )
+    # --resize-in-graph: Keras still has to see the graph's own resized frames (verify).
+    keep = c.resize_in_graph and c.verify
+    state.proto = side.take_model(keep_running=keep)
+    if side.isolated and not keep:
+        state.tensorflow_peak_mb = side.peak_mb()
+        line += f"; TensorFlow's process peaked at {state.tensorflow_peak_mb / 1024:.1f} GiB and has exited"
+    return line
 
 
 def _cases(state: ExportState):
@@ -395,8 +402,8 @@ def write(state: ExportState) -> str:
 #: detail, then lines printed under it).
 STEPS: tuple[tuple[str, Callable[[ExportState], str | list[str]]], ...] = (
     ("build", build),
-    ("reference", reference),
     ("convert", convert),
+    ("reference", reference),
     ("clean", clean),
     ("fold", fold),
     ("pad", pad),

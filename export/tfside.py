@@ -6,16 +6,17 @@ export's peak was the two together (2.61 GiB for the 512x512 model on a
 2-core Xeon, against 1.90 GiB in separate processes:
 benchmarks/results/export-cost-isolation.md). :class:`ChildSide`
 runs the TensorFlow work in a child process (``spawn``: a fresh
-interpreter, no state shared) that exits before ONNX Runtime loads the model
-for verification, so the two runtimes never share a heap and the parent
-never imports TensorFlow. The child is sent the export's settings and
-answers with plain data: the build's figures, Keras' logits and
-probabilities for every verification image, and the ONNX model (through a
-file). Keras runs in one such process and the conversion in a fresh one
-(TensorFlow keeps what Keras' calls used, and the conversion's memory
-would come on top); the last is gone before INT8 calibration runs ONNX
-Runtime too (only ``--resize-in-graph`` keeps it until verification, which
-needs Keras on the graph's own resized frames).
+interpreter, no state shared) that exits before ONNX Runtime loads the model,
+so the two runtimes never share a heap and the parent never imports
+TensorFlow. The child is sent the export's settings and answers with plain
+data: the build's figures and Keras' logits and probabilities for every
+verification image; the ONNX model comes back through a file, read only
+once the child has exited (a pickled copy through the pipe would add its
+size twice). The child converts first and runs Keras after: the
+conversion's memory is freed when it ends, while TensorFlow keeps what
+Keras' calls used, so this order keeps one process near the larger of the
+two rather than their sum. Only ``--resize-in-graph`` keeps the child until
+verification, which needs Keras on the graph's own resized frames.
 
 :class:`LocalSide` does the same work in this process: for a model handed
 over in memory (``export_model(keras_model=...)``, whose Python objects
@@ -86,6 +87,10 @@ class LocalSide:
             self._reference.compute(images)
         return self._reference
 
+    def take_model(self, keep_running: bool = False):
+        """The converted ONNX model (already in the state: nothing crossed a process)."""
+        return self.state.proto
+
     def peak_mb(self) -> float:
         """This process's peak resident memory (MB): TensorFlow's is part of it."""
         from ._resources import process_peak_mb
@@ -112,35 +117,24 @@ class _Reference(Reference):
 
 
 class ChildSide:
-    """TensorFlow's work in a child process, which exits before verification (module docstring)."""
+    """TensorFlow's work in a child process, which exits before ONNX Runtime runs (module docstring)."""
 
     isolated = True
 
     def __init__(self, state):
-        self.state = state
-        self._start()
-        self._reference = _Reference(self)
-        self._peaks: list[float] = []
+        import tempfile
 
-    def _start(self) -> None:
+        self.state = state
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(target=_serve, args=(child,), name="unet-export-tensorflow")
         self._process.start()
         child.close()
-
-    def _restart(self) -> None:
-        """A fresh TensorFlow process with the model built again, for conversion.
-
-        TensorFlow keeps what Keras' calls used (~0.8 GiB at 512x512) and
-        tf2onnx's conversion needs ~0.6 GiB more: in one process they add up
-        (2.2 GiB); in two, each stays near 1.6 GiB, for a second import and build.
-        """
-        self._peaks.append(self.peak_mb())
-        self.close()
-        self._start()
-        self.call("prepare", self.state.config)
-        self.call("build", self.state.config)
+        self._reference = _Reference(self)
+        self._peak: float | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = tempfile.TemporaryDirectory(
+            prefix="unet-export-"
+        )
 
     def call(self, command: str, *args) -> Any:
         """Send one command, wait for its answer; the child's ExportError is raised here as it was."""
@@ -170,31 +164,40 @@ class ChildSide:
             setattr(self.state, name, value)
         return line
 
-    def convert(self) -> str:
-        import tempfile
+    def _model_path(self):
         from pathlib import Path
 
+        assert self._tmp is not None, "the converted model was already taken"
+        return Path(self._tmp.name, "converted.onnx")
+
+    def convert(self) -> str:
+        """tf2onnx in the child; the model waits in a file until :meth:`take_model`."""
+        return self.call("convert", str(self._model_path()))
+
+    def take_model(self, keep_running: bool = False):
+        """The converted ONNX model, read once the child has exited (unless ``keep_running``)."""
         import onnx
 
-        if self.state.reference is not None:  # Keras ran in this process: convert in a fresh one
-            self._restart()
-        # Through a file, not the pipe: a pickled copy of the model's bytes on each side would
-        # add its size twice to the peak.
-        with tempfile.TemporaryDirectory(prefix="unet-export-") as tmp:
-            path = Path(tmp, "converted.onnx")
-            line = self.call("convert", str(path))
-            self.state.proto = onnx.load(str(path))
-        return line
+        path = self._model_path()
+        if not keep_running:
+            self.peak_mb()
+            self.close(keep_model=True)
+        proto = onnx.load(str(path))
+        self._discard()
+        return proto
 
     def peak_mb(self) -> float:
-        """The largest peak resident memory of this export's TensorFlow processes so far (MB)."""
-        return max([*self._peaks, float(self.call("peak"))])
+        """The TensorFlow process's peak resident memory so far (MB); its last figure once it exited."""
+        if self._process.is_alive():
+            self._peak = float(self.call("peak"))
+        assert self._peak is not None
+        return self._peak
 
     def reference(self, images: dict) -> _Reference:
         self._reference.compute(images)
         return self._reference
 
-    def close(self) -> None:
+    def close(self, keep_model: bool = False) -> None:
         """Stop the child (it exits on its own when told; terminated if it does not)."""
         if self._process.is_alive():
             try:
@@ -206,6 +209,13 @@ class ChildSide:
                 self._process.terminate()
                 self._process.join(timeout=10)
         self._conn.close()
+        if not keep_model:
+            self._discard()
+
+    def _discard(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
 
 def quiet_converter_logs() -> None:
@@ -234,6 +244,10 @@ def _serve(conn) -> None:
     # Ctrl-C is the parent's to handle: it stops this process in its cleanup.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TensorFlow's own (Eigen) CPU kernels instead of oneDNN's: Keras' 512x512 reference call then
+    # peaked 0.17-0.21 GB lower and took no longer (1.32-1.36 vs 1.53 GB, 2-core Xeon, TensorFlow 2.21).
+    # The reference stays Keras' own forward pass; a user's setting is kept.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     quiet_converter_logs()
     from .pipeline import ExportState
 
@@ -246,7 +260,10 @@ def _serve(conn) -> None:
         except EOFError:
             return
         if command == "exit":
-            return
+            # At once: the interpreter's and TensorFlow's teardown took ~1-2 s here and frees nothing
+            # the operating system would not free anyway; the parent is waiting to load the model.
+            conn.close()
+            os._exit(0)
         try:
             if command == "prepare":
                 (config,) = args
