@@ -112,7 +112,7 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
         import torch
         from torch import nn
 
-        from unet_export.fold import _transpose_kernel
+        from unet_export.fold import transpose_kernel
 
         enc = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
         dec = (512, 256, 128, 64)
@@ -134,7 +134,7 @@ class TorchUNet:  # a namespace: the nn.Module is defined lazily so torch stays 
             def load(self, w, b):
                 self.skip.weight.copy_(torch.from_numpy(np.ascontiguousarray(w[:, : self.c_skip])))
                 self.skip.bias.copy_(torch.from_numpy(b))
-                self.up.weight.copy_(torch.from_numpy(_transpose_kernel(w[:, self.c_skip :])))
+                self.up.weight.copy_(torch.from_numpy(transpose_kernel(w[:, self.c_skip :])))
 
             def forward(self, skip, x):
                 return self.skip(skip) + self.up(x)

@@ -43,7 +43,7 @@ class _PeakRss:
     export's own step meter, every 5 ms)."""
 
     def __enter__(self):
-        from unet_export._resources import StepMeter, current_rss_mb
+        from unet_export.resources import StepMeter, current_rss_mb
 
         self.before = current_rss_mb() or 0.0
         self._meter = StepMeter()

@@ -189,6 +189,28 @@ class ExportConfig:
             raise ConfigError(
                 f"--head argmax writes a uint8 mask, which holds at most 256 classes, not {self.num_classes}; use --head logits"
             )
+        self._validate_int8()
+        if self.opset is not None and not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(
+                f"--opset {self.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})"
+            )
+        if (
+            self.class_names is not None
+            and classes is not None
+            and len(self.class_names) != classes
+        ):
+            raise ConfigError(
+                f"{len(self.class_names)} class names for --num-classes {self.num_classes}; give one name per line, one per class"
+            )
+        if self.resize_in_graph:
+            self._validate_frames()
+        if any(s == 0 for s in self.std) or len(self.std) != 3 or len(self.mean) != 3:
+            raise ConfigError(
+                f"--mean {self.mean} / --std {self.std}: three values each, std non-zero"
+            )
+
+    def _validate_int8(self) -> None:
+        """The options that only INT8 uses, or that an INT8 model cannot use."""
         if self.pad_channels and self.precision == "int8":
             raise ConfigError(
                 "--pad-channels aligns channels for GPU tensor cores; an int8 model runs on the CPU, "
@@ -212,32 +234,18 @@ class ExportConfig:
             raise ConfigError(
                 f"--calibration-count {self.calibration_count} is too small; INT8 calibration needs at least {MIN_CALIBRATION_IMAGES}"
             )
-        if self.opset is not None and not MIN_OPSET <= self.opset <= MAX_OPSET:
+
+    def _validate_frames(self) -> None:
+        """``--resize-in-graph`` needs a fixed size and raw uint8 NHWC frames."""
+        if self.dynamic_size:
             raise ConfigError(
-                f"--opset {self.opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})"
+                "--resize-in-graph resizes frames to the network's size: give --input-size H W "
+                "instead of --dynamic-size"
             )
-        if (
-            self.class_names is not None
-            and classes is not None
-            and len(self.class_names) != classes
-        ):
+        if self.input_dtype != "uint8" or self.layout != "nhwc":
             raise ConfigError(
-                f"{len(self.class_names)} class names for --num-classes {self.num_classes}; give one name per line, one per class"
-            )
-        if self.resize_in_graph:
-            if self.dynamic_size:
-                raise ConfigError(
-                    "--resize-in-graph resizes frames to the network's size: give --input-size H W "
-                    "instead of --dynamic-size"
-                )
-            if self.input_dtype != "uint8" or self.layout != "nhwc":
-                raise ConfigError(
-                    f"--resize-in-graph takes raw uint8 RGB frames (N, H, W, 3): use --input-dtype uint8 "
-                    f"--layout nhwc, not {self.input_dtype} {self.layout}"
-                )
-        if any(s == 0 for s in self.std) or len(self.std) != 3 or len(self.mean) != 3:
-            raise ConfigError(
-                f"--mean {self.mean} / --std {self.std}: three values each, std non-zero"
+                f"--resize-in-graph takes raw uint8 RGB frames (N, H, W, 3): use --input-dtype uint8 "
+                f"--layout nhwc, not {self.input_dtype} {self.layout}"
             )
 
     def validate_own_network(self) -> None:

@@ -44,7 +44,13 @@ import numpy as np
 from .errors import ConversionError
 from .graph import node_attr
 
-__all__ = ["FOLD_FORMS", "FOLD_CHOICES", "auto_fold_form", "fold_upsample_convs"]
+__all__ = [
+    "FOLD_FORMS",
+    "FOLD_CHOICES",
+    "auto_fold_form",
+    "fold_upsample_convs",
+    "transpose_kernel",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +87,7 @@ def _phase_kernels(w: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
     return {(i, j): kij for i, ki in enumerate(split(w, 2)) for j, kij in enumerate(split(ki, 3))}
 
 
-def _transpose_kernel(w: np.ndarray) -> np.ndarray:
+def transpose_kernel(w: np.ndarray) -> np.ndarray:
     """3x3 kernels ``[O, I, 3, 3]`` -> the 4x4 ConvTranspose kernel ``[I, O, 4, 4]`` (stride 2, pads 1).
 
     Per axis, output ``2h`` reads input ``h-1`` through tap 3 and ``h``
@@ -256,7 +262,7 @@ def _folded_stage(conv, resize, cat, k_up: int, form: str, index: _GraphIndex):
         nodes.append(
             helper.make_node(
                 "ConvTranspose",
-                [x, init("w_up", _transpose_kernel(w_up))],
+                [x, init("w_up", transpose_kernel(w_up))],
                 [f"{base}/fold_up"],
                 name=f"{base}/fold_up",
                 kernel_shape=[4, 4],

@@ -30,9 +30,9 @@ from unet_runtime.atomic import (
 )
 from unet_runtime.model_info import INPUT_NAME, OUTPUT_NAMES
 
-from ._resources import StepMeter, process_peak_mb
 from .config import ExportConfig
 from .errors import ConfigError, ConversionError, ExportError
+from .resources import StepMeter, process_peak_mb
 
 __all__ = ["ExportConfig", "ExportResult", "ExportState", "export_model", "STEPS"]
 

@@ -180,7 +180,6 @@ def to_int8(
     calibration cache (``calibration_cache_path``), so the calibration runs
     with bounded memory and the quantization itself is ORT's, unchanged.
     """
-    import inspect
     import tempfile
     from pathlib import Path
 
@@ -189,19 +188,7 @@ def to_int8(
     from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
-        raise ConfigError(
-            "this model is fp16: INT8 quantization needs the fp32 graph; export with --precision int8 from Keras"
-        )
-    if method not in CALIBRATION_METHODS:
-        raise ConfigError(
-            f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}"
-        )
-    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-        raise ConfigError(
-            "INT8 export needs onnxruntime >= 1.32 (its quantize_static takes calibration ranges "
-            "computed beforehand): pip install -U onnxruntime"
-        )
+    _check_quantizable(model, method)
     with tempfile.TemporaryDirectory(prefix="unet-int8-") as tmp:
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         cache = Path(tmp, "ranges.json")
@@ -232,6 +219,28 @@ def to_int8(
         list(nodes_to_exclude),
     )
     return quantized
+
+
+def _check_quantizable(model, method: str) -> None:
+    """An fp32 graph, a known calibration method and an ONNX Runtime that takes ranges computed beforehand."""
+    import inspect
+
+    import onnx
+    from onnxruntime.quantization import quantize_static
+
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        raise ConfigError(
+            "this model is fp16: INT8 quantization needs the fp32 graph; export with --precision int8 from Keras"
+        )
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(
+            f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}"
+        )
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise ConfigError(
+            "INT8 export needs onnxruntime >= 1.32 (its quantize_static takes calibration ranges "
+            "computed beforehand): pip install -U onnxruntime"
+        )
 
 
 def _methods():

@@ -93,7 +93,7 @@ class LocalSide:
 
     def peak_mb(self) -> float:
         """This process's peak resident memory (MB): TensorFlow's is part of it."""
-        from ._resources import process_peak_mb
+        from .resources import process_peak_mb
 
         return process_peak_mb()
 
@@ -287,7 +287,7 @@ def _serve(conn) -> None:
                 state.proto = None  # the parent reads it from the file
                 value = line
             elif command == "peak":
-                from ._resources import process_peak_mb
+                from .resources import process_peak_mb
 
                 value = process_peak_mb()
             elif command == "reference":

@@ -571,18 +571,7 @@ def verify_export(
         families.append(_frame_gates(frame_runs, reference, config.precision, config.head))
     if held is not None:
         families.append(_int8_gates(held, reference, first))
-    report: dict = {"gates": [], "not_applicable": [], "cases": []}
-    failures: list[str] = []
-    advice: list[str] = []
-    for fam in families:
-        report["gates"] += fam.gates
-        report["not_applicable"] += fam.not_applicable
-        report["cases"] += fam.rows
-        failures += fam.failures
-        advice += [fam.advice] if fam.advice else []
-        report.update(fam.report)
-    report.update(keras_s=round(reference.seconds, 3), onnx_s=round(onnx_s, 3))
-    return _finish(report, failures, advice)
+    return _finish(families, keras_s=round(reference.seconds, 3), onnx_s=round(onnx_s, 3))
 
 
 def _held_out(
@@ -769,17 +758,22 @@ def _frame_gates(runs: list[dict], reference: KerasReference, precision: str, he
     return Family(gates=gates, rows=rows)
 
 
-def _finish(report: dict, failures: Sequence[str] = (), advice: Sequence[str] = ()) -> dict:
-    """Gates to dicts, ``passed`` set; raise VerificationError naming every failed gate (and
-    ``failures``), then what to try (``advice``)."""
+def _finish(families: Sequence[Family], **timings: float) -> dict:
+    """The report of every family's gates, ``passed`` set; raise VerificationError naming every failed
+    gate (and each family's ``failures``), then what the failed families suggest (``advice``)."""
+    report: dict = {"gates": [], "not_applicable": [], "cases": []}
+    failed: list[str] = []
+    advice: list[str] = []
+    for fam in families:
+        report["gates"] += fam.gates
+        report["not_applicable"] += fam.not_applicable
+        report["cases"] += fam.rows
+        report.update(fam.report)
+        failed += fam.failures
+        advice += [fam.advice] if fam.advice else []
     gates: list[Gate] = report["gates"]
-    failed = [*failures, *(g.failure() for g in gates if not g.passed)]
-    report = {
-        **report,
-        "passed": not failed,
-        "failures": failed,
-        "gates": [g.as_dict() for g in gates],
-    }
+    failed += [g.failure() for g in gates if not g.passed]
+    report.update(timings, passed=not failed, failures=failed, gates=[g.as_dict() for g in gates])
     if failed:
         message = "verification failed: " + "; ".join(failed)
         raise VerificationError(". ".join([message, *advice]), report)

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from unet_export import ConfigError, ExportConfig
 from unet_export.errors import ConversionError
-from unet_export.fold import _phase_kernels, _transpose_kernel, fold_upsample_convs
+from unet_export.fold import _phase_kernels, fold_upsample_convs, transpose_kernel
 
 
 def _conv3x3_same(x, w):
@@ -41,7 +41,7 @@ def test_transpose_kernel_equals_conv_over_upsampled_input():
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((3, 5, 4)), rng.standard_normal((2, 3, 3, 3))
     ref = _conv3x3_same(x.repeat(2, 1).repeat(2, 2), w)
-    kt = _transpose_kernel(w)  # [I, O, 4, 4], stride 2, pads 1
+    kt = transpose_kernel(w)  # [I, O, 4, 4], stride 2, pads 1
     full = np.zeros((2, 2 * 5 + 2, 2 * 4 + 2))  # output before cropping the pads
     for h in range(5):
         for v in range(4):
