@@ -5,7 +5,12 @@ while this process samples the resident memory of the child's whole process
 tree (psutil, every 20 ms: children count too). The export's own report
 gives each step's time and peak memory; the table puts them side by side.
 
-    bench-unet export --out benchmarks/results/export-cost [--rows fp32 fp16-argmax int8-argmax] [-- EXPORT ARGS]
+    bench-unet export --out benchmarks/results/export-cost [--rows fp32 fp16-argmax int8-argmax] [--repeat N] [-- EXPORT ARGS]
+
+Wall times of one export on a shared 2-core machine vary by several seconds
+from run to run; ``--repeat N`` runs every configuration N times, in turns
+(each round runs each row once, so a slow spell hits all rows alike), and the
+table shows each row's median run with every run's wall time beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 from .exporting import export_command
 from .report import begin_run, header_lines, results_parser, save_results
 
-__all__ = ["ROWS", "measure", "main"]
+__all__ = ["ROWS", "measure", "median_run", "main"]
 
 #: name -> export-unet flags; the three configurations whose cost the docs quote, by default.
 ROWS = {
@@ -115,6 +120,20 @@ def measure(args: list[str], workdir: Path, *, in_process: bool = False) -> dict
     return row
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the lower middle of an even count), with every run's wall time
+    (``runs_wall_s``) and peak (``runs_peak_tree_rss_mb``), in the order they ran."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1]
+    middle = sorted(ok, key=lambda r: r["wall_s"])[(len(ok) - 1) // 2]
+    return {
+        **middle,
+        "runs_wall_s": [r["wall_s"] for r in runs],
+        "runs_peak_tree_rss_mb": [r["peak_tree_rss_mb"] for r in runs],
+    }
+
+
 def to_markdown(rows: dict, meta: dict) -> str:
     """The cost table: one line per configuration, each step's seconds and peak GiB."""
 
@@ -125,9 +144,17 @@ def to_markdown(rows: dict, meta: dict) -> str:
         f"(TensorFlow's child process included), sampled every {SAMPLE_S * 1000:.0f} ms from outside; each step: "
         "seconds / peak GiB of export-unet's own process (sampled inside the export; with TensorFlow in its "
         "child, build/convert/reference run there: their figures are the parent's wait).",
+        *(
+            [
+                f"Each row ran {repeats} times, the rows in turns; the row shows the run of median wall "
+                "time, and `runs` every run's wall time in the order they ran.",
+            ]
+            if (repeats := max(len(r.get("runs_wall_s", [])) for r in rows.values())) > 1
+            else []
+        ),
         "",
-        "| export | wall s | peak GiB | " + " | ".join(steps) + " | model MB | gates |",
-        "|---|---|---|" + "---|" * len(steps) + "---|---|",
+        "| export | wall s | peak GiB | " + " | ".join(steps) + " | model MB | gates | runs |",
+        "|---|---|---|" + "---|" * len(steps) + "---|---|---|",
     ]
     for name, r in rows.items():
         if "error" in r:
@@ -144,7 +171,9 @@ def to_markdown(rows: dict, meta: dict) -> str:
         lines.append(
             f"| {name}{flags} | {r['wall_s']:.1f} | {r['peak_tree_rss_mb'] / 1024:.2f} | "
             + " | ".join(cells)
-            + f" | {r['size_bytes'] / 1e6:.1f} | {gates} |"
+            + f" | {r['size_bytes'] / 1e6:.1f} | {gates} | "
+            + ", ".join(f"{w:.1f}" for w in r.get("runs_wall_s", [r["wall_s"]]))
+            + " |"
         )
     lines += ["", "Gates (value vs bound) per export:"]
     for name, r in rows.items():
@@ -172,29 +201,40 @@ def main(argv: list[str] | None = None, prog: str = "bench-unet export") -> int:
         choices=list(ROWS),
         help="configurations to export (NAME-tf-in-process: with TensorFlow in export-unet's own process)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of every row, in turns; the table shows each row's median run (default: 1)",
+    )
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat {args.repeat}: give 1 or more runs")
     no_psutil = importlib.util.find_spec("psutil") is None  # checked before minutes of work
     psutil_problem = "measuring the process tree needs psutil: install the 'bench' extra (pip install '.[bench]' in a clone)"
     meta = begin_run(prog, argv, args.out, psutil_problem if no_psutil else None)
     if meta is None:
         return 1
     meta["command"] = command
-    rows = {}
+    runs: dict[str, list[dict]] = {name: [] for name in args.rows}
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
-        for name in args.rows:
-            print(f"{prog}: {name} ...", file=sys.stderr, flush=True)
-            rows[name] = measure(
-                ROWS[name] + extra, Path(tmp), in_process=name.endswith("-tf-in-process")
-            )
-            r = rows[name]
-            print(
-                f"{prog}: {name}: {r['wall_s']:.1f} s, {r['peak_tree_rss_mb'] / 1024:.2f} GiB"
-                + (f", FAILED: {r['error']}" if "error" in r else ""),
-                file=sys.stderr,
-                flush=True,
-            )
+        for round_ in range(1, args.repeat + 1):
+            for name in args.rows:
+                label = f"{name} (run {round_}/{args.repeat})" if args.repeat > 1 else name
+                print(f"{prog}: {label} ...", file=sys.stderr, flush=True)
+                r = measure(
+                    ROWS[name] + extra, Path(tmp), in_process=name.endswith("-tf-in-process")
+                )
+                runs[name].append(r)
+                print(
+                    f"{prog}: {label}: {r['wall_s']:.1f} s, {r['peak_tree_rss_mb'] / 1024:.2f} GiB"
+                    + (f", FAILED: {r['error']}" if "error" in r else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+    rows = {name: median_run(r) for name, r in runs.items()}
     save_results(args.out, {**meta, "rows": rows}, to_markdown(rows, meta))
-    return 0 if all("error" not in r for r in rows.values()) else 1
+    return 0 if all("error" not in r for rs in runs.values() for r in rs) else 1
 
 
 if __name__ == "__main__":

@@ -260,3 +260,47 @@ def test_help_lists_what_users_run_and_lab_the_rest(tmp_path):
     # The spelling of earlier releases still runs, and says where the tool went.
     old = run_cli("unet_bench.cli", "index", "--dir", str(tmp_path / "none"))
     assert "is now 'bench-unet lab index'" in old.stderr and "is not a folder" in old.stderr
+
+
+def test_export_bench_median_run_keeps_every_run():
+    from unet_bench.export_cost import median_run
+
+    runs = [{"wall_s": w, "peak_tree_rss_mb": 100 * w} for w in (3.0, 1.0, 2.0, 4.0)]
+    median = median_run(runs)
+    # even count: the lower middle; every run kept in the order it ran
+    assert median["wall_s"] == 2.0 and median["peak_tree_rss_mb"] == 200.0
+    assert median["runs_wall_s"] == [3.0, 1.0, 2.0, 4.0]
+    assert median["runs_peak_tree_rss_mb"] == [300.0, 100.0, 200.0, 400.0]
+    failed = {"wall_s": 0.5, "peak_tree_rss_mb": 1.0, "error": "boom"}
+    assert median_run([failed, *runs[:3]])["wall_s"] == 2.0  # a failed run is no median
+    assert median_run([failed]) is failed
+
+
+@pytest.mark.slow
+def test_export_bench_repeats_rows_in_turns(tmp_path):
+    """Two real exports (32x32, TensorFlow in export-unet's process): the row is the median run."""
+    proc = run_cli(
+        "unet_bench.export_cost",
+        "--out",
+        str(tmp_path / "e"),
+        "--rows",
+        "fp32-tf-in-process",
+        "--repeat",
+        "2",
+        "--",
+        "--input-size",
+        "32",
+        "32",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fp32-tf-in-process (run 2/2)" in proc.stderr
+    row = json.loads((tmp_path / "e.json").read_text())["rows"]["fp32-tf-in-process"]
+    assert len(row["runs_wall_s"]) == 2 and row["wall_s"] == min(row["runs_wall_s"])
+    assert row["gates"] and all(g["passed"] for g in row["gates"])
+    table = (tmp_path / "e.md").read_text()
+    assert "Each row ran 2 times" in table
+    assert ", ".join(f"{w:.1f}" for w in row["runs_wall_s"]) + " |" in table
+    assert (
+        run_cli("unet_bench.export_cost", "--out", str(tmp_path / "f"), "--repeat", "0").returncode
+        == 2
+    )
