@@ -22,6 +22,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("UNET_EXPORT_IN_PROCESS", "1")
 
 NARROW = 0.125
+
+
+def _has_vnni() -> bool:
+    from unet_bench.report import cpu_flags
+
+    return bool({"avx512_vnni", "avx_vnni"} & set(cpu_flags()))
+
+
+#: INT8 figures in the tests were measured on CPUs with VNNI. Without it ONNX Runtime's u8s8 kernels
+#: use VPMADDUBSW, whose 16-bit sums of product pairs can saturate (ONNX Runtime's quantization docs,
+#: docs/performance/model-optimizations/quantization.md, "When and why do I need to try U8U8?"):
+#: there the tests hold INT8 to the export's own gate bounds instead.
+VNNI = _has_vnni()
 NUM_CLASSES = 5
 
 

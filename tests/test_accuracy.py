@@ -12,12 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import VNNI
 from unet_export import ExportConfig, export_model
+from unet_export.verify import INT8_MASK_AGREEMENT_MIN
 from unet_runtime import Segmenter
 from unet_runtime.metrics import label_scores
 
-#: How far each precision's mean IoU may fall from the fp32 export's (measured 4e-5 and 1e-5; see module doc).
-MIOU_MARGIN = {"fp32": 0.0, "fp16": 0.002, "int8": 0.005}
+#: How far each precision's mean IoU may fall from the fp32 export's: 3x what was measured (fp16 4.2e-5,
+#: INT8 5.8e-5 below fp32, 2-core Xeon with AVX-512 VNNI); INT8 without VNNI: conftest.VNNI.
+MIOU_MARGIN = {"fp32": 0.0, "fp16": 1.3e-4, "int8": 1.8e-4 if VNNI else 0.005}
+#: Masks equal to Keras' on at least this share of pixels: 3x the measured disagreement (fp16 0.0014%,
+#: INT8 0.073%); INT8 without VNNI: the export's own INT8 mask bound.
+AGREEMENT_MIN = {"fp16": 0.99996, "int8": 0.9978 if VNNI else INT8_MASK_AGREEMENT_MIN}
 #: The fixture is trained to ~0.99 pixel accuracy: below this, the fixture (not the export) is broken.
 FIXTURE_ACCURACY = 0.97
 
@@ -79,7 +85,7 @@ def test_accuracy_against_labels_and_keras(precision, labelled, keras_scores, ex
             ours,
             keras,
         )
-        assert agreement >= 0.99, agreement
+        assert agreement >= AGREEMENT_MIN[precision], agreement
     assert ours["pixel_accuracy"] >= FIXTURE_ACCURACY
 
 

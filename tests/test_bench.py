@@ -83,7 +83,9 @@ def test_json_table_and_plot(full_width_run):
             STAT_KEYS <= row["device"].keys()
             and row["device"]["n"] == len(row["raw_device_s"]) == 3
         )
-        assert row["numerics"]["mask_agreement"] >= 0.99  # every row agrees with Keras fp32
+        # every row agrees with Keras fp32: measured on every pixel; one near-tie in a thousand may
+        # round the other way on another CPU
+        assert row["numerics"]["mask_agreement"] >= 0.999
     ort_rows = [r for r in data["rows"] if r["engine"] == "onnxruntime"]
     assert all(r["host"]["n"] == len(r["raw_host_s"]) >= 3 and r["setup_s"] > 0 for r in ort_rows)
     table = (root / "r.md").read_text()
@@ -146,7 +148,8 @@ def test_fold_rows_side_by_side(full_width_run, tmp_path):
     rows = {r["name"]: r for r in json.loads((tmp_path / "x.json").read_text())["rows"]}
     assert set(rows) == {"ort cpu fp32 softmax", "ort cpu fp32 softmax fold=phase"}
     # Same function: the folded model's probabilities match the reference's to fp32 rounding.
-    assert rows["ort cpu fp32 softmax fold=phase"]["numerics"]["rel_l2"] < 1e-5
+    # measured 1.6e-6; 3x that
+    assert rows["ort cpu fp32 softmax fold=phase"]["numerics"]["rel_l2"] < 5e-6
     proc = run_cli(
         "unet_bench.cli",
         *bench_argv(

@@ -201,7 +201,8 @@ def test_ab_times_openvino_on_the_same_files(narrow_export, tmp_path):
     for name, row in rows.items():
         assert len(row["raw_s"]) == 2
         if name.startswith("openvino f32"):  # the same fp32 function: the same masks
-            assert row["mask_agreement_vs_first"] >= 0.99
+            # measured on every pixel; one near-tie in a thousand may round the other way
+            assert row["mask_agreement_vs_first"] >= 0.999
 
 
 def test_results_index_lists_every_run_and_record(tmp_path):
@@ -278,7 +279,14 @@ def test_export_bench_median_run_keeps_every_run():
 
 @pytest.mark.slow
 def test_export_bench_repeats_rows_in_turns(tmp_path):
-    """Two real exports (32x32, TensorFlow in export-unet's process): the row is the median run."""
+    """Two real exports of a two-layer network (32x32; TensorFlow in export-unet's process): the row
+    is the median run."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    hidden = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    scores = keras.layers.Conv2D(3, 1, activation="softmax")(hidden)
+    keras.Model(inputs, scores).save(tmp_path / "tiny.keras")
     proc = run_cli(
         "unet_bench.export_cost",
         "--out",
@@ -288,9 +296,8 @@ def test_export_bench_repeats_rows_in_turns(tmp_path):
         "--repeat",
         "2",
         "--",
-        "--input-size",
-        "32",
-        "32",
+        "--model",
+        str(tmp_path / "tiny.keras"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fp32-tf-in-process (run 2/2)" in proc.stderr

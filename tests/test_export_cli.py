@@ -69,7 +69,8 @@ def test_default_export_is_the_reference_model_verified(default_export):
     )[0]
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
     print(f"\nfull-size export vs a Keras model built here: rel L2 {rel:.2e}")
-    assert rel <= 1e-5  # only summation order differs (measured ~1e-7 on the probabilities)
+    # only summation order differs: measured 9.9e-8 (2-core Xeon, oneDNN in Keras); 3x that
+    assert rel <= 3e-7
 
 
 def test_help_lists_every_flag_with_defaults():

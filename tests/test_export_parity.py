@@ -153,7 +153,8 @@ def test_onnx_matches_keras(row, narrow_export, confident_keras):
     else:
         agree = mask_agreement(ref_probs, mask, CONFIDENT_MARGIN)
         # The fixture is confident by construction: the gate must not be vacuous.
-        assert agree["confident_pixels"] >= 0.5 * agree["pixels"], agree
+        # measured 91.5-93% confident; 3x the rest
+        assert agree["confident_pixels"] >= 0.75 * agree["pixels"], agree
         assert agree["confident_agreement"] >= MASK_AGREEMENT_MIN, agree
 
 

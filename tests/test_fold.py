@@ -138,7 +138,8 @@ def test_fold_is_the_same_function(form, variant):
     assert {i.name for i in folded.graph.initializer}.isdisjoint({"w", "scales"})
     got = _run(folded, x, skip)
     assert got.shape == ref.shape == (2, 4, 10, 14)
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # fp32, another summation order: measured at most 2.03e-6 (values up to 26, 2-core Xeon); 3x that.
+    np.testing.assert_allclose(got, ref, rtol=0, atol=6e-6)
 
 
 @pytest.mark.parametrize(
@@ -185,9 +186,10 @@ def test_fold_keeps_an_fp16_graph_fp16(narrow_export):
     got = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"input": x}
     )[0]
-    # fp16 rounding of the summed taps only
-    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2
-    assert (got.argmax(1) == ref.argmax(1)).mean() > 0.99
+    # fp16 rounding of the summed taps only: measured rel L2 1.9e-4 (2-core Xeon); 3x that
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 6e-4
+    # measured: every argmax the same; one near-tie in a thousand may round the other way on another CPU
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.999
 
 
 def test_export_warns_when_nothing_folds(confident_weights, tmp_path, monkeypatch):

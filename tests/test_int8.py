@@ -5,6 +5,7 @@ import onnx
 import pytest
 from PIL import Image
 
+from tests.conftest import VNNI
 from unet_export import ConfigError, ExportConfig, VerificationError, export_model
 from unet_export import verify as verify_mod
 from unet_export.calibration import MIN_CALIBRATION_IMAGES, held_out_count, synthetic_images
@@ -54,7 +55,10 @@ def test_int8_end_to_end(int8_export):
     assert 0 < logits_gate["value"] <= verify_mod.INT8_REL_L2
     # What was quantized is the model: the fp32 graph is held against Keras first.
     assert _gate(report, "fp32 graph before quantization")["value"] <= verify_mod.FP32_REL_L2
-    assert 0 < acc["vs_fp32"]["mean_iou"] <= 1 and acc["vs_fp32"]["agreement"] > 0.9
+    # all pixels, near-ties included: measured 98.4% (VNNI); 3x the disagreement
+    assert 0 < acc["vs_fp32"]["mean_iou"] <= 1 and acc["vs_fp32"]["agreement"] > (
+        0.95 if VNNI else 0.9
+    )
     assert int8_export.report["calibration"]["method"] == "minmax"
     hist = op_histogram(onnx.load(str(int8_export.path)))
     # int8 folds the decoder upsampling by default (fold.py): 4 stages x 4 phase convs more.
@@ -88,8 +92,9 @@ def test_int8_masks_agree_with_fp32_on_images_the_export_never_saw(int8_export, 
     confident = (top2[..., 1] - top2[..., 0]) >= 0.05
     agree = float(np.mean((np.stack(masks) == np.stack([m for m, _ in pairs]))[confident]))
     print(f"\nint8 vs fp32 on 6 new images: {agree:.4%} of {int(confident.sum())} confident pixels")
-    assert confident.sum() > 0.3 * confident.size
-    assert agree >= 0.98
+    # measured: 92% of the pixels confident, 99.94% of them agree (VNNI); 3x the misses
+    assert confident.sum() > 0.76 * confident.size
+    assert agree >= (0.998 if VNNI else verify_mod.INT8_MASK_AGREEMENT_MIN)
 
 
 def test_int8_relus_fold_into_the_convs(int8_export, tmp_path):

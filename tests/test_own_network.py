@@ -40,6 +40,9 @@ PRECISIONS = {
     "fp32": dict(head="softmax"),
     "int8": dict(precision="int8", head="argmax", calibration_count=8),
 }
+#: fp32 probabilities against Keras' own: 3x the largest difference measured (5.1e-7, 9.0e-7 and
+#: 9.0e-6: the SegFormer-like model's attention, LayerNorm and erf sum in another order).
+FP32_PROBS_ATOL = {"mobilenet_unet": 1.5e-6, "deeplab_v3": 2.7e-6, "segformer_like": 2.7e-5}
 #: What each network's INT8 export needs beyond that: the SegFormer-like model's residual additions
 #: stay in float (quantized, its held-out masks agreed 97.7% with the fp32 graph: the gate refused it).
 INT8_EXTRA = {"segformer_like": dict(int8_float_ops=("Add",))}
@@ -141,10 +144,10 @@ def test_segmenter_masks_equal_keras(own_export, own_keras, arch):
     masks = np.stack([m for m, _ in pairs])
     probs = np.stack([p for _, p in pairs])
     agree = mask_agreement(ref, masks, 1e-4)
-    # measured: 97-100% of the pixels clear the margin (peaked classifiers)
-    assert agree["confident_pixels"] > 0.9 * masks.size, agree
+    # measured: 99.86-100% of the pixels clear the margin (peaked classifiers); 3x the rest
+    assert agree["confident_pixels"] > 0.995 * masks.size, agree
     assert agree["confident_agreement"] == 1.0, agree
-    np.testing.assert_allclose(probs, ref, atol=1e-5)
+    np.testing.assert_allclose(probs, ref, rtol=0, atol=FP32_PROBS_ATOL[arch])
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -95,6 +95,7 @@ def test_softmax_head_is_left_alone_and_conv1_padding_is_exact():
     assert padded == ["conv1"]  # its 5 probabilities are the output: padding would show
     after = _run(model, x)
     assert after.shape == before.shape
+    # measured equal to the bit (zero channels add exact zeros)
     np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-7)
 
 
@@ -154,7 +155,8 @@ def test_export_with_padding_is_verified_and_equals_the_plain_export(narrow_expo
     assert len(padded.report["pad_channels"]) == 2 and "Pad" in padded.report["ops"]
     # Verified against Keras like any export; the fp16 conversion kept the padding (8 classes, fp16
     # weights).
-    assert all(c["agreement"] >= 0.99 for c in padded.report["verification"]["cases"])
+    # measured: every pixel; one near-tie in a thousand may round the other way on another CPU
+    assert all(c["agreement"] >= 0.999 for c in padded.report["verification"]["cases"])
     m = onnx.load(str(padded.path))
     head = [n for n in m.graph.node if n.op_type == "Conv"][-1]
     w = next(t for t in m.graph.initializer if t.name == head.input[1])

@@ -78,7 +78,8 @@ def test_dynamic_model_pads_and_crops_exactly(narrow_export, confident_keras):
         im.to_model_input([padded], (0, 0, 0), (1, 1, 1), "nhwc"), training=False
     ).numpy()[0]
     assert probs.shape == (50, 70, 5)
-    np.testing.assert_allclose(probs, ref[:50, :70], atol=1e-5)
+    # ONNX Runtime against Keras, fp32: measured at most 1.13e-6; 3x that
+    np.testing.assert_allclose(probs, ref[:50, :70], rtol=0, atol=3.4e-6)
 
 
 def test_batch_equals_one_by_one_with_mixed_sizes(narrow_export):
@@ -91,7 +92,8 @@ def test_batch_equals_one_by_one_with_mixed_sizes(narrow_export):
         for b, s, p, x in zip(batch, single, probs, imgs, strict=True):
             assert b.shape == x.shape[:2] and p.shape == (*x.shape[:2], 5)
             np.testing.assert_array_equal(b, s)
-            assert np.allclose(p.sum(-1), 1, atol=1e-4)
+            # float32 softmax: measured at most 2.4e-7 off 1; 3x that
+            assert np.allclose(p.sum(-1), 1, rtol=0, atol=7e-7)
 
 
 @pytest.mark.parametrize("cfg", [dict(input_size=(32, 32)), dict(dynamic_size=True, head="logits")])

@@ -182,7 +182,8 @@ def test_probabilities_are_written_beside_the_masks(narrow_export, tmp_path):
             image = np.asarray(Image.open(p).convert("RGB"))
             probs = np.load(out / f"{p.stem}.probs.npy")
             assert probs.dtype == np.float32 and probs.shape == (40, 50, 5)
-            np.testing.assert_allclose(probs, seg.predict_proba(image), atol=1e-6)
+            # the same engine on the same image: measured equal to the bit
+            np.testing.assert_array_equal(probs, seg.predict_proba(image))
             np.testing.assert_array_equal(
                 np.asarray(Image.open(out / f"{p.stem}.png")), seg.predict(image)
             )

@@ -59,7 +59,9 @@ def test_exact_where_the_receptive_field_fits(dynamic, size):
         whole = seg.predict_proba(img)
         tiled = seg.predict_proba(img, tile=Tiling((512, 512), overlap=0.75, blend="deepest"))
     assert tiled.shape == whole.shape == (*size, NUM_CLASSES)
-    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+    # measured equal to the bit here (the same convolutions on the same pixels); 1e-6 leaves room for
+    # a CPU whose GEMM blocking depends on the image size
+    np.testing.assert_allclose(tiled, whole, atol=1e-6, rtol=0)
 
 
 def test_seams_on_a_trained_model(trained, labelled):
@@ -72,7 +74,8 @@ def test_seams_on_a_trained_model(trained, labelled):
     ):
         whole = soft.predict_proba(img)
         confident = top2_margin(whole) >= 0.05
-        assert confident.mean() > 0.9  # a trained model: the confident set is most of the image
+        # a trained model: the confident set is most of the image (measured 99.98%)
+        assert confident.mean() > 0.999
         for blend in ("gaussian", "constant"):
             mask = soft.predict(img, tile=Tiling((64, 64), overlap=0.25, blend=blend))
             assert (mask == whole.argmax(-1))[confident].mean() >= AGREEMENT, blend

@@ -294,7 +294,8 @@ def test_client_against_the_server_equals_local(server, protocol):
         np.testing.assert_array_equal(r, lo)
     for (rm, rp), (lm, lp) in zip(remote_pairs, local_pairs, strict=True):
         np.testing.assert_array_equal(rm, lm)
-        np.testing.assert_allclose(rp, lp, atol=1e-6)
+        # the built-in server runs the same ONNX Runtime in process: measured equal to the bit
+        np.testing.assert_array_equal(rp, lp)
 
 
 def test_load_8_clients_x_50_requests(server):

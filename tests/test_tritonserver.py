@@ -242,7 +242,9 @@ def test_masks_equal_a_local_segmenter(triton, repository, name, protocol):
         np.testing.assert_array_equal(r, lo)
     for (rm, rp), (lm, lp) in zip(pairs or (), local_pairs or (), strict=True):
         np.testing.assert_array_equal(rm, lm)
-        np.testing.assert_allclose(rp, lp, atol=1e-6)
+        # measured equal to the bit; Triton's backend carries its own ONNX Runtime build, whose
+        # kernels may round a last bit differently from the wheel's
+        np.testing.assert_allclose(rp, lp, rtol=0, atol=1e-6)
 
 
 def test_concurrent_clients_are_batched_and_correct(triton, repository):
