@@ -198,7 +198,8 @@ class ChildSide:
         return self._reference
 
     def close(self, keep_model: bool = False) -> None:
-        """Stop the child (it exits on its own when told; terminated if it does not)."""
+        """Stop the child (it exits at once when told; terminated if it does not) and remove the
+        converted model's file, unless ``keep_model`` (:meth:`take_model` reads it next)."""
         if self._process.is_alive():
             try:
                 self._conn.send(("exit", ()))
