@@ -68,13 +68,19 @@ def _bench(*args) -> list[str]:
     return [sys.executable, "-m", "unet_bench.cli", *map(str, args)]
 
 
-def prepare(folder: Path, size: int, seed: int = 0) -> list[str]:
-    """Export the suite's models into ``folder`` without their weights; returns the file names."""
+def prepare(folder: Path, size: int, seed: int = 0, export=None) -> list[str]:
+    """Export the suite's models into ``folder`` without their weights; returns the file names.
+
+    ``export(out, *flags)``: how one export-unet run is made (default: exporting.run_export, a
+    child process per model, so TensorFlow's memory goes with each).
+    """
     import onnx
 
     from .cli import Variant
     from .exporting import run_export
     from .weights import strip
+
+    export = export or run_export
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "frames").mkdir(exist_ok=True)
@@ -92,7 +98,7 @@ def prepare(folder: Path, size: int, seed: int = 0) -> list[str]:
     for out, flags in jobs:
         # --no-verify: the weights are replaced on the GPU host anyway; the export itself is
         # verified by export-unet's own tests and every user export.
-        run_export(out, *flags, "--no-verify")
+        export(out, *flags, "--no-verify")
         onnx.save(strip(onnx.load(str(out))), str(out))
         written.append(str(out.relative_to(folder)))
     return written

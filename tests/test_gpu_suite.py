@@ -16,12 +16,18 @@ from tests.conftest import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _export_here(out, *flags):
+    """export-unet's main in this process: six TensorFlow imports fewer than a child per model."""
+    proc = run_cli("unet_export.cli", "--out", out, *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     from unet_bench.gpu_suite import prepare
 
     folder = tmp_path_factory.mktemp("suite-models")
-    return folder, prepare(folder, size=32)
+    return folder, prepare(folder, size=32, export=_export_here)
 
 
 def test_prepare_writes_small_weight_free_models(prepared):
