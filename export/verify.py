@@ -39,6 +39,8 @@ from unet_runtime.metrics import (
     mask_agreement,
     mean_iou,
     pixel_accuracy,
+    relative_l2,
+    squared_error,
     top2_margin,
 )
 
@@ -603,8 +605,8 @@ def _held_out(
     same = same_conf = n_conf = pixels_total = 0
     for image in images:
         a, b = fp32.run([image]), int8.run([image])
-        sq_diff += float(np.square(b["logits"].astype(np.float64) - a["logits"]).sum())
-        sq_ref += float(np.square(a["logits"].astype(np.float64)).sum())
+        ref_sq, diff_sq, _ = squared_error(a["logits"], b["logits"])
+        sq_ref, sq_diff = sq_ref + ref_sq, sq_diff + diff_sq
         probs = a["probs"] if "probs" in a else softmax(a["logits"].astype(np.float32))
         confident = top2_margin(probs) >= CONFIDENT_MARGIN
         eq = a["mask"] == b["mask"]
@@ -614,7 +616,7 @@ def _held_out(
         pixels_total += eq.size
         confusion += confusion_matrix(a["mask"], b["mask"], num_classes, ignore=None)
     n = len(images)
-    rel = float(np.sqrt(sq_diff / sq_ref)) if sq_ref else float(np.sqrt(sq_diff))
+    rel = relative_l2(sq_ref, sq_diff)
     gates = [Gate(f"int8 held-out ({n} images): logits rel L2 vs fp32 graph", rel, INT8_REL_L2)]
     skipped = []
     conf_agree = same_conf / n_conf if n_conf else None

@@ -44,6 +44,31 @@ def test_compare_works_in_float64():
     assert got["max_abs"] == 8.0 and got["rel_l2"] == pytest.approx(8e-8)
 
 
+def test_compare_in_blocks_is_the_whole_array_sum():
+    """Inputs of several blocks, the last one partial, and the largest error in the last block."""
+    from unet_runtime.metrics import COMPARE_BLOCK
+
+    rng = np.random.default_rng(5)
+    ref = rng.standard_normal((3, COMPARE_BLOCK + 7)).astype(np.float32)
+    cand = ref + rng.normal(0, 1e-3, ref.shape).astype(np.float32)
+    cand[-1, -1] += 0.5
+    got = compare(ref, cand)
+    diff = cand.astype(np.float64) - ref
+    assert got["max_abs"] == np.abs(diff).max()
+    # the same float64 sums in another order: equal to ~1e-15
+    want = np.linalg.norm(diff) / np.linalg.norm(ref.astype(np.float64))
+    assert got["rel_l2"] == pytest.approx(want, rel=1e-12)
+    # shapes broadcast as numpy does: a scalar reference against an array
+    assert compare(0.0, np.array([3.0, 4.0])) == {"max_abs": 4.0, "rel_l2": 5.0}
+
+
+def test_compare_a_nan_fails_every_bound():
+    cand = np.zeros(2 * 65536 + 3)
+    cand[70000] = np.nan  # in the second block: the first block's figures must not hide it
+    got = compare(np.ones_like(cand), cand)
+    assert np.isnan(got["max_abs"]) and np.isnan(got["rel_l2"])
+
+
 def test_top2_margin_per_pixel():
     probs = np.array([[[0.7, 0.2, 0.1], [0.4, 0.45, 0.15]]])
     np.testing.assert_allclose(top2_margin(probs), [[0.5, 0.05]])
