@@ -2,9 +2,9 @@
 
 TensorFlow keeps the memory its graphs and calls used until the process
 exits, and ONNX Runtime's verification sessions then come on top: the
-export's peak was the two together (2.68 GiB for the 512x512 model on a
-2-core Xeon, against 1.78 GiB with TensorFlow in a child, for about 3 s
-more: benchmarks/results/export-cost-one-process.md). :class:`ChildSide`
+export's peak was the two together (2.71 GiB for the 512x512 model on a
+2-core Xeon, against 1.76 GiB with TensorFlow in a child; the time it
+adds is within that machine's noise: benchmarks/results/export-cost-one-process.md). :class:`ChildSide`
 runs the TensorFlow work in a child process (``spawn``: a fresh
 interpreter, no state shared) that exits before ONNX Runtime loads the model,
 so the two runtimes never share a heap and the parent never imports
