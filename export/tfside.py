@@ -180,8 +180,8 @@ class ChildSide:
 
         path = self._model_path()
         if not keep_running:
-            self.peak_mb()
-            self.close(keep_model=True)
+            self._peak = float(self.call("peak"))  # its last figure, kept for peak_mb()
+            self._stop()
         proto = onnx.load(str(path))
         self._discard()
         return proto
@@ -189,17 +189,21 @@ class ChildSide:
     def peak_mb(self) -> float:
         """The TensorFlow process's peak resident memory so far (MB); its last figure once it exited."""
         if self._process.is_alive():
-            self._peak = float(self.call("peak"))
-        assert self._peak is not None
+            return float(self.call("peak"))
+        assert self._peak is not None, "the TensorFlow process ended before its peak was read"
         return self._peak
 
     def reference(self, images: dict) -> _Reference:
         self._reference.compute(images)
         return self._reference
 
-    def close(self, keep_model: bool = False) -> None:
-        """Stop the child (it exits at once when told; terminated if it does not) and remove the
-        converted model's file, unless ``keep_model`` (:meth:`take_model` reads it next)."""
+    def close(self) -> None:
+        """Stop the child and remove the converted model's file if it was never taken."""
+        self._stop()
+        self._discard()
+
+    def _stop(self) -> None:
+        """The child exits at once when told; it is terminated if it does not."""
         if self._process.is_alive():
             try:
                 self._conn.send(("exit", ()))
@@ -210,8 +214,6 @@ class ChildSide:
                 self._process.terminate()
                 self._process.join(timeout=10)
         self._conn.close()
-        if not keep_model:
-            self._discard()
 
     def _discard(self) -> None:
         if self._tmp is not None:
