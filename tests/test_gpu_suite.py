@@ -1,4 +1,4 @@
-"""bench-unet gpu-suite, dry-run on the CPU at tiny sizes: every step runs and writes its file.
+"""bench-unet gpu-suite, dry-run on the CPU with a narrow network at tiny sizes: every step runs and writes its file.
 
 The suite is what a machine with a GPU runs once to re-measure every GPU
 figure of the docs; this test keeps it from breaking between such machines.
