@@ -63,8 +63,11 @@ def test_compare_in_blocks_is_the_whole_array_sum():
 
 
 def test_compare_a_nan_fails_every_bound():
-    cand = np.zeros(2 * 65536 + 3)
-    cand[70000] = np.nan  # in the second block: the first block's figures must not hide it
+    from unet_runtime.metrics import COMPARE_BLOCK
+
+    cand = np.zeros(2 * COMPARE_BLOCK + 3)
+    # in the second block: the first block's figures must not hide it
+    cand[COMPARE_BLOCK + 7] = np.nan
     got = compare(np.ones_like(cand), cand)
     assert np.isnan(got["max_abs"]) and np.isnan(got["rel_l2"])
 
